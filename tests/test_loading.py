@@ -144,3 +144,21 @@ def test_directory_without_config_or_weights(tmp_path):
 def test_bundled_dir_has_expected_files():
     names = {p.name for p in bundled_model_dir().iterdir()}
     assert {"config.json", "vocab.txt", "model.safetensors"} <= names
+
+
+def test_hub_name_downloads_through_load_pretrained(tmp_path):
+    """`bert-base-uncased`-style names go through the real download code (served here from 127.0.0.1)."""
+    from test_download import LocalHTTPServer, closed_port_url
+
+    from bert_mini.download import DownloadError
+
+    reference = write_tiny_checkpoint(tmp_path / "src")
+    files = {f"/org/tiny-bert/resolve/main/{p.name}": p.read_bytes() for p in (tmp_path / "src").iterdir()}
+    with LocalHTTPServer(files) as server:
+        model = load_pretrained("org/tiny-bert", num_labels=2, cache_dir=tmp_path / "cache", base_url=server.url)
+        tok = load_tokenizer("org/tiny-bert", cache_dir=tmp_path / "cache", base_url=server.url)
+    torch.testing.assert_close(model.bert.pooler.dense.weight, reference.pooler.dense.weight)
+    assert tok.encode("w3 w4").input_ids == [2, 8, 9, 3]
+    with pytest.raises(DownloadError, match="no network"):
+        load_pretrained("org/other-bert", cache_dir=tmp_path / "cache", base_url=closed_port_url())
+    assert not (tmp_path / "cache" / "org--other-bert").exists()
