@@ -1,0 +1,327 @@
+"""From GLUE examples to model-ready batches: tokenise once, cache on disk, pad dynamically, bucket by length.
+
+    examples ──encode_examples──> Features (unpadded token ids per example, labels)
+             ──load_features────> the same, cached in one .npz per (task, split, tokenizer, max_length, data file)
+             ──make_batches─────> list of index arrays, length-bucketed, reproducible per (seed, epoch)
+             ──collate──────────> {input_ids, token_type_ids, attention_mask (B, T_max), labels (B,), index (B,)}
+
+Why each step:
+
+* Tokenise once. WordPiece over a whole split is the same work every epoch and every run (teacher, PTP, each
+  student), so it is done once and the ids are stored in a single `.npz`: all ids concatenated into one flat array plus
+  `offsets` (example i is `ids[offsets[i]:offsets[i+1]]`). The cache key holds everything the ids depend on: task,
+  split, `tokenizer.fingerprint` (vocabulary + casing), `max_length`, the label vocabulary, a format version and the
+  sha256 of the source TSV, so editing the data, switching tokenizer or truncation length rebuilds it. A cache file
+  that cannot be read or does not match its key is rebuilt with a log line, never trusted and never fatal.
+  Writes are atomic (temporary file, then `os.replace`), so an interrupted run cannot leave half a file behind.
+* Dynamic padding. Every example is stored unpadded; a batch is padded only to its own longest member T_max, not to
+  the global `max_length`. Self-attention costs O(T^2) per head (the score matrix softmax(Q K^T / sqrt(d_k)) is
+  T x T) and the feed-forward layers O(T), and every pad position is computed and then masked away: pure waste.
+* Length bucketing. Dynamic padding alone helps little if one long sentence lands in a batch of short ones. So, per
+  epoch: shuffle all indices with a generator seeded by (seed, epoch); cut them into buckets of
+  batch_size * bucket_size_multiplier examples; sort each bucket by length; cut it into batches; shuffle the batch
+  order. Batches then hold similar lengths (little padding) while their content and order stay random from epoch to
+  epoch. `padding_stats` measures the saving on a real split.
+
+Batches are arrays of example indices; `collate` returns them as `batch["index"]`, which is how predictions are put
+back in example order and how cached teacher outputs (rows in example order) are looked up.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+
+from .glue import PROJECT_ROOT, Example, get_task, load_examples, split_path
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CACHE_DIR = PROJECT_ROOT / "data" / "cache" / "features"
+CACHE_ENV = "PEA_KD_CACHE_DIR"
+FORMAT_VERSION = 1  # bump when the encoding or the file layout changes: old caches are then rebuilt
+
+
+@dataclass
+class Features:
+    """A tokenised split, one entry per example, in example order (row i = the i-th example of the file).
+
+    input_ids:      list of N int32 arrays, [CLS] A [SEP] (B [SEP]), unpadded, each at most max_length long.
+    token_type_ids: list of N int8 arrays, segment ids 0 (A) / 1 (B), same lengths as input_ids.
+    labels:         (N,) int64 class ids, float32 scores (regression), or None for an unlabeled (test) split.
+    """
+
+    input_ids: list[np.ndarray]
+    token_type_ids: list[np.ndarray]
+    labels: Optional[np.ndarray] = None
+
+    def __post_init__(self):
+        n = len(self.input_ids)
+        if len(self.token_type_ids) != n:
+            raise ValueError(f"Features: {n} input_ids but {len(self.token_type_ids)} token_type_ids")
+        if self.labels is not None and len(self.labels) != n:
+            raise ValueError(f"Features: {n} examples but {len(self.labels)} labels")
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+    @property
+    def lengths(self) -> np.ndarray:
+        """(N,) int64 number of real tokens of every example."""
+        return np.fromiter((len(ids) for ids in self.input_ids), dtype=np.int64, count=len(self.input_ids))
+
+    @property
+    def is_regression(self) -> bool:
+        return self.labels is not None and np.issubdtype(self.labels.dtype, np.floating)
+
+    def subset(self, indices: Sequence[int] | np.ndarray) -> "Features":
+        """The examples at `indices`, in that order (e.g. a SMOKE-mode sample or a held-out part of train)."""
+        idx = _check_indices(self, indices)
+        return Features([self.input_ids[i] for i in idx], [self.token_type_ids[i] for i in idx],
+                        None if self.labels is None else self.labels[idx])
+
+
+def encode_examples(examples: Sequence[Example], tokenizer, max_length: int = 128) -> Features:
+    """Tokenise examples in one batched call: [CLS] text_a [SEP] (text_b [SEP]), truncated longest-first.
+
+    All examples must agree: all pairs or all single sentences, all labeled or all unlabeled. Labels become int64
+    class ids, or float32 when any label is a float (regression, STS-B).
+    """
+    examples = list(examples)
+    for what, missing in (("text_b", [e.text_b is None for e in examples]),
+                          ("label", [e.label is None for e in examples])):
+        if any(missing) and not all(missing):
+            bad = examples[missing.index(not missing[0])]
+            state = ("None", "set") if missing[0] else ("set", "None")
+            raise ValueError(f"encode_examples: example {bad.guid} has {what} {state[1]} but example "
+                             f"{examples[0].guid} has it {state[0]}; a split must be uniform")
+    if not examples:
+        return Features([], [], None)
+    pair = examples[0].text_b is not None
+    encodings = tokenizer.encode_batch([e.text_a for e in examples], [e.text_b for e in examples] if pair else None,
+                                       max_length=max_length)
+    labels = None
+    if examples[0].label is not None:
+        regression = any(isinstance(e.label, (float, np.floating)) for e in examples)
+        labels = np.array([e.label for e in examples], dtype=np.float32 if regression else np.int64)
+    return Features([np.asarray(e.input_ids, dtype=np.int32) for e in encodings],
+                    [np.asarray(e.token_type_ids, dtype=np.int8) for e in encodings], labels)
+
+
+def resolve_cache_dir(cache_dir: str | os.PathLike | None = None) -> Path:
+    """The features cache directory: the argument, else $PEA_KD_CACHE_DIR, else <project root>/data/cache/features."""
+    if cache_dir is not None:
+        return Path(cache_dir)
+    return Path(os.environ[CACHE_ENV]) if os.environ.get(CACHE_ENV) else DEFAULT_CACHE_DIR
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """sha256 hex digest of a file's bytes, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def load_features(task, split: str, tokenizer, max_length: int = 128, data_dir=None, cache_dir=None) -> Features:
+    """`encode_examples(load_examples(task, split, data_dir), tokenizer, max_length)`, cached on disk.
+
+    The cache file is <cache_dir>/<task>-<split>-<tokenizer fingerprint>-L<max_length>.npz; its stored key also holds
+    the sha256 of the source TSV (found with `glue.split_path`), the label vocabulary and FORMAT_VERSION. A file
+    whose key differs (data edited) or that cannot be read (corrupt, truncated) is rebuilt and overwritten.
+    """
+    spec = get_task(task)
+    split = spec.resolve_split(split)
+    source = split_path(spec, split, data_dir)
+    if not source.is_file():
+        load_examples(spec, split, data_dir)  # raises FileNotFoundError saying where it looked and how to download
+    key = {"version": FORMAT_VERSION, "task": spec.directory, "split": split, "tokenizer": tokenizer.fingerprint,
+           "max_length": int(max_length), "labels": None if spec.labels is None else list(spec.labels),
+           "source_sha256": file_sha256(source)}
+    path = resolve_cache_dir(cache_dir) / f"{spec.directory}-{split}-{tokenizer.fingerprint}-L{max_length}.npz"
+    if path.is_file():
+        try:
+            features = _read_cache(path, key)
+            log.debug("features: loaded %d %s %s examples from %s", len(features), spec.name, split, path)
+            return features
+        except _StaleCache as err:
+            log.info("features: rebuilding %s (%s)", path, err)
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:
+            log.warning("features: cache file %s is unreadable (%s: %s); rebuilding it",
+                        path, type(err).__name__, str(err).splitlines()[0] if str(err) else "")
+    features = encode_examples(load_examples(spec, split, data_dir), tokenizer, max_length)
+    try:
+        _write_cache(path, key, features)
+    except OSError as err:  # caching is an optimisation: a read-only disk must not stop training
+        log.warning("features: could not write cache %s (%s); continuing without it", path, err)
+    return features
+
+
+class _StaleCache(ValueError):
+    """The cache file is readable but was built for another key (e.g. the data file changed)."""
+
+
+def _write_cache(path: Path, key: dict, features: Features) -> None:
+    """Store features as flat `ids`, `types`, `offsets` (N+1), optional `labels`, and the JSON `key`; atomically."""
+    lengths = features.lengths
+    offsets = np.zeros(len(features) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    arrays = {
+        "key": np.array(json.dumps(key, sort_keys=True)),
+        "ids": np.concatenate(features.input_ids) if len(features) else np.zeros(0, np.int32),
+        "types": np.concatenate(features.token_type_ids) if len(features) else np.zeros(0, np.int8),
+        "offsets": offsets,
+    }
+    if features.labels is not None:
+        arrays["labels"] = features.labels
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; the cache is ordinary, shareable data
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _read_cache(path: Path, key: dict) -> Features:
+    """Read a cache file; _StaleCache if its key differs, ValueError/KeyError/... if it is damaged."""
+    with np.load(path, allow_pickle=False) as z:
+        stored = json.loads(str(z["key"]))
+        if not isinstance(stored, dict):
+            raise ValueError("the stored key is not a JSON object")
+        if stored != key:
+            changed = sorted(k for k in key.keys() | stored.keys() if stored.get(k) != key.get(k))
+            raise _StaleCache(f"built for a different {', '.join(changed)}")
+        ids, types, offsets = z["ids"], z["types"], z["offsets"]
+        labels = z["labels"] if "labels" in z.files else None
+    n = len(offsets) - 1
+    if (n < 0 or offsets[0] != 0 or offsets[-1] != len(ids) or len(types) != len(ids) or np.any(np.diff(offsets) < 0)
+            or (labels is not None and labels.shape != (n,)) or ids.dtype != np.int32):
+        raise ValueError("inconsistent arrays (ids/types/offsets/labels)")
+    cuts = offsets[1:-1]
+    return Features(np.split(ids, cuts) if n else [], np.split(types, cuts) if n else [], labels)
+
+
+def make_batches(features: Features | np.ndarray, batch_size: int, shuffle: bool = True, seed: int = 0,
+                 epoch: int = 0, bucket_size_multiplier: int = 50) -> list[np.ndarray]:
+    """Split example indices into batches (int64 index arrays); every example appears exactly once.
+
+    shuffle=True (training): a generator seeded by (seed, epoch) permutes all indices; each bucket of
+    batch_size * bucket_size_multiplier consecutive indices is sorted by length and cut into batches; the batch order
+    is shuffled. Same (seed, epoch) -> same batches; another epoch -> other batches. Only the last bucket can yield a
+    batch smaller than batch_size.
+    shuffle=False (evaluation): all examples sorted by length, longest first (a memory problem shows up in the first
+    batch), cut into batches. Use batch["index"] to put predictions back in example order.
+    `features` may also be a plain (N,) array of lengths.
+    """
+    lengths = features.lengths if isinstance(features, Features) else np.asarray(features, dtype=np.int64)
+    if batch_size < 1 or bucket_size_multiplier < 1:
+        raise ValueError(f"make_batches: batch_size and bucket_size_multiplier must be >= 1, got {batch_size} "
+                         f"and {bucket_size_multiplier}")
+    n = len(lengths)
+    if not shuffle:
+        order = np.argsort(-lengths, kind="stable")
+        return [order[i:i + batch_size] for i in range(0, n, batch_size)]
+    if seed < 0 or epoch < 0:
+        raise ValueError(f"make_batches: seed and epoch must be >= 0, got seed={seed}, epoch={epoch}")
+    rng = np.random.default_rng([int(seed), int(epoch)])
+    perm = rng.permutation(n)
+    bucket = batch_size * bucket_size_multiplier
+    batches = []
+    for start in range(0, n, bucket):
+        chunk = perm[start:start + bucket]
+        chunk = chunk[np.argsort(lengths[chunk], kind="stable")]  # stable: equal lengths keep their random order
+        batches.extend(chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size))
+    return [batches[i] for i in rng.permutation(len(batches))]
+
+
+def collate(features: Features, indices: Sequence[int] | np.ndarray, pad_token_id: int = 0) -> dict[str, torch.Tensor]:
+    """Pad the examples at `indices` to their longest member T_max.
+
+    Returns int64 tensors input_ids (pad_token_id after the real tokens), token_type_ids (0 there),
+    attention_mask (1 = real token, 0 = padding), all (B, T_max); labels (B,) (int64, or float32 for regression;
+    absent for an unlabeled split); index (B,) = the example indices, in batch order.
+    """
+    idx = _check_indices(features, indices)
+    if len(idx) == 0:
+        raise ValueError("collate: empty batch")
+    lengths = [len(features.input_ids[i]) for i in idx]
+    shape = (len(idx), max(lengths))
+    input_ids = np.full(shape, pad_token_id, dtype=np.int64)
+    token_type_ids = np.zeros(shape, dtype=np.int64)
+    attention_mask = np.zeros(shape, dtype=np.int64)
+    for row, (i, n) in enumerate(zip(idx, lengths)):
+        input_ids[row, :n] = features.input_ids[i]
+        token_type_ids[row, :n] = features.token_type_ids[i]
+        attention_mask[row, :n] = 1
+    batch = {"input_ids": torch.from_numpy(input_ids), "token_type_ids": torch.from_numpy(token_type_ids),
+             "attention_mask": torch.from_numpy(attention_mask), "index": torch.from_numpy(idx.copy())}
+    if features.labels is not None:
+        batch["labels"] = torch.from_numpy(features.labels[idx])
+    return batch
+
+
+def padding_stats(features: Features | np.ndarray, batch_size: int, max_length: int = 128, seed: int = 0,
+                  bucket_size_multiplier: int = 50) -> dict[str, float]:
+    """How many token positions one epoch computes under three padding schemes.
+
+    fixed:    every example padded to max_length                  -> N * max_length positions
+    random:   dynamic padding, random batches                     -> sum over batches of B * T_max
+    bucketed: dynamic padding, length-bucketed batches (training) -> sum over batches of B * T_max
+    `*_pad` = positions that are padding; `saving_vs_*` = 1 - bucketed positions / that scheme's positions;
+    `attention_saving_vs_fixed` compares sum B * T_max^2 (the size of the attention score matrices).
+    """
+    lengths = features.lengths if isinstance(features, Features) else np.asarray(features, dtype=np.int64)
+    if len(lengths) and lengths.max() > max_length:
+        raise ValueError(f"padding_stats: an example has {lengths.max()} tokens > max_length={max_length}")
+    real = int(lengths.sum())
+    fixed = len(lengths) * max_length
+    perm = np.random.default_rng([seed, 0]).permutation(len(lengths))
+    random_batches = [perm[i:i + batch_size] for i in range(0, len(perm), batch_size)]
+    bucketed = make_batches(lengths, batch_size, True, seed, 0, bucket_size_multiplier)
+
+    def positions(batches, power=1):
+        return int(sum(len(b) * int(lengths[b].max()) ** power for b in batches))
+
+    stats = {"examples": len(lengths), "batches": len(bucketed), "real_tokens": real,
+             "mean_length": real / max(len(lengths), 1)}
+    for name, slots in (("fixed", fixed), ("random", positions(random_batches)), ("bucketed", positions(bucketed))):
+        stats[f"{name}_positions"] = slots
+        stats[f"{name}_pad"] = slots - real
+    stats["saving_vs_fixed"] = 1 - stats["bucketed_positions"] / max(fixed, 1)
+    stats["saving_vs_random"] = 1 - stats["bucketed_positions"] / max(stats["random_positions"], 1)
+    stats["attention_saving_vs_fixed"] = 1 - positions(bucketed, 2) / max(len(lengths) * max_length ** 2, 1)
+    return stats
+
+
+def _check_indices(features: Features, indices) -> np.ndarray:
+    """Indices as an int64 array, each in [0, N) (negative indices are refused, not wrapped)."""
+    idx = np.asarray(indices, dtype=np.int64).reshape(-1)
+    if len(idx) and (idx.min() < 0 or idx.max() >= len(features)):
+        bad = idx[(idx < 0) | (idx >= len(features))][0]
+        raise IndexError(f"example index {bad} out of range for {len(features)} examples")
+    return idx
+
+
+if __name__ == "__main__":  # python -m pea_kd.features mrpc sst2 : padding statistics of the train splits
+    import sys
+
+    from bert_mini import load_tokenizer
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    tok = load_tokenizer("minilm-l6")
+    for name in sys.argv[1:] or ["mrpc", "sst2"]:
+        stats = padding_stats(load_features(name, "train", tok), batch_size=32, max_length=128)
+        print(get_task(name).name, json.dumps({k: round(v, 4) for k, v in stats.items()}))
