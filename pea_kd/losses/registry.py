@@ -1,0 +1,264 @@
+"""The loss data types and the loss registry: the one extension point for new distillation losses.
+
+A loss is one of two things, registered under a name:
+
+* a function ``fn(inputs: LossInputs) -> LossResult`` (``@register_loss("name")``), or
+* for a loss with learnable parameters, a factory ``(student_hidden: int, teacher_hidden: int) -> nn.Module`` whose
+  ``forward(inputs: LossInputs) -> LossResult`` (``@register_loss("name", needs_params=True)``; a class works).
+
+``build_loss("kd+pkd", student_hidden=H_s, teacher_hidden=H_t)`` turns a spec string into a ``LossModule``:
+
+    L = sum_i w_i * L_i        for the components i named in the spec,  w_i = config.weights.get(i, 1.0)
+
+The trainer adds ``LossModule.parameters()`` to its optimiser, saves ``LossModule.state_dict()`` with its checkpoints,
+and reads ``LossModule.requires`` to know which optional ``LossInputs`` fields it must fill.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass, field
+from typing import Callable, Optional, Union
+
+import torch
+from torch import nn
+
+Tensor = torch.Tensor
+
+
+@dataclass
+class LossConfig:
+    """Hyperparameters shared by all losses (defaults = the authors' final Pea-KD stage, method notes section 3).
+
+    alpha: KD weight, L_KD = alpha * T^2 * KL + (1 - alpha) * CE.   temperature: T.   beta: PKD weight.
+    kl_reduction: "batchmean" (KL summed over classes, averaged over the batch: the KL divergence per example) or
+        "mean" (element mean, divided by B*C: the authors' C1/C2/PKD code).
+    layer_map: [(student hidden_states index, teacher cls_hidden index), ...], e.g. pkd_layer_map(12, 6).
+    is_regression: True for STS-B (num_labels == 1): CE becomes MSE and KD its MSE analogue.
+    weights: optional extra multiplier per spec component, w_i in L = sum_i w_i L_i (default 1.0). Losses whose
+        hyperparameters are not fields here (e.g. "attn_kd") are weighted only by this.
+    """
+
+    alpha: float = 0.7
+    temperature: float = 10.0
+    beta: float = 100.0
+    kl_reduction: str = "batchmean"
+    layer_map: list = field(default_factory=list)
+    is_regression: bool = False
+    weights: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if not 0.0 <= self.alpha <= 1.0:
+            raise ValueError(f"LossConfig: alpha must be in [0, 1], got {self.alpha}")
+        if not self.temperature > 0:
+            raise ValueError(f"LossConfig: temperature must be > 0, got {self.temperature}")
+        if self.kl_reduction not in ("batchmean", "mean"):
+            raise ValueError(f"LossConfig: kl_reduction must be 'batchmean' or 'mean', got {self.kl_reduction!r}")
+        try:
+            self.layer_map = [(int(s), int(t)) for s, t in self.layer_map]
+        except (TypeError, ValueError):
+            raise ValueError(f"LossConfig: layer_map must be a list of (student, teacher) int pairs, "
+                             f"got {self.layer_map!r}") from None
+        self.weights = {str(k): float(v) for k, v in dict(self.weights).items()}
+
+
+@dataclass
+class LossInputs:
+    """Everything a loss may read for one batch. Fields a loss does not declare in ``requires`` may be None.
+
+    student_logits: (B, C) z_s (C = 1 for regression).
+    student_hidden_states: tuple of (B, T, H_s); index 0 = embeddings, index e = output of effective layer e.
+    student_attentions: tuple of (B, A_s, T, T); index e-1 = attention probabilities of effective layer e.
+    labels: (B,) long class ids, or float targets for regression.
+    teacher_logits: (B, C) z_t.   teacher_cls_hidden: (B, L_t + 1, H_t) [CLS] vectors, index 0 = embeddings.
+    config: LossConfig.   attention_mask: (B, T) 1 = real token, 0 = padding.
+    teacher_attentions: tuple of (B, A_t, T, T), index i-1 = teacher layer i. Not in the teacher cache: needs a live
+        teacher forward with output_attentions=True.
+    Teacher tensors are targets: the built-in losses detach them.
+    """
+
+    student_logits: Tensor
+    student_hidden_states: Optional[tuple] = None
+    student_attentions: Optional[tuple] = None
+    labels: Optional[Tensor] = None
+    teacher_logits: Optional[Tensor] = None
+    teacher_cls_hidden: Optional[Tensor] = None
+    config: LossConfig = field(default_factory=LossConfig)
+    attention_mask: Optional[Tensor] = None
+    teacher_attentions: Optional[tuple] = None
+
+
+INPUT_FIELDS = tuple(f.name for f in dataclasses.fields(LossInputs))
+
+
+@dataclass
+class LossResult:
+    """total: scalar tensor to backpropagate. parts: the weighted terms for logging, e.g. {"kd": .., "ce": ..}.
+
+    sum(parts.values()) == total. A loss function may put 0-d tensors in parts; LossModule converts them to floats.
+    """
+
+    total: Tensor
+    parts: dict
+
+
+def require(inputs: LossInputs, name: str, loss: str):
+    """Return inputs.<name>, or raise a one-line error saying which loss needs which missing field."""
+    value = getattr(inputs, name)
+    if value is None:
+        raise ValueError(f"pea_kd.losses: loss {loss!r} needs LossInputs.{name}, which is None "
+                         f"(the trainer fills it when {name!r} is in LossModule.requires)")
+    return value
+
+
+@dataclass
+class LossEntry:
+    """One registered loss: its name, callable, whether it is a parameter factory, and the inputs it reads."""
+
+    name: str
+    fn: Callable
+    needs_params: bool
+    requires: frozenset
+    description: str
+
+
+_REGISTRY: dict[str, LossEntry] = {}
+_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+
+
+def _first_doc_line(obj) -> str:
+    doc = (getattr(obj, "__doc__", None) or "").strip()
+    return doc.splitlines()[0].strip() if doc else "(no description: add a docstring)"
+
+
+def _identity(fn) -> tuple:
+    return getattr(fn, "__module__", None), getattr(fn, "__qualname__", None)
+
+
+def register_loss(name: str, *, needs_params: bool = False, requires=(), replace: bool = False):
+    """Decorator: register a loss under `name` so specs like "kd+name" can select it.
+
+    needs_params=False: the decorated object is fn(inputs: LossInputs) -> LossResult.
+    needs_params=True: it is a factory (student_hidden: int, teacher_hidden: int) -> nn.Module with
+        forward(inputs) -> LossResult; build_loss creates it and its parameters join the optimiser.
+    requires: the optional LossInputs fields it reads (e.g. ("student_hidden_states", "teacher_cls_hidden")); the
+        trainer reads the union via LossModule.requires to decide what to compute.
+    replace: allow re-registering an existing name. Re-running the same definition (a notebook cell, same module
+        and qualified name) is always allowed.
+    The description shown by available_losses() is the first line of the docstring.
+    """
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise ValueError(f"register_loss: name must match [a-z][a-z0-9_]* (no '+'), got {name!r}")
+    requires = frozenset(requires)
+    unknown = requires - set(INPUT_FIELDS)
+    if unknown:
+        raise ValueError(f"register_loss({name!r}): requires has unknown fields {sorted(unknown)}; "
+                         f"LossInputs fields are {list(INPUT_FIELDS)}")
+
+    def decorator(fn):
+        old = _REGISTRY.get(name)
+        same_definition = old is not None and _identity(old.fn) == _identity(fn)
+        if old is not None and not (replace or same_definition):
+            raise ValueError(f"register_loss: {name!r} is already registered by {old.fn!r}; "
+                             f"pick another name or pass replace=True")
+        _REGISTRY[name] = LossEntry(name, fn, needs_params, requires, _first_doc_line(fn))
+        return fn
+
+    return decorator
+
+
+def available_losses() -> dict[str, str]:
+    """{name: one-line description} for every registered loss, in registration order (for the CLI --help)."""
+    return {name: entry.description for name, entry in _REGISTRY.items()}
+
+
+def parse_loss_spec(spec: str) -> list[str]:
+    """"kd + pkd" -> ["kd", "pkd"]: components joined with '+'; unknown or repeated names raise ValueError."""
+    if not isinstance(spec, str) or not spec.strip():
+        raise ValueError(f"loss spec must be a non-empty string like 'kd+pkd', got {spec!r}; "
+                         f"available: {', '.join(_REGISTRY)}")
+    names = [part.strip().lower() for part in spec.split("+")]
+    for name in names:
+        if name not in _REGISTRY:
+            shown = repr(name) if name else "an empty component"
+            raise ValueError(f"unknown loss {shown} in spec {spec!r}; available: {', '.join(_REGISTRY)}")
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise ValueError(f"loss spec {spec!r} names {repeated} more than once; use LossConfig.weights to scale a term")
+    return names
+
+
+class LossModule(nn.Module):
+    """The combined loss L = sum_i w_i * L_i of a spec; an nn.Module so parametrised components train with the model.
+
+    forward(inputs) -> LossResult(total, parts) with parts as floats, e.g. {"kd": .., "ce": .., "pkd": ..}.
+    requires: frozenset of the optional LossInputs fields the components read.
+    """
+
+    def __init__(self, spec: str, student_hidden: Optional[int] = None, teacher_hidden: Optional[int] = None):
+        super().__init__()
+        self.names = parse_loss_spec(spec)
+        self.spec = "+".join(self.names)
+        self.param_losses = nn.ModuleDict()  # the components built by needs_params factories
+        self._fns: dict[str, Callable] = {}
+        for name in self.names:
+            entry = _REGISTRY[name]
+            if not entry.needs_params:
+                self._fns[name] = entry.fn
+                continue
+            if student_hidden is None or teacher_hidden is None:
+                raise ValueError(f"loss {name!r} has learnable parameters: call build_loss({spec!r}, "
+                                 f"student_hidden=H_s, teacher_hidden=H_t)")
+            module = entry.fn(int(student_hidden), int(teacher_hidden))
+            if not isinstance(module, nn.Module):
+                raise TypeError(f"loss {name!r}: its factory returned {type(module).__name__}, expected an nn.Module")
+            self.param_losses[name] = module
+        self.requires = frozenset().union(*(_REGISTRY[n].requires for n in self.names))
+
+    def forward(self, inputs: LossInputs) -> LossResult:
+        total = None
+        parts: dict[str, Union[float, Tensor]] = {}
+        owner: dict[str, str] = {}
+        for name in self.names:
+            fn = self.param_losses[name] if name in self.param_losses else self._fns[name]
+            result = fn(inputs)
+            if not isinstance(result, LossResult):
+                raise TypeError(f"loss {name!r} returned {type(result).__name__}, expected LossResult(total, parts)")
+            if not (torch.is_tensor(result.total) and result.total.dim() == 0):
+                shape = tuple(result.total.shape) if torch.is_tensor(result.total) else type(result.total).__name__
+                raise ValueError(f"loss {name!r} returned total of shape {shape}; it must be a scalar tensor")
+            w = inputs.config.weights.get(name, 1.0)
+            total = w * result.total if total is None else total + w * result.total  # L = sum_i w_i L_i
+            for key, value in result.parts.items():
+                if key in parts:
+                    raise ValueError(f"losses {owner[key]!r} and {name!r} both report a part {key!r}: spec "
+                                     f"{self.spec!r} counts that term twice (e.g. 'kd' already includes (1-alpha)*CE)")
+                owner[key] = name
+                parts[key] = w * (value.detach() if torch.is_tensor(value) else value)
+        return LossResult(total, _to_floats(parts))
+
+    def extra_repr(self) -> str:
+        return f"spec={self.spec!r}"
+
+
+def _to_floats(parts: dict) -> dict[str, float]:
+    """Convert tensor parts with one device sync (a single .tolist()) instead of one .item() per part."""
+    keys = [k for k, v in parts.items() if torch.is_tensor(v)]
+    values = torch.stack([parts[k].reshape(()).float() for k in keys]).tolist() if keys else []
+    out = {k: float(v) for k, v in parts.items() if not torch.is_tensor(v)}
+    out.update(zip(keys, values))
+    return {k: out[k] for k in parts}  # keep the components' order for logging
+
+
+def build_loss(spec: str, student_hidden: Optional[int] = None, teacher_hidden: Optional[int] = None) -> LossModule:
+    """Build the combined loss for `spec` ("ce", "kd", "kd+pkd", "kd+hidden_mse_proj", ...).
+
+    student_hidden / teacher_hidden (H_s, H_t) are needed only when a component has learnable parameters.
+    """
+    return LossModule(spec, student_hidden, teacher_hidden)
+
+
+def get_loss(spec: str, student_hidden: Optional[int] = None, teacher_hidden: Optional[int] = None) -> LossModule:
+    """Alias of build_loss (the name used in the interface contract): a callable LossModule summing the components."""
+    return build_loss(spec, student_hidden, teacher_hidden)
