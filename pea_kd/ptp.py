@@ -1,0 +1,198 @@
+"""PTP, Pretraining with Teacher's Predictions (Pea-KD, Cho & Kang): labels and the hand-off to KD.
+
+Before distillation the student is trained to predict *how* the fine-tuned teacher does on each training example.
+With z_t the teacher's logits for an example, y its gold label and
+
+    c     = max_j softmax(z_t)_j          the teacher's confidence (temperature 1)
+    y_hat = argmax_j z_t_j                the teacher's prediction (ties -> the first index, as torch.argmax)
+
+every example gets one of 4 PTP classes, the same 4 for every task (binary or 3-way alike):
+
+    0  confidently correct     y_hat == y  and  c >  t1
+    1  unconfidently correct   y_hat == y  and  c <= t1
+    2  confidently wrong       y_hat != y  and  c >  t2
+    3  unconfidently wrong     y_hat != y  and  c <= t2
+
+(exactly the authors' inequalities: a confidence equal to the threshold is "unconfident"). t1 is the threshold for
+correct predictions, t2 for wrong ones. The authors' README defines them as medians of c over the teacher's correct
+(t1) and wrong (t2) predictions; their code hard-codes the values in `AUTHORS_THRESHOLDS` (bert-base teacher). Here
+the defaults are computed: t1 = median{c : correct}, t2 = median{c : wrong}, with the *true* median (the mean of the
+two middle values for an even count, like numpy.median; torch.median would return the lower one). For an odd count
+the median example itself has c == t, so it lands in the "unconfident" class.
+
+The teacher was fine-tuned on the very training set it labels, so it is rarely wrong there: classes 2 and 3 are
+small (often a few percent or less), and there is no rebalancing, as in the authors' code. If the teacher makes no
+wrong prediction at all, t2 has no median; it is then set to 1.0 (c <= 1 always, so nothing can be "confidently
+wrong"), classes 2-3 are empty and a warning is logged (likewise t1 = 1.0 if nothing is correct).
+To label the dev set for validation, reuse the training thresholds: `build_ptp_labels(dev_z, dev_y, res.t1, res.t2)`.
+
+PTP is defined for classification only: STS-B (regression, one output column, float labels) is refused.
+
+Hand-off: the PTP stage trains the student (same SPS variant) with a 4-way head by cross-entropy on these labels and
+saves it with `save_student`; the KD stage starts from its embeddings, layers and pooler bit for bit and discards the
+PTP head (`kd_student_from_ptp`). The PTP *training* stage itself lives with the trainer.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+from torch import nn
+
+from .students import build_student, load_student
+
+logger = logging.getLogger(__name__)
+
+PTP_CLASSES = ("confidently correct", "unconfidently correct", "confidently wrong", "unconfidently wrong")
+NUM_PTP_CLASSES = len(PTP_CLASSES)
+# (t1, t2) hard-coded in the authors' code (C2/C3) for a bert-base-uncased teacher; GLUE task names as in pea_kd.glue.
+AUTHORS_THRESHOLDS: dict[str, tuple[float, float]] = {
+    "MRPC": (0.95, 0.75),
+    "RTE": (0.80, 0.60),
+    "SST-2": (0.98, 0.80),
+    "QNLI": (0.98, 0.70),
+    "CoLA": (0.95, 0.70),
+}
+
+
+def authors_thresholds(task: str) -> tuple[float, float]:
+    """The authors' (t1, t2) for a GLUE task name (any spelling `pea_kd.glue.get_task` accepts)."""
+    from .glue import get_task
+
+    name = get_task(task).name
+    if name not in AUTHORS_THRESHOLDS:
+        raise ValueError(f"the authors give no PTP thresholds for {name}; known: {', '.join(AUTHORS_THRESHOLDS)}")
+    return AUTHORS_THRESHOLDS[name]
+
+
+@dataclass
+class PTPLabels:
+    """The result of `build_ptp_labels`: one PTP class per example and the numbers behind it."""
+
+    labels: torch.Tensor  # (N,) int64 in {0, 1, 2, 3}, index into PTP_CLASSES
+    t1: float  # threshold for correct predictions
+    t2: float  # threshold for wrong predictions
+    histogram: dict[str, int]  # PTP class name -> count, all 4 classes in order
+    num_correct: int
+    num_wrong: int
+    confidence: Optional[torch.Tensor] = None  # (N,) float64, c = max softmax(z_t)
+
+
+def true_median(values: torch.Tensor) -> float:
+    """Median of a non-empty 1-D tensor: the middle value, or the mean of the two middle values for an even count."""
+    v = torch.sort(values.flatten().double()).values
+    n = v.numel()
+    if n == 0:
+        raise ValueError("true_median: empty tensor")
+    return float(v[n // 2]) if n % 2 else float((v[n // 2 - 1] + v[n // 2]) / 2)
+
+
+def _check_threshold(name: str, value) -> Optional[float]:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < float(value) <= 1.0:
+        raise ValueError(f"build_ptp_labels: {name} must be a number in (0, 1], got {value!r}")
+    return float(value)
+
+
+def build_ptp_labels(teacher_logits, labels, t1: Optional[float] = None, t2: Optional[float] = None) -> PTPLabels:
+    """PTP classes from the teacher's logits (N, C) and the gold labels (N,); thresholds default to the medians."""
+    z = torch.as_tensor(teacher_logits)
+    y = torch.as_tensor(labels)
+    if z.dim() == 2 and z.shape[1] == 1 or z.dim() == 1 or y.is_floating_point():
+        raise ValueError(
+            "PTP is defined for classification tasks; STS-B (regression) has no correct/wrong teacher prediction: "
+            f"got teacher_logits of shape {tuple(z.shape)} and labels of dtype {y.dtype}")
+    if z.dim() != 2 or z.shape[0] == 0:
+        raise ValueError(f"build_ptp_labels: teacher_logits must have shape (N, C) with N >= 1, got {tuple(z.shape)}")
+    if y.shape != (z.shape[0],):
+        raise ValueError(f"build_ptp_labels: labels must have shape ({z.shape[0]},) to match teacher_logits "
+                         f"{tuple(z.shape)}, got {tuple(y.shape)}")
+    if not z.is_floating_point() or not torch.isfinite(z).all():
+        raise ValueError("build_ptp_labels: teacher_logits must be finite floating-point values")
+    if y.dtype == torch.bool or y.min() < 0 or y.max() >= z.shape[1]:
+        raise ValueError(f"build_ptp_labels: labels must be class ids in [0, {z.shape[1]}), "
+                         f"got values in [{int(y.min())}, {int(y.max())}]")
+    t1, t2 = _check_threshold("t1", t1), _check_threshold("t2", t2)
+
+    confidence = torch.softmax(z.double(), dim=1).max(dim=1).values  # c = max_j softmax(z_t)_j, (N,)
+    correct = z.argmax(dim=1) == y.long()  # y_hat == y; argmax ties -> first index
+    num_correct = int(correct.sum())
+    num_wrong = len(y) - num_correct
+    if t1 is None:
+        if num_correct:
+            t1 = true_median(confidence[correct])
+        else:
+            t1 = 1.0
+            logger.warning("build_ptp_labels: the teacher has no correct prediction; t1 = 1.0, classes 0-1 are empty")
+    if t2 is None:
+        if num_wrong:
+            t2 = true_median(confidence[~correct])
+        else:
+            t2 = 1.0
+            logger.warning("build_ptp_labels: the teacher has no wrong prediction; t2 = 1.0, classes 2-3 are empty")
+
+    ptp = torch.where(
+        correct,
+        torch.where(confidence > t1, 0, 1),  # correct: 0 confidently (c > t1), 1 unconfidently (c <= t1)
+        torch.where(confidence > t2, 2, 3),  # wrong:   2 confidently (c > t2), 3 unconfidently (c <= t2)
+    ).long()
+    counts = torch.bincount(ptp, minlength=NUM_PTP_CLASSES).tolist()
+    return PTPLabels(labels=ptp, t1=t1, t2=t2, histogram=dict(zip(PTP_CLASSES, counts)),
+                     num_correct=num_correct, num_wrong=num_wrong, confidence=confidence)
+
+
+def format_histogram(res: PTPLabels) -> str:
+    """A readable table of the PTP class counts, with the thresholds and the teacher's accuracy."""
+    n = res.num_correct + res.num_wrong
+    lines = [
+        f"PTP labels for {n} examples: teacher correct on {res.num_correct} ({100 * res.num_correct / n:.1f}%), "
+        f"wrong on {res.num_wrong}",
+        f"thresholds: t1 = {res.t1:.4f} (correct), t2 = {res.t2:.4f} (wrong)",
+        f"{'class':<6} {'name':<22} {'count':>8} {'share':>7}",
+    ]
+    for k, name in enumerate(PTP_CLASSES):
+        count = res.histogram[name]
+        lines.append(f"{k:<6} {name:<22} {count:>8} {100 * count / n:>6.1f}%")
+    return "\n".join(lines)
+
+
+def build_ptp_student(pretrained: str | os.PathLike = "minilm-l6", num_layers: int = 3, variant: str = "sps"):
+    """The PTP-stage model: a student (pre-trained bottom layers, SPS plan) with a new 4-way head."""
+    return build_student(pretrained, num_layers=num_layers, num_labels=NUM_PTP_CLASSES, variant=variant)
+
+
+def tensor_differences(a: nn.Module, b: nn.Module) -> list[str]:
+    """State-dict names whose tensors differ between two models in presence, shape, dtype or any bit."""
+    sa, sb = a.state_dict(), b.state_dict()
+    differ = []
+    for name in sorted(set(sa) | set(sb)):
+        x, y = sa.get(name), sb.get(name)
+        if x is None or y is None or x.shape != y.shape or x.dtype != y.dtype:
+            differ.append(name)
+        else:  # compare the raw bytes: bit for bit, so even -0.0 vs 0.0 or a NaN payload counts
+            bytes_x = x.detach().contiguous().reshape(-1).view(torch.uint8)
+            bytes_y = y.detach().contiguous().reshape(-1).view(torch.uint8)
+            if not torch.equal(bytes_x, bytes_y):
+                differ.append(name)
+    return differ
+
+
+def kd_student_from_ptp(ptp_dir: str | os.PathLike, num_labels: int, variant: str, num_layers: int):
+    """The KD-stage student: encoder (embeddings, layers, pooler) of the PTP checkpoint bit for bit, new task head.
+
+    Checks the hand-off: every tensor except `classifier.*` equals the saved PTP student's.
+    """
+    model = build_student(num_layers=num_layers, num_labels=num_labels, variant=variant, encoder_from=ptp_dir)
+    differ = [n for n in tensor_differences(load_student(ptp_dir), model) if not n.startswith("classifier.")]
+    if differ:
+        raise RuntimeError(f"kd_student_from_ptp: encoder tensors changed in the hand-off from {ptp_dir}: {differ}")
+    return model
+
+
+__all__ = ["PTP_CLASSES", "NUM_PTP_CLASSES", "AUTHORS_THRESHOLDS", "authors_thresholds", "PTPLabels",
+           "true_median", "build_ptp_labels", "format_histogram", "build_ptp_student", "tensor_differences",
+           "kd_student_from_ptp"]

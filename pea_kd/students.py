@@ -1,0 +1,194 @@
+"""Build, save and reload Pea-KD students.
+
+A student is a `BertForSequenceClassification` with L real layers and an SPS plan (`pea_kd.sps`):
+
+    build_student("minilm-l6", num_layers=3, variant="sps")
+        embeddings, encoder.layer.0..L-1, pooler  <- the *pre-trained* checkpoint (bottom L layers, as in PKD)
+        classifier                                <- new: W_c ~ N(0, 0.02), b_c = 0
+        encoder.plan                              <- make_plan(L, variant)
+
+    build_student(..., encoder_from=<dir written by save_student>)     (the PTP -> KD hand-off)
+        embeddings, layers, pooler                <- that directory, bit for bit
+        classifier                                <- new again (the 4-way PTP head is discarded)
+
+`save_student` writes an HF-layout directory (config.json, model.safetensors, optional vocab.txt) plus `student.json`
+({variant, plan, num_layers, effective_layers, num_labels, num_parameters, extra}); `load_student` reads it back with
+plan and head.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+from typing import Optional
+
+from torch import nn
+
+from bert_mini import BertForSequenceClassification, load_pretrained, save_pretrained
+
+from .sps import Plan, apply_plan, get_encoder, make_plan
+
+logger = logging.getLogger(__name__)
+
+STUDENT_FILE = "student.json"
+HEAD_INIT_STD = 0.02  # BERT's initializer_range: W_c ~ N(0, 0.02^2), b_c = 0
+
+
+def reset_head(model: BertForSequenceClassification, std: float = HEAD_INIT_STD) -> None:
+    """Re-initialise the task head in place: W_c ~ N(0, std^2), b_c = 0."""
+    nn.init.normal_(model.classifier.weight, mean=0.0, std=std)
+    nn.init.zeros_(model.classifier.bias)
+
+
+def read_student_meta(student_dir: str | os.PathLike) -> dict:
+    """The parsed `student.json` of a directory written by `save_student` (checked for the required fields)."""
+    path = Path(student_dir) / STUDENT_FILE
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: not found; is {student_dir} a directory written by save_student?") from None
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: not valid JSON ({err.msg} at line {err.lineno})") from None
+    missing = [k for k in ("variant", "plan", "num_layers", "num_labels") if k not in meta]
+    if missing:
+        raise ValueError(f"{path}: missing field(s) {', '.join(missing)}")
+    meta["plan"] = [(int(i), bool(s)) for i, s in meta["plan"]]
+    try:
+        expected = make_plan(int(meta["num_layers"]), meta["variant"])
+    except ValueError as err:
+        raise ValueError(f"{path}: {err}") from None
+    if meta["plan"] != expected:
+        raise ValueError(f"{path}: stored plan {meta['plan']} is not the plan of variant {meta['variant']!r} "
+                         f"with {meta['num_layers']} layers")
+    return meta
+
+
+def build_student(
+    pretrained: str | os.PathLike = "minilm-l6",
+    num_layers: int = 3,
+    num_labels: int = 2,
+    variant: str = "original",
+    encoder_from: Optional[str | os.PathLike] = None,
+) -> BertForSequenceClassification:
+    """An L-layer student with a new task head and the `variant`'s SPS plan.
+
+    pretrained:   checkpoint name or directory (see `bert_mini.load_pretrained`) whose embeddings, bottom
+                  `num_layers` layers and pooler are copied. Use the pre-trained, not a fine-tuned, checkpoint: a
+                  task head found in it is discarded with a warning. Ignored when `encoder_from` is given.
+    encoder_from: a directory written by `save_student` (e.g. the PTP stage's best checkpoint). Its embeddings,
+                  layers and pooler are loaded bit for bit; its stored variant and num_layers must equal the ones
+                  asked for here. Its head (e.g. the 4-way PTP head) is replaced by a new one.
+    The head is always new: W_c ~ N(0, 0.02), b_c = 0, drawn from torch's global RNG (seed it for reproducibility).
+    """
+    if isinstance(num_labels, bool) or not isinstance(num_labels, int) or num_labels < 1:
+        raise ValueError(f"build_student: num_labels must be a positive integer, got {num_labels!r}")
+    make_plan(num_layers, variant)  # validates num_layers and variant before any loading
+    if encoder_from is None:
+        model = load_pretrained(pretrained, num_labels=num_labels, num_hidden_layers=num_layers)
+        if not model.load_report.newly_initialized:
+            logger.warning("build_student: %s has a task head of shape (%d, H); Pea-KD students start from the "
+                           "pre-trained checkpoint, the head is re-initialised", pretrained, num_labels)
+    else:
+        meta = read_student_meta(encoder_from)
+        if str(meta["variant"]).lower() != str(variant).lower() or int(meta["num_layers"]) != num_layers:
+            raise ValueError(
+                f"build_student: encoder_from={encoder_from} holds a {meta['num_layers']}-layer "
+                f"{meta['variant']!r} student, but variant={variant!r}, num_layers={num_layers} was asked for")
+        model = load_pretrained(encoder_from, num_labels=num_labels)
+        if model.config.num_hidden_layers != num_layers:
+            raise ValueError(f"build_student: {encoder_from}/config.json has num_hidden_layers="
+                             f"{model.config.num_hidden_layers}, {STUDENT_FILE} says {num_layers}")
+    reset_head(model)
+    apply_plan(model, variant)
+    return model
+
+
+def effective_layers(model: nn.Module) -> int:
+    """Number of transformer layers a forward pass runs, len(plan): 2L for SPS, 9 for sps6, L for original."""
+    return len(get_encoder(model).plan)
+
+
+def count_parameters(model: nn.Module, include_head: bool = True) -> int:
+    """Number of distinct trainable-or-not parameter scalars; shared tensors count once (SPS adds none).
+
+    include_head=False leaves out `classifier.*` (the task head), leaving embeddings + layers + pooler.
+    """
+    seen: set[int] = set()
+    total = 0
+    for name, p in model.named_parameters():  # named_parameters() already yields a shared tensor only once
+        if (not include_head and name.startswith("classifier.")) or id(p) in seen:
+            continue
+        seen.add(id(p))
+        total += p.numel()
+    return total
+
+
+def _write_json_atomic(path: Path, value: dict) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(value, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def save_student(
+    model: BertForSequenceClassification,
+    out_dir: str | os.PathLike,
+    variant: str,
+    vocab_file: Optional[str | os.PathLike] = None,
+    extra_meta: Optional[dict] = None,
+) -> Path:
+    """Write `out_dir` = HF-layout checkpoint + `student.json`, atomically (a reader sees the old or the new dir).
+
+    `variant` must describe the plan the model runs (checked); `extra_meta` (JSON-serialisable) is stored under
+    "extra", e.g. {"stage": "ptp", "task": "MRPC", "t1": 0.95, "t2": 0.75}.
+    """
+    if not isinstance(model, BertForSequenceClassification):
+        raise TypeError(f"save_student: expected a BertForSequenceClassification, got {type(model).__name__}")
+    plan: Plan = get_encoder(model).plan
+    expected = make_plan(len(model.bert.encoder.layer), variant)
+    if plan != expected:
+        raise ValueError(f"save_student: the model runs plan {plan}, which is not variant {variant!r} ({expected})")
+    meta = {
+        "variant": str(variant).lower(),
+        "plan": [[i, s] for i, s in plan],
+        "num_layers": len(model.bert.encoder.layer),
+        "effective_layers": len(plan),
+        "num_labels": model.num_labels,
+        "num_parameters": count_parameters(model),
+        "extra": dict(extra_meta or {}),
+    }
+    json.dumps(meta)  # fail before writing anything if extra_meta is not JSON-serialisable
+    out_dir = Path(out_dir)
+    staging = out_dir.with_name(f".{out_dir.name}.staging.{os.getpid()}")
+    if staging.exists():
+        shutil.rmtree(staging)
+    save_pretrained(model, staging, vocab_file=vocab_file)
+    _write_json_atomic(staging / STUDENT_FILE, meta)
+    if out_dir.exists():  # swap: rename the old dir away, the new one in, then delete the old one
+        old = out_dir.with_name(f".{out_dir.name}.old.{os.getpid()}")
+        os.replace(out_dir, old)
+        os.replace(staging, out_dir)
+        shutil.rmtree(old)
+    else:
+        os.replace(staging, out_dir)
+    return out_dir
+
+
+def load_student(out_dir: str | os.PathLike) -> BertForSequenceClassification:
+    """Reload a directory written by `save_student`: weights, head and plan; `model.student_meta` = student.json."""
+    meta = read_student_meta(out_dir)
+    model = load_pretrained(out_dir, num_labels=int(meta["num_labels"]))
+    if model.load_report.newly_initialized:
+        raise ValueError(f"load_student: {out_dir} has no task head of shape "
+                         f"({meta['num_labels']}, {model.config.hidden_size})")
+    if model.config.num_hidden_layers != int(meta["num_layers"]):
+        raise ValueError(f"load_student: {out_dir}/config.json has num_hidden_layers={model.config.num_hidden_layers}"
+                         f", {STUDENT_FILE} says {meta['num_layers']}")
+    apply_plan(model, meta["variant"])
+    model.student_meta = meta
+    return model
+
+
+__all__ = ["build_student", "save_student", "load_student", "read_student_meta", "effective_layers",
+           "count_parameters", "reset_head", "HEAD_INIT_STD", "STUDENT_FILE"]
