@@ -84,7 +84,8 @@ class BertTokenizer:
             self._tokenizer.enable_truncation(max_length, strategy="longest_first")
 
     def tokenize(self, text: str) -> list[str]:
-        """WordPiece pieces of one text, without special tokens."""
+        """WordPiece pieces of one text, without special tokens and never truncated."""
+        self._set_truncation(None)
         return self._tokenizer.encode(text, add_special_tokens=False).tokens
 
     def encode(self, text_a: str, text_b: Optional[str] = None, max_length: Optional[int] = 128) -> Encoding:

@@ -12,8 +12,9 @@ A student has L transformer layers of parameters, Layer_0 .. Layer_{L-1}. SPS ru
     Step 2, shuffling. In the upper copy Layer'_j the Query and Key projections trade places, weights *and* biases:
         Layer_j :  Q = x W_q + b_q,   K = x W_k + b_k,   A = softmax(Q K^T / sqrt(d_k) + M) V
         Layer'_j:  Q = x W_k + b_k,   K = x W_q + b_q    (everything else - V, output dense, LayerNorms, FFN - as is)
-    Since (x W_k)(x W_q)^T = ((x W_q)(x W_k)^T)^T, the upper copy attends with the *transposed* score pattern of its
-    twin (up to the biases and the softmax), which is how SPS gives the shared layer a different job.
+    Since K Q^T = (Q K^T)^T (biases included, they live inside Q and K), on the same input the upper copy's
+    pre-softmax scores are exactly the transpose of its twin's; only the row-wise softmax makes the attention maps
+    differ. That is how SPS gives the shared layer a different job.
 
 Properties a reader can check in `tests/test_sps.py`:
   * nothing is random: the swap is fixed, always in the upper copy, in training and evaluation alike;

@@ -162,3 +162,9 @@ def test_hub_name_downloads_through_load_pretrained(tmp_path):
     with pytest.raises(DownloadError, match="no network"):
         load_pretrained("org/other-bert", cache_dir=tmp_path / "cache", base_url=closed_port_url())
     assert not (tmp_path / "cache" / "org--other-bert").exists()
+
+
+def test_tokenize_is_not_truncated_by_an_earlier_encode():
+    tok = load_tokenizer("minilm-l6")
+    tok.encode("a", max_length=16)
+    assert len(tok.tokenize("word " * 50)) == 50

@@ -1,0 +1,143 @@
+"""The notebooks run top to bottom, as a reader runs them, and keep the course's shape.
+
+Every notebooks/*.ipynb and notebooks/assignments/*.ipynb is picked up automatically (one test per file) and
+executed with nbclient:
+
+* in a fresh kernel that runs *this* Python (a kernel spec written to a temporary JUPYTER_PATH, so a globally
+  registered "python3" kernel cannot substitute another environment);
+* on an in-memory copy: the committed file and its outputs are never rewritten by the tests;
+* with cwd = the notebook's folder, PEA_KD_FAST=1 (the notebooks' short setting), $GLUE_DIR defaulting to the shared
+  GLUE copy next to the repository, and the features cache in a temporary directory;
+* with a 300 s limit per cell. A failure names the notebook, the cell number, the cell's source and the error.
+
+Notebooks that read GLUE (metadata `pea_kd.needs_glue`, or a call to load_examples / load_features) are skipped when
+no GLUE data is found. The structure tests check that each notebook ends with an "Exercises" markdown cell, asserts
+at least one fact in code (so a silently wrong notebook fails), imports the project's packages, and is committed with
+its outputs (which the documentation site renders), free of stored errors and reasonably small.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+nbformat = pytest.importorskip("nbformat")
+nbclient = pytest.importorskip("nbclient")
+from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+NOTEBOOK_DIR = ROOT / "notebooks"
+NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("*.ipynb")) + sorted((NOTEBOOK_DIR / "assignments").glob("*.ipynb"))
+IDS = [p.relative_to(NOTEBOOK_DIR).as_posix() for p in NOTEBOOKS]
+CELL_TIMEOUT_S = 300
+MAX_SIZE_KB = 500
+KERNEL_NAME = "pea-kd-test-python"
+ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+GLUE_CALL = re.compile(r"\b(load_examples|load_features)\s*\(")
+
+
+def glue_dir() -> Path:
+    """Where the notebooks will look for GLUE: $GLUE_DIR, else the shared copy, else <root>/data/glue."""
+    if os.environ.get("GLUE_DIR"):
+        return Path(os.environ["GLUE_DIR"])
+    shared = ROOT.parent / "shared" / "glue_data"
+    return shared if shared.is_dir() else ROOT / "data" / "glue"
+
+
+def needs_glue(nb) -> bool:
+    flag = nb.metadata.get("pea_kd", {}).get("needs_glue")
+    if flag is not None:
+        return bool(flag)
+    return any(c.cell_type == "code" and GLUE_CALL.search(c.source) for c in nb.cells)
+
+
+@pytest.fixture(scope="module")
+def kernel_env(tmp_path_factory):
+    """Environment for the kernels: a kernel spec for sys.executable, fast mode, GLUE dir, temporary caches."""
+    jupyter_path = tmp_path_factory.mktemp("jupyter")
+    spec_dir = jupyter_path / "kernels" / KERNEL_NAME
+    spec_dir.mkdir(parents=True)
+    spec = {"argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+            "display_name": "pea-kd tests", "language": "python"}
+    (spec_dir / "kernel.json").write_text(json.dumps(spec), encoding="utf-8")
+    cache = tmp_path_factory.mktemp("features-cache")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("JUPYTER_PATH", os.pathsep.join([str(jupyter_path), os.environ.get("JUPYTER_PATH", "")]))
+        mp.setenv("PEA_KD_FAST", "1")
+        mp.setenv("PEA_KD_CACHE_DIR", str(cache))
+        mp.setenv("MPLBACKEND", "module://matplotlib_inline.backend_inline")
+        if not os.environ.get("GLUE_DIR") and glue_dir().is_dir():
+            mp.setenv("GLUE_DIR", str(glue_dir()))
+        yield
+
+
+def run_notebook(nb, cwd: Path) -> float:
+    """Execute `nb` in place (in memory); returns the wall time in seconds."""
+    client = nbclient.NotebookClient(nb, timeout=CELL_TIMEOUT_S, kernel_name=KERNEL_NAME,
+                                     resources={"metadata": {"path": str(cwd)}})
+    start = time.perf_counter()
+    client.execute()
+    return time.perf_counter() - start
+
+
+def failure_report(name: str, nb, err: Exception) -> str:
+    """One readable message: which cell failed, its source, and the error (ANSI colours removed)."""
+    for index, cell in enumerate(nb.cells):
+        errors = [o for o in cell.get("outputs", []) if o.get("output_type") == "error"]
+        if cell.cell_type == "code" and errors:
+            tb = ANSI.sub("", "\n".join(errors[0].get("traceback", [])))
+            tb = "\n".join(tb.splitlines()[-40:])
+            return (f"{name}: cell {index} raised {errors[0]['ename']}: {errors[0]['evalue']}\n"
+                    f"--- cell source ---\n{cell.source}\n--- traceback (last lines) ---\n{tb}")
+    return f"{name}: {type(err).__name__}: {ANSI.sub('', str(err))[-4000:]}"
+
+
+def test_kernel_runs_this_python(kernel_env):
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(
+        "import os, sys\nprint(sys.executable)\nprint(os.environ['PEA_KD_FAST'])")])
+    run_notebook(nb, NOTEBOOK_DIR if NOTEBOOK_DIR.is_dir() else ROOT)
+    lines = nb.cells[0].outputs[0]["text"].split()
+    assert Path(lines[0]).resolve() == Path(sys.executable).resolve() and lines[1] == "1"
+
+
+def test_there_are_notebooks():
+    assert len(NOTEBOOKS) >= 4, f"expected the course notebooks in {NOTEBOOK_DIR}, found {IDS}"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
+def test_notebook_executes(path, kernel_env):
+    nb = nbformat.read(path, as_version=4)  # an in-memory copy; the committed file is not written
+    name = path.relative_to(NOTEBOOK_DIR).as_posix()
+    if needs_glue(nb) and not (glue_dir() / "MRPC").is_dir():
+        pytest.skip(f"{name} reads GLUE data and none was found at {glue_dir()} (set GLUE_DIR)")
+    try:
+        seconds = run_notebook(nb, path.parent)
+    except (CellExecutionError, CellTimeoutError, DeadKernelError) as err:
+        pytest.fail(failure_report(name, nb, err), pytrace=False)
+    print(f"{name}: executed in {seconds:.1f} s (PEA_KD_FAST=1)")
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
+def test_notebook_structure(path):
+    nb = nbformat.read(path, as_version=4)
+    name = path.relative_to(NOTEBOOK_DIR).as_posix()
+    nbformat.validate(nb)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    last = nb.cells[-1] if nb.cells else None
+    assert last is not None and last.cell_type == "markdown" and re.search(r"^#+\s*Exercises\b", last.source, re.M), \
+        f"{name}: the last cell must be a markdown cell with an '## Exercises' heading"
+    assert any(re.search(r"^\s*assert\b", c.source, re.M) for c in code), \
+        f"{name}: no code cell asserts anything; assert at least one fact the notebook shows"
+    assert any(re.search(r"^\s*(from|import)\s+(pea_kd|bert_mini)\b", c.source, re.M) for c in code), \
+        f"{name}: the notebook must import the project's packages (pea_kd / bert_mini), not copy their code"
+    assert any(c.get("outputs") for c in code), f"{name}: committed without outputs; execute it and save the outputs"
+    stored_errors = [i for i, c in enumerate(nb.cells) if c.cell_type == "code"
+                     and any(o.get("output_type") == "error" for o in c.get("outputs", []))]
+    assert not stored_errors, f"{name}: cells {stored_errors} were saved with an error output"
+    size_kb = path.stat().st_size / 1024
+    assert size_kb < MAX_SIZE_KB, f"{name}: {size_kb:.0f} KB > {MAX_SIZE_KB} KB; lower the figure dpi or trim outputs"
