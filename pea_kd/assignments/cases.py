@@ -1,0 +1,107 @@
+"""Random, reproducible inputs on which the checkers grade a student's loss (float64, small, with padding).
+
+Each builder returns a LossInputs shaped like what the trainer passes: hidden states with index 0 = embeddings,
+attentions with index i-1 = layer i, an attention_mask of 1 (real) / 0 (padding) with at least one padded example,
+and a layer_map from pkd_layer_map. Teacher tensors can be made to require grad, to test that a loss detaches them.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from pea_kd.losses import LossConfig, LossInputs, pkd_layer_map
+
+DTYPE = torch.float64
+
+
+def _gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(1000 + seed)
+
+
+def padding_mask(B: int, T: int, g: torch.Generator) -> torch.Tensor:
+    """(B, T) long: example 0 is full length, example 1 has 2 padded positions, the rest random lengths >= 2."""
+    lengths = [T, T - 2] + [int(torch.randint(2, T + 1, (), generator=g)) for _ in range(B - 2)]
+    return (torch.arange(T)[None, :] < torch.tensor(lengths)[:, None]).long()
+
+
+def masked_softmax(scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Attention probabilities softmax_k(scores[b,h,q,k]) with padded keys k at exactly 0 (as in BERT)."""
+    return scores.masked_fill(mask[:, None, None, :] == 0, float("-inf")).softmax(-1)
+
+
+def attention_scores(B: int, T: int, A: int, L_s: int, L_t: int, seed: int):
+    """Student and teacher attention *scores* (pre-softmax) and the mask, for a student with L_s effective layers."""
+    g = _gen(seed)
+    mask = padding_mask(B, T, g)
+    student = [torch.randn(B, A, T, T, generator=g, dtype=DTYPE) * 1.5 for _ in range(L_s)]
+    teacher = [torch.randn(B, A, T, T, generator=g, dtype=DTYPE) * 1.5 for _ in range(L_t)]
+    return student, teacher, mask
+
+
+def attention_inputs(student_scores, teacher_scores, mask, teacher_grad: bool = False) -> LossInputs:
+    """LossInputs with student_attentions / teacher_attentions = masked softmax of the scores."""
+    L_s, L_t = len(student_scores), len(teacher_scores)
+    a_t = tuple(masked_softmax(s, mask) for s in teacher_scores)
+    if teacher_grad:
+        a_t = tuple(a.detach().requires_grad_() for a in a_t)
+    B, _, T, _ = student_scores[0].shape
+    return LossInputs(student_logits=torch.zeros(B, 2, dtype=DTYPE),
+                      student_attentions=tuple(masked_softmax(s, mask) for s in student_scores),
+                      teacher_attentions=a_t, attention_mask=mask,
+                      config=LossConfig(layer_map=pkd_layer_map(L_t, L_s)))
+
+
+ATTENTION_SHAPES = [(2, 5, 2, 3, 6), (3, 6, 2, 4, 8), (3, 4, 3, 2, 4), (4, 6, 2, 3, 12)]  # (B, T, A, L_s, L_t)
+
+
+def hidden_inputs(B: int, T: int, H_s: int, H_t: int, L_s: int, L_t: int, beta: float, seed: int,
+                  teacher_grad: bool = False) -> LossInputs:
+    """Student hidden states (L_s + 1 of (B, T, H_s)) and teacher [CLS] states (B, L_t + 1, H_t)."""
+    g = _gen(seed)
+    states = tuple(torch.randn(B, T, H_s, generator=g, dtype=DTYPE) for _ in range(L_s + 1))
+    teacher = torch.randn(B, L_t + 1, H_t, generator=g, dtype=DTYPE) * 3 + 0.5
+    if teacher_grad:
+        teacher.requires_grad_()
+    return LossInputs(student_logits=torch.zeros(B, 2, dtype=DTYPE), student_hidden_states=states,
+                      teacher_cls_hidden=teacher, attention_mask=padding_mask(B, T, g),
+                      config=LossConfig(beta=beta, layer_map=pkd_layer_map(L_t, L_s)))
+
+
+# (B, T, L_s, L_t, beta)
+HIDDEN_SHAPES = [(2, 4, 3, 6, 100.0), (3, 5, 4, 8, 100.0), (4, 3, 2, 12, 7.5), (3, 4, 6, 12, 100.0)]
+H_S, H_T = 6, 10
+
+
+def logit_inputs(B: int, C: int, temperature: float, alpha: float, reduction: str, seed: int,
+                 teacher_grad: bool = False) -> LossInputs:
+    """Student/teacher logits (B, C) on the scale of real ones and integer labels, for the KD-type losses."""
+    g = _gen(seed)
+    z_s = torch.randn(B, C, generator=g, dtype=DTYPE) * 3
+    z_t = torch.randn(B, C, generator=g, dtype=DTYPE) * 5
+    if teacher_grad:
+        z_t.requires_grad_()
+    y = torch.randint(0, C, (B,), generator=g)
+    return LossInputs(student_logits=z_s, labels=y, teacher_logits=z_t,
+                      config=LossConfig(alpha=alpha, temperature=temperature, kl_reduction=reduction))
+
+
+# one (B, C, alpha, kl_reduction) per training step n = 0..6; T_0 = 8, T_end = 2, N = 4 (so n = 5, 6 are past N)
+ANNEAL_STEPS = [(4, 3, 0.7, "batchmean"), (3, 2, 0.5, "batchmean"), (5, 3, 0.7, "mean"), (4, 4, 0.9, "batchmean"),
+                (3, 3, 0.7, "mean"), (4, 2, 0.6, "batchmean"), (2, 3, 0.7, "batchmean")]
+ANNEAL_T0, ANNEAL_T_END, ANNEAL_N = 8.0, 2.0, 4
+
+# (step n, T_0, T_end, N) for the schedule alone: start, inside, the end point, past the end
+SCHEDULE_CASES = [(0, 10.0, 1.0, 100), (1, 10.0, 1.0, 100), (50, 10.0, 1.0, 100), (99, 10.0, 1.0, 100),
+                  (100, 10.0, 1.0, 100), (150, 10.0, 1.0, 100), (0, 4.0, 2.0, 10), (3, 4.0, 2.0, 10),
+                  (25, 4.0, 2.0, 10)]
+
+
+def cls_pairs(B: int, H: int, noise: float, seed: int, dtype=DTYPE):
+    """Student and teacher [CLS] vectors (B, H); the teacher's are the student's plus noise (positives are close)."""
+    g = _gen(seed)
+    h_s = torch.randn(B, H, generator=g, dtype=torch.float64) * 2 + 0.3
+    h_t = 1.5 * h_s + noise * torch.randn(B, H, generator=g, dtype=torch.float64)
+    return h_s.to(dtype), h_t.to(dtype)
+
+
+NCE_CASES = [(4, 8, 1.0, 0.1), (3, 8, 2.0, 0.5), (5, 6, 0.5, 0.07), (6, 8, 3.0, 0.25)]  # B, H, noise, tau
