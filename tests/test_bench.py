@@ -1,0 +1,99 @@
+"""bert_mini.bench on a tiny checkpoint, one step per mode: FLOP formula, report structure, CLI and JSON. Not timed."""
+import ast
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from bert_mini import BertConfig, BertForSequenceClassification, bench, save_pretrained
+from bert_mini.modeling import BertLayer
+
+TINY = dict(vocab_size=60, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32,
+            max_position_embeddings=16)
+FAST = dict(batch_size=2, seq_len=8, iters=1, warmup=0, matmul_size=32)
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    torch.manual_seed(0)
+    return save_pretrained(BertForSequenceClassification(BertConfig(**TINY)), tmp_path_factory.mktemp("bench") / "m")
+
+
+def test_forward_flops_by_hand_and_against_the_real_layer():
+    cfg = BertConfig(**{**TINY, "hidden_size": 4, "num_attention_heads": 1, "intermediate_size": 8})
+    # per step: 2 * (4*16 + 2*4*8) * (1*2) + 4 * 1 * 2^2 * 4 = 512 + 64; two steps; head 2 * (16 + 8) * 1 = 48
+    assert bench.forward_flops(cfg, batch=1, seq_len=2) == 2 * 576 + 48
+    assert bench.forward_flops(cfg, batch=1, seq_len=2, steps=4) == 4 * 576 + 48  # an SPS plan runs more steps
+    # The formula's "4 H^2 + 2 H I" must be exactly the linear weights of a real BertLayer.
+    big = BertConfig(**{**TINY, "hidden_size": 24, "num_attention_heads": 3, "intermediate_size": 40})
+    linear = sum(m.weight.numel() for m in BertLayer(big).modules() if isinstance(m, torch.nn.Linear))
+    t = 5
+    per_layer = (bench.forward_flops(big, 1, t, steps=1) - bench.forward_flops(big, 1, t, steps=0))
+    assert per_layer == 2 * linear * t + 4 * t * t * 24
+
+
+def check_report(report, impls):
+    assert set(report["modes"]) == {"train", "infer"}
+    assert report["flops"]["train"] == pytest.approx(3 * report["flops"]["infer"])
+    assert report["matmul"]["gflops"] > 0 and report["matmul"]["size"] == FAST["matmul_size"]
+    for mode, result in report["modes"].items():
+        assert set(result) >= set(impls)
+        for impl in impls:
+            e = result[impl]
+            assert len(e["times_s"]) == FAST["iters"] and e["median_s"] > 0
+            assert e["tokens_per_s"] == pytest.approx(FAST["batch_size"] * FAST["seq_len"] / e["median_s"])
+            assert e["gflops"] == pytest.approx(report["flops"][mode] / e["median_s"] / 1e9)
+            assert e["fraction_of_ceiling"] == pytest.approx(e["gflops"] / report["matmul"]["gflops"])
+            assert e["peak_mib"] > 0 and e["memory_kind"].startswith("cpu_peak_rss")
+        assert ("ratio_ours_over_ref" in result) == ("reference" in impls)
+    text = bench.format_report(report)
+    assert "bert_mini" in text and "training" in text and "inference" in text and "matmul ceiling" in text
+
+
+def test_in_process_without_reference(tiny_dir, monkeypatch):
+    monkeypatch.setattr(bench, "reference_available", lambda: False)
+    report = bench.run_benchmark(str(tiny_dir), "cpu", isolate=False, **FAST)
+    check_report(report, ["ours"])
+    assert report["reference"].startswith("unavailable") and report["isolated"] is False
+    assert report["config"]["hidden_size"] == 16
+    report = bench.run_benchmark(str(tiny_dir), "cpu", isolate=False, reference=False, **FAST)
+    assert report["reference"].startswith("skipped") and "reference" not in report["modes"]["train"]
+
+
+def test_cli_runs_workers_in_subprocesses_and_writes_json(tiny_dir, tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    argv = ["--device", "cpu", "--model", str(tiny_dir), "--batch-size", "2", "--seq-len", "8", "--iters", "1",
+            "--warmup", "0", "--matmul-size", "32", "--no-reference", "--json", str(out)]
+    report = bench.main(argv)
+    check_report(report, ["ours"])
+    assert json.loads(out.read_text()) == json.loads(json.dumps(report))
+    for result in report["modes"].values():  # a fresh process: loaded RSS is known and the peak is above it
+        e = result["ours"]
+        assert e["loaded_mib"] is None or e["peak_mib"] >= e["loaded_mib"] > 0
+    assert "speed ratio" not in capsys.readouterr().out
+
+
+def test_reference_side_when_transformers_is_importable(tiny_dir):
+    pytest.importorskip("transformers")
+    report = bench.run_benchmark(str(tiny_dir), "cpu", isolate=False, **FAST)
+    check_report(report, ["ours", "reference"])
+    assert report["modes"]["infer"]["reference"]["label"].startswith("transformers")
+    assert math.isfinite(report["modes"]["train"]["ratio_ours_over_ref"])
+
+
+def test_bad_arguments_are_refused(tiny_dir):
+    with pytest.raises(ValueError, match="iters"):
+        bench.run_benchmark(str(tiny_dir), "cpu", **{**FAST, "iters": 0})
+    with pytest.raises(SystemExit):
+        bench.main(["--model", str(tiny_dir / "missing")])
+
+
+def test_transformers_is_never_imported_at_module_level():
+    tree = ast.parse(Path(bench.__file__).read_text())
+    for node in tree.body:  # only top-level statements; the import inside Runner._build is allowed
+        names = [a.name for a in node.names] if isinstance(node, (ast.Import, ast.ImportFrom)) else []
+        if isinstance(node, ast.ImportFrom):
+            names.append(node.module or "")
+        assert not any(n.split(".")[0] == "transformers" for n in names)
