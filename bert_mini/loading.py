@@ -46,9 +46,12 @@ class LoadReport:
     missing: list[str] = field(default_factory=list)
     unexpected: list[str] = field(default_factory=list)
     newly_initialized: list[str] = field(default_factory=list)
+    dropped_layers: list[int] = field(default_factory=list)  # checkpoint layers above num_hidden_layers
 
     def __str__(self) -> str:
         parts = [f"loaded {self.source}"]
+        if self.dropped_layers:
+            parts.append(f"kept the bottom layers only, dropped encoder layers {self.dropped_layers}")
         if self.newly_initialized:
             parts.append(f"newly initialised (train them): {', '.join(self.newly_initialized)}")
         if self.unexpected:
@@ -132,7 +135,7 @@ def load_pretrained(
 
     num_labels: None returns the bare `BertModel`; a number returns `BertForSequenceClassification` whose head is
         loaded when the checkpoint has one of that shape, and freshly initialised (and reported) otherwise.
-    num_hidden_layers: keep only the bottom L encoder layers (a PKD-style student); upper layers are reported unused.
+    num_hidden_layers: keep only the bottom L encoder layers (a PKD-style student); the report lists the dropped ones.
     """
     model_dir = resolve_model_dir(name_or_path, cache_dir, base_url)
     config = BertConfig.from_json(model_dir / "config.json")
@@ -151,7 +154,10 @@ def load_pretrained(
     report = LoadReport(source=str(weights_path))
     to_load = {}
     for key, tensor in state.items():
-        if key in expected:
+        layer = re.match(r"encoder\.layer\.(\d+)\.", key)
+        if layer and num_hidden_layers is not None and int(layer.group(1)) >= num_hidden_layers:
+            report.dropped_layers = sorted({*report.dropped_layers, int(layer.group(1))})
+        elif key in expected:
             if tuple(tensor.shape) != tuple(expected[key].shape):
                 raise ValueError(
                     f"{weights_path}: {key} has shape {tuple(tensor.shape)}, "
