@@ -1,0 +1,7 @@
+"""`python -m pea_kd <command> ...`; see pea_kd.cli."""
+import sys
+
+from .cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,147 @@
+"""The Pea-KD commands of `python -m pea_kd`: `ptp`, `pea-kd` (PTP then SPS + KD + PKD) and `reproduce`.
+
+    python -m pea_kd ptp --task mrpc --teacher-dir runs/mrpc/teacher --variant sps    -> runs/mrpc/ptp-sps/seed0/
+    python -m pea_kd pea-kd --task mrpc --teacher-dir runs/mrpc/teacher               -> runs/mrpc/pea-kd/seed0/
+    python -m pea_kd reproduce --task mrpc [--seeds 0,1,2] [--smoke]                  -> runs/mrpc/results.md
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from .cli import add_data_args, add_training_args, default_lr, register_command, run_root, train_config_from_args
+from .sps import VARIANTS
+
+
+def _seeds(text: str) -> tuple[int, ...]:
+    try:
+        seeds = tuple(int(s) for s in text.split(",") if s.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not seeds or min(seeds) < 0:
+        raise argparse.ArgumentTypeError(f"expected non-negative integers, got {text!r}")
+    return seeds
+
+
+def _add_student_args(p: argparse.ArgumentParser, default_variant: str) -> None:
+    p.add_argument("--teacher-dir", required=True, help="a finetune-teacher run directory (its cached outputs are used)")
+    p.add_argument("--student-model", default="minilm-l6",
+                   help="pre-trained checkpoint whose bottom layers start the student (default minilm-l6)")
+    p.add_argument("--student-layers", type=int, default=3, help="real transformer layers L (default 3)")
+    p.add_argument("--variant", default=default_variant, choices=VARIANTS,
+                   help=f"student layer plan (default {default_variant}; sps6 needs 6 layers)")
+    p.add_argument("--t1", type=float, default=None, help="PTP confidence threshold for correct predictions "
+                                                          "(default: median over the teacher's correct ones)")
+    p.add_argument("--t2", type=float, default=None, help="PTP threshold for wrong predictions (default: median)")
+    p.add_argument("--holdout", type=float, default=0.1,
+                   help="fraction of train held out to select the PTP encoder by its loss (default 0.1)")
+
+
+def _check_plan(args, parser) -> None:
+    from .sps import make_plan
+    try:
+        make_plan(args.student_layers, args.variant)
+    except ValueError as err:
+        parser.error(str(err))
+
+
+# ---------------------------------------------------------------- ptp
+
+def _configure_ptp(p):
+    add_data_args(p)
+    _add_student_args(p, "sps")
+    add_training_args(p, "ptp")
+
+
+def _run_ptp(args, parser):
+    from .ptp_stage import run_ptp
+    _check_plan(args, parser)
+    out_dir = args.out_dir or run_root(args.task) / f"ptp-{args.variant}" / f"seed{args.seed}"
+    return run_ptp(args.task, out_dir=out_dir, teacher_dir=args.teacher_dir, student_model=args.student_model,
+                   num_layers=args.student_layers, variant=args.variant, t1=args.t1, t2=args.t2, holdout=args.holdout,
+                   config=train_config_from_args(args, default_lr(args.student_model)), max_length=args.max_length,
+                   data_dir=args.data_dir, resume=args.resume, overwrite=args.overwrite)
+
+
+# ---------------------------------------------------------------- pea-kd
+
+def _configure_pea_kd(p):
+    add_data_args(p)
+    _add_student_args(p, "sps")
+    p.add_argument("--ptp-epochs", type=int, default=2, help="epochs of the PTP stage (default 2)")
+    add_training_args(p, "distill")
+
+
+def _run_pea_kd(args, parser):
+    from .distill import distill_student
+    from .ptp_stage import ptp_encoder_dir, run_ptp
+    _check_plan(args, parser)
+    root = run_root(args.task) if args.out_dir is None else Path(args.out_dir)
+    lr = args.lr or default_lr(args.student_model)
+    ptp_config = train_config_from_args(args, lr)
+    ptp_config.epochs = args.ptp_epochs
+    ptp_dir = root / f"ptp-{args.variant}" / f"seed{args.seed}"
+    run_ptp(args.task, out_dir=ptp_dir, teacher_dir=args.teacher_dir, student_model=args.student_model,
+            num_layers=args.student_layers, variant=args.variant, t1=args.t1, t2=args.t2, holdout=args.holdout,
+            config=ptp_config, max_length=args.max_length, data_dir=args.data_dir, resume=args.resume,
+            overwrite=args.overwrite)
+    return distill_student(args.task, out_dir=root / "pea-kd" / f"seed{args.seed}", teacher_dir=args.teacher_dir,
+                           student_model=args.student_model, num_layers=args.student_layers, variant=args.variant,
+                           loss="kd+pkd", init_from=ptp_encoder_dir(ptp_dir), config=train_config_from_args(args, lr),
+                           max_length=args.max_length, data_dir=args.data_dir, resume=args.resume,
+                           overwrite=args.overwrite)
+
+
+# ---------------------------------------------------------------- reproduce
+
+def _configure_reproduce(p):
+    from .reproduce import METHODS, ReproduceConfig
+    d = ReproduceConfig.__dataclass_fields__
+    p.add_argument("--task", required=True, help="GLUE task whose data is available (mrpc, rte, sst2, cola, stsb, ...)")
+    p.add_argument("--data-dir", default=None, help="GLUE root (default: $GLUE_DIR, else data/glue)")
+    p.add_argument("--teacher", default="minilm-l6", help="teacher checkpoint; students take its bottom layers "
+                                                         "(default minilm-l6; e.g. bert-base-uncased)")
+    p.add_argument("--student-layers", type=int, default=3, help="student layers L (default 3)")
+    p.add_argument("--seeds", type=_seeds, default=(0, 1, 2), help="comma-separated seeds (default 0,1,2)")
+    p.add_argument("--methods", default=",".join(m.slug for m in METHODS),
+                   help="comma-separated subset of " + ", ".join(m.slug for m in METHODS))
+    for stage in ("teacher", "student", "ptp"):
+        default = d[f"{stage}_epochs"].default
+        p.add_argument(f"--{stage}-epochs", type=int, default=default, help=f"{stage} epochs (default {default})")
+    p.add_argument("--lr", type=float, default=None, help="learning rate of every stage (default 5e-5 for "
+                                                          "hidden < 768, 2e-5 for bert-base width)")
+    p.add_argument("--batch-size", type=int, default=32, help="batch size (default 32)")
+    p.add_argument("--max-length", type=int, default=128, help="max tokens per example (default 128)")
+    p.add_argument("--alpha", type=float, default=0.7, help="KD weight alpha (default 0.7)")
+    p.add_argument("--temperature", type=float, default=10.0, help="KD temperature T (default 10)")
+    p.add_argument("--beta", type=float, default=100.0, help="PKD weight beta (default 100)")
+    p.add_argument("--eval-every", type=int, default=0, help="dev evaluation every N steps (default: each epoch)")
+    p.add_argument("--smoke", action="store_true", help="a few dozen examples, 1 epoch, 1 seed: checks every stage")
+    p.add_argument("--out-root", default=None, help="where runs/<task>/ goes (default: <project>/runs)")
+    p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda (default auto)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def _run_reproduce(args, parser):
+    from .reproduce import ReproduceConfig, run_all
+    if args.student_layers < 1:
+        parser.error("--student-layers must be >= 1")
+    extra = {"out_root": args.out_root} if args.out_root else {}
+    cfg = ReproduceConfig(task=args.task, teacher=args.teacher, student_layers=args.student_layers, seeds=args.seeds,
+                          methods=tuple(m.strip() for m in args.methods.split(",") if m.strip()),
+                          teacher_epochs=args.teacher_epochs, student_epochs=args.student_epochs,
+                          ptp_epochs=args.ptp_epochs, lr=args.lr, batch_size=args.batch_size,
+                          max_length=args.max_length, alpha=args.alpha, temperature=args.temperature, beta=args.beta,
+                          eval_every=args.eval_every, smoke=args.smoke, data_dir=args.data_dir, device=args.device,
+                          progress=False if args.no_progress else None, **extra)
+    results = run_all(cfg)
+    print((cfg.run_root / "results.md").read_text(encoding="utf-8"))
+    return {"results": str(cfg.run_root / "results.md"), "complete": results.get("complete")}
+
+
+register_command("ptp", "PTP stage: train a student on the teacher's 4-way PTP labels (keeps the best encoder)",
+                 _configure_ptp, _run_ptp)
+register_command("pea-kd", "the whole Pea-KD recipe for one seed: PTP, then SPS + KD + PKD from its encoder",
+                 _configure_pea_kd, _run_pea_kd)
+register_command("reproduce", "the paper's comparison on one task: teacher, FT, KD, PKD, SPS, PTP, Pea-KD",
+                 _configure_reproduce, _run_reproduce)

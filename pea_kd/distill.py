@@ -1,0 +1,99 @@
+"""Distil a student from the cached teacher: the final stage of Pea-KD (method notes sections 3 and 9.5).
+
+    student  = build_student(pre-trained checkpoint | PTP encoder, L layers, SPS variant), new task head
+    teacher  = teacher_outputs.pt rows (logits z_t, [CLS] states h_t): the teacher model is never run here
+    L        = loss spec, e.g. "kd+pkd":  alpha T^2 KL(p_t || p_s) + (1 - alpha) CE(z_s, y)
+                                         + beta MSE(norm(h_s[CLS]), norm(h_t[CLS])) over pkd_layer_map(L_t, L_s)
+    -> out_dir/final/ (save_student layout, student.json), result.json, log.jsonl
+
+"ce" needs no teacher at all (plain fine-tuning of the student: the FT baseline).
+"""
+from __future__ import annotations
+
+import logging
+from typing import Optional
+
+from bert_mini import load_pretrained, load_tokenizer, resolve_model_dir
+
+from .features import load_features
+from .glue import get_task
+from .losses import LossConfig, build_loss, pkd_layer_map
+from .sps import make_plan
+from .students import build_student, effective_layers, save_student
+from .teacher import ensure_teacher_outputs, teacher_model_dir
+from .trainer import TrainConfig, TrainResult, set_seed, train
+
+log = logging.getLogger(__name__)
+TEACHER_FIELDS = ("teacher_logits", "teacher_cls_hidden", "teacher_attentions")
+LAYER_FIELDS = frozenset({"student_hidden_states", "teacher_cls_hidden"})  # losses that match [CLS] states by layer
+
+
+def loss_requires(spec: str) -> frozenset:
+    """The LossInputs fields a loss spec reads (built with placeholder sizes; only `requires` is used)."""
+    return build_loss(spec, student_hidden=8, teacher_hidden=8).requires
+
+
+def check_distill_args(loss: str, num_layers: int, variant: str, teacher_dir) -> None:
+    """Refuse impossible combinations with a one-line ValueError (the CLI turns it into a usage error)."""
+    requires = loss_requires(loss)
+    plan = make_plan(num_layers, variant)  # e.g. sps6 with 3 layers
+    if teacher_dir is None and any(f in requires for f in TEACHER_FIELDS):
+        raise ValueError(f"loss {loss!r} distils from a teacher: pass a teacher directory (--teacher-dir)")
+    if LAYER_FIELDS <= requires and len(plan) < 2:
+        raise ValueError(f"loss {loss!r} matches intermediate layers, but a {num_layers}-layer {variant!r} student "
+                         "has 1 effective layer and nothing to match (use --loss kd)")
+
+
+def distill_student(task, *, out_dir, teacher_dir=None, student_model: str = "minilm-l6", num_layers: int = 3,
+                    variant: str = "original", loss: str = "kd+pkd", alpha: float = 0.7, temperature: float = 10.0,
+                    beta: float = 100.0, kl_reduction: str = "batchmean", loss_weights: Optional[dict] = None,
+                    init_from=None, config: Optional[TrainConfig] = None, max_length: int = 128, data_dir=None,
+                    max_train_examples: Optional[int] = None, teacher_checkpoint: str = "final",
+                    resume: bool = False, overwrite: bool = False) -> TrainResult:
+    """Train an L-layer `variant` student on `task` with `loss`, reading the teacher's cached outputs only.
+
+    init_from: a PTP run's saved student (save_student dir) whose encoder replaces the pre-trained one (Pea-KD).
+    max_train_examples keeps the first N training examples (and their teacher rows), for smoke runs.
+    """
+    spec = get_task(task)
+    config = config or TrainConfig()
+    check_distill_args(loss, num_layers, variant, teacher_dir)
+    requires = loss_requires(loss)
+    tokenizer = load_tokenizer(student_model)
+    train_data = load_features(spec, "train", tokenizer, max_length, data_dir)
+    dev_data = load_features(spec, spec.dev_split, tokenizer, max_length, data_dir)
+    teacher, live_teacher, teacher_layers = None, None, None
+    if teacher_dir is not None and any(f in requires for f in TEACHER_FIELDS):
+        cache = ensure_teacher_outputs(teacher_dir, spec, ("train", "dev"), max_length, data_dir, teacher_checkpoint,
+                                       config.device)
+        if cache["tokenizer"] != tokenizer.fingerprint:
+            log.warning("student tokenizer %s differs from the teacher's %s: the teacher saw other token ids",
+                        tokenizer.fingerprint, cache["tokenizer"])
+        teacher = cache["splits"]["train"]
+        teacher_layers = teacher["cls_hidden"].shape[1] - 1
+        if "teacher_attentions" in requires:  # the cache has no attention maps: this loss needs a live teacher
+            live_teacher = load_pretrained(teacher_model_dir(teacher_dir, teacher_checkpoint),
+                                           num_labels=spec.num_labels)
+    if max_train_examples:
+        n = min(max_train_examples, len(train_data))
+        train_data = train_data.subset(range(n))  # the first n examples: teacher rows 0..n-1 stay aligned
+        teacher = teacher and {k: v[:n] for k, v in teacher.items() if v is not None}
+    set_seed(config.seed)  # the new task head's initial weights depend on the seed only
+    student = build_student(student_model, num_layers, spec.num_labels, variant, encoder_from=init_from)
+    layer_map = pkd_layer_map(teacher_layers, effective_layers(student)) if teacher_layers else []
+    loss_config = LossConfig(alpha=alpha, temperature=temperature, beta=beta, kl_reduction=kl_reduction,
+                             layer_map=layer_map, is_regression=spec.is_regression, weights=loss_weights or {})
+    meta = {"stage": "distill", "task": spec.name, "teacher_dir": None if teacher_dir is None else str(teacher_dir),
+            "student_model": str(student_model), "num_layers": num_layers, "variant": variant,
+            "effective_layers": effective_layers(student), "loss": loss, "alpha": alpha, "temperature": temperature,
+            "beta": beta, "kl_reduction": kl_reduction, "layer_map": layer_map,
+            "init_from": init_from and str(init_from),
+            "max_length": max_length, "train_examples": len(train_data), "dev_examples": len(dev_data)}
+    vocab = resolve_model_dir(student_model) / "vocab.txt"
+
+    def save_fn(model, path):
+        save_student(model, path, variant, vocab_file=vocab, extra_meta={"stage": "distill", "task": spec.name,
+                                                                         "loss": loss})
+    return train(student, train_data, dev_data, task=spec, out_dir=out_dir, config=config, loss=loss,
+                 loss_config=loss_config, teacher=teacher, live_teacher=live_teacher, save_fn=save_fn, resume=resume,
+                 overwrite=overwrite, meta=meta)

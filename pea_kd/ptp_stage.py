@@ -1,0 +1,93 @@
+"""The PTP training stage: teach the student the teacher's 4-way PTP labels before distillation (method notes §2).
+
+    z_t      = cached teacher logits on the train split (the teacher is not run here)
+    y_ptp    = build_ptp_labels(z_t, y, t1, t2)               # 4 classes: correct/wrong x confident/unconfident
+    student  = L pre-trained layers, SPS plan, new 4-way head
+    L        = CE(student(x), y_ptp)                          # plain cross-entropy, alpha = 0
+    select   = lowest held-out PTP loss                        # -> out_dir/best/, the encoder handed to KD
+
+Held-out data: a seeded `holdout` fraction of the *train* split is kept out of PTP training and labelled with the
+thresholds fitted on the rest. Selection therefore uses a loss really computed on examples the student did not train
+on (the authors' C1/C2 code compared a stale training-batch loss), and never touches the dev set that KD is scored on.
+The teacher did see those examples when it was fine-tuned, so they look like the PTP training data: mostly correct.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from bert_mini import load_tokenizer, resolve_model_dir
+
+from .features import Features, load_features
+from .glue import get_task
+from .ptp import PTP_CLASSES, build_ptp_labels, build_ptp_student, format_histogram
+from .students import save_student
+from .teacher import ensure_teacher_outputs
+from .trainer import TrainConfig, TrainResult, set_seed, train
+
+log = logging.getLogger(__name__)
+
+
+def ptp_encoder_dir(out_dir) -> Path:
+    """Where a PTP run keeps the encoder selected on held-out PTP loss (the `--init-from` of the KD stage)."""
+    return Path(out_dir) / "best"
+
+
+def split_holdout(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """A seeded random split of range(n) into (train indices, held-out indices), each sorted."""
+    if not 0 < fraction < 1:
+        raise ValueError(f"holdout fraction must be in (0, 1), got {fraction}")
+    order = np.random.default_rng(seed).permutation(n)
+    n_held = max(1, int(round(n * fraction)))
+    return np.sort(order[n_held:]), np.sort(order[:n_held])
+
+
+def ptp_accuracy(predictions, labels) -> dict:
+    """Metric of the 4-way PTP task (the trainer adds the held-out loss, which selects the encoder)."""
+    return {"acc": float((np.asarray(predictions) == np.asarray(labels)).mean())}
+
+
+def run_ptp(task, *, out_dir, teacher_dir, student_model: str = "minilm-l6", num_layers: int = 3,
+            variant: str = "sps", t1: Optional[float] = None, t2: Optional[float] = None, holdout: float = 0.1,
+            config: Optional[TrainConfig] = None, max_length: int = 128, data_dir=None,
+            teacher_checkpoint: str = "final", resume: bool = False, overwrite: bool = False) -> TrainResult:
+    """Train a `variant` student on PTP labels; out_dir/best/ holds the encoder with the lowest held-out PTP loss.
+
+    t1, t2: thresholds for correct / wrong predictions; None = medians of the teacher's confidence (authors' rule).
+    """
+    spec = get_task(task)
+    if spec.is_regression:
+        raise ValueError(f"PTP is defined for classification tasks; {spec.name} is a regression task")
+    config = dataclasses.replace(config or TrainConfig(), select="loss", keep_best=True)
+    cache = ensure_teacher_outputs(teacher_dir, spec, ("train",), max_length, data_dir, teacher_checkpoint,
+                                   config.device)["splits"]["train"]
+    tokenizer = load_tokenizer(student_model)
+    data = load_features(spec, "train", tokenizer, max_length, data_dir)
+    fit_idx, held_idx = split_holdout(len(data), holdout, config.seed)
+    fit = build_ptp_labels(cache["logits"][fit_idx], cache["labels"][fit_idx], t1, t2)
+    held = build_ptp_labels(cache["logits"][held_idx], cache["labels"][held_idx], fit.t1, fit.t2)
+    log.info("PTP labels (fit part of train):\n%s", format_histogram(fit))
+    ptp_train = dataclasses.replace(data.subset(fit_idx), labels=fit.labels.numpy().astype(np.int64))
+    ptp_held = dataclasses.replace(data.subset(held_idx), labels=held.labels.numpy().astype(np.int64))
+
+    set_seed(config.seed)  # the 4-way head's initial weights depend on the seed only
+    model = build_ptp_student(student_model, num_layers, variant)
+    vocab = resolve_model_dir(student_model) / "vocab.txt"
+    ptp_meta = {"stage": "ptp", "task": spec.name, "t1": fit.t1, "t2": fit.t2,
+                "histogram_fit": fit.histogram, "histogram_heldout": held.histogram}
+
+    def save_fn(m, path):
+        save_student(m, path, variant, vocab_file=vocab, extra_meta=ptp_meta)
+
+    meta = {**ptp_meta, "teacher_dir": str(teacher_dir), "student_model": str(student_model),
+            "num_layers": num_layers, "variant": variant, "holdout": holdout, "max_length": max_length,
+            "train_examples": len(ptp_train), "heldout_examples": len(ptp_held), "classes": list(PTP_CLASSES)}
+    return train(model, ptp_train, ptp_held, task=spec, out_dir=out_dir, config=config, loss="ce",
+                 metrics_fn=ptp_accuracy, save_fn=save_fn, resume=resume, overwrite=overwrite, meta=meta)
+
+
+__all__ = ["ptp_encoder_dir", "split_holdout", "ptp_accuracy", "run_ptp"]

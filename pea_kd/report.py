@@ -1,0 +1,130 @@
+"""Write a reproduction's results: results.json (everything), results.md (the table), results.png, curves.png.
+
+The table separates the two ways of reading a dev score:
+  final      the model at the end of training, no selection: the honest headline;
+  best dev   the best evaluation seen during training, selected *and* scored on dev: optimistic (the authors' way).
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from .glue import get_task
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _pm(mean_std) -> str:
+    mean, std = mean_std
+    return f"{mean:.1f} ± {std:.1f}"
+
+
+def format_table(results: dict) -> str:
+    """The markdown table: one row per method, teacher first; metric columns in percent, mean ± std over seeds."""
+    metrics = get_task(results["task"]).metrics
+    head = (["method", "params", "eff. layers"] + [f"{m} (final)" for m in metrics]
+            + [f"{m} (best dev)" for m in metrics] + ["time / seed (s)"])
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    t = results["teacher"]
+    lines.append("| " + " | ".join(
+        [f"teacher ({t['layers']}L)", f"{t['parameters'] / 1e6:.1f}M", str(t["layers"])]
+        + [f"{100 * t['final'][m]:.1f}" for m in metrics] + [f"{100 * t['best_dev'][m]:.1f}" for m in metrics]
+        + [f"{t['seconds']:.0f}"]) + " |")
+    for row in results["summary"]:
+        lines.append("| " + " | ".join(
+            [row["method"], f"{row['parameters'] / 1e6:.1f}M", str(row["effective_layers"])]
+            + [_pm(row["final"][m]) for m in metrics] + [_pm(row["best_dev"][m]) for m in metrics]
+            + [f"{row['seconds'][0]:.0f}"]) + " |")
+    return "\n".join(lines)
+
+
+def format_markdown(results: dict) -> str:
+    """results.md: the setting in words, the table, and how to read it."""
+    cfg, env = results["config"], results["environment"]
+    seeds = ", ".join(str(s) for s in cfg["seeds"])
+    smoke = " **SMOKE RUN: a few dozen examples, numbers are meaningless.**" if cfg["smoke"] else ""
+    return "\n".join([
+        f"# Pea-KD reproduction on {results['task']}{smoke}",
+        "",
+        f"Teacher `{cfg['teacher']}` fine-tuned {cfg['teacher_epochs']} epochs; {cfg['student_layers']}-layer "
+        f"students from the same pre-trained checkpoint, {cfg['student_epochs']} epochs; PTP {cfg['ptp_epochs']} "
+        f"epochs; learning rate {cfg['lr']} for every stage; batch "
+        f"{cfg['batch_size']}, max length {cfg['max_length']}; KD alpha {cfg['alpha']}, T {cfg['temperature']}, "
+        f"PKD beta {cfg['beta']}. Seeds: {seeds}. Device: {env['device']}, torch {env['torch']}, "
+        f"{env['torch_threads']} threads.",
+        "",
+        format_table(results),
+        "",
+        "- **final**: the model at the end of training, no selection (the headline). Mean ± std over seeds, in %.",
+        "- **best dev**: the best of the dev evaluations during training, selected and scored on the same dev set "
+        "(how the authors report; optimistic).",
+        "- **params**: parameters including the task head; SPS students have exactly the parameters of the "
+        "original student and twice its effective layers.",
+        "- **time / seed**: training + evaluation seconds of one seed, PTP stage included where used; the teacher's "
+        f"outputs were cached once in {results['teacher']['cache_seconds']:.0f} s.",
+        f"- Peak resident memory of the process: {env['peak_rss_mb']:.0f} MB. Wall time of this invocation "
+        f"(stages already finished are reused): {results['wall_seconds_this_invocation']:.0f} s.",
+        "",
+    ])
+
+
+def plot_results(results: dict, path: Path) -> None:
+    """Bar chart of the final primary metric per method (mean ± std over seeds), teacher as a dashed line."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metric = get_task(results["task"]).primary_metric
+    rows = results["summary"]
+    fig, ax = plt.subplots(figsize=(7, 3.5), dpi=100)
+    means = [r["final"][metric][0] for r in rows]
+    stds = [r["final"][metric][1] for r in rows]
+    ax.bar([r["method"] for r in rows], means, yerr=stds, capsize=4, color="#4C72B0")
+    ax.axhline(100 * results["teacher"]["final"][metric], color="k", linestyle="--", label="teacher")
+    low = min(m - s for m, s in zip(means, stds))
+    ax.set_ylim(max(0.0, low - 5), None)
+    ax.set_ylabel(f"dev {metric} (final, %)")
+    ax.set_title(f"{results['task']}: {len(results['config']['seeds'])} seed(s)")
+    ax.legend(loc="lower right")
+    fig.autofmt_xdate(rotation=20)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def plot_curves(results: dict, path: Path) -> None:
+    """Dev primary metric against epoch for every run (one colour per method, one line per seed)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metric = get_task(results["task"]).primary_metric
+    fig, ax = plt.subplots(figsize=(7, 3.5), dpi=100)
+    colours = {}
+    for run in results["runs"]:
+        history = run["result"]["history"]
+        colour = colours.setdefault(run["method"], f"C{len(colours)}")
+        ax.plot([h["epoch"] for h in history], [100 * h["metrics"][metric] for h in history], color=colour,
+                marker="o", markersize=3, label=run["method"] if run["seed"] == results["config"]["seeds"][0] else None)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(f"dev {metric} (%)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def write_report(results: dict, root: Path) -> None:
+    """Write results.json, results.md, results.png and curves.png into `root`, each atomically."""
+    root = Path(root)
+    _atomic_write(root / "results.json", json.dumps(results, indent=1, default=str) + "\n")
+    _atomic_write(root / "results.md", format_markdown(results))
+    for name, plot in (("results.png", plot_results), ("curves.png", plot_curves)):
+        tmp = root / f".{name}.tmp.png"
+        plot(results, tmp)
+        os.replace(tmp, root / name)

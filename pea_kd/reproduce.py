@@ -1,0 +1,241 @@
+"""`make reproduce TASK=<task>`: the paper's comparison on one GLUE task, end to end, with an honest results table.
+
+    teacher   fine-tune the teacher, cache its train/dev outputs (logits, per-layer [CLS])      runs/<task>/teacher/
+    students  for each method and seed:                                                      runs/<task>/<method>/seed<k>/
+                FT         original student, CE only
+                KD         original student, alpha T^2 KL + (1 - alpha) CE
+                PKD        original student, KD + beta * patient [CLS] loss
+                SPS + PKD  SPS student (2L effective layers), KD + PKD
+                PTP + PKD  PTP stage first (runs/<task>/ptp-original/seed<k>/), then PKD from its encoder
+                Pea-KD     PTP stage on the SPS student, then SPS + KD + PKD from its encoder
+    report    results.md, results.json, results.png (bar chart), curves.png (dev metric during training)
+
+Every stage runs through the trainer with resume=True: a finished stage returns its stored result instantly and an
+interrupted one continues from its checkpoint, so an interrupted `make reproduce` picks up where it stopped.
+
+Headline numbers are *final* dev scores (end of training, no selection), as mean ± std over seeds. The best dev
+score seen during training is a separate, labelled column: selecting and scoring on the same dev set is optimistic,
+and it is what the authors report.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import platform
+import resource
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import torch
+from safetensors import safe_open
+
+from . import __version__
+from .cli import default_lr
+from .distill import distill_student
+from .glue import PROJECT_ROOT, get_task, split_path
+from .ptp_stage import ptp_encoder_dir, run_ptp
+from .report import write_report
+from .teacher import ensure_teacher_outputs, finetune_teacher
+from .trainer import TrainConfig, TrainResult
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Method:
+    """One row of the comparison: which student (SPS variant), which loss, and whether PTP comes first."""
+
+    name: str
+    slug: str
+    variant: str
+    loss: str
+    ptp: bool
+
+
+METHODS = (
+    Method("FT", "ft", "original", "ce", False),
+    Method("KD", "kd", "original", "kd", False),
+    Method("PKD", "pkd", "original", "kd+pkd", False),
+    Method("SPS + PKD", "sps-pkd", "sps", "kd+pkd", False),
+    Method("PTP + PKD", "ptp-pkd", "original", "kd+pkd", True),
+    Method("Pea-KD", "pea-kd", "sps", "kd+pkd", True),
+)
+
+
+@dataclass
+class ReproduceConfig:
+    """Settings of one reproduction. Defaults are the documented CPU recipe (README, "Reproducing the paper")."""
+
+    task: str = "mrpc"
+    teacher: str = "minilm-l6"
+    student_layers: int = 3
+    seeds: tuple = (0, 1, 2)
+    methods: tuple = tuple(m.slug for m in METHODS)
+    teacher_epochs: int = 3
+    student_epochs: int = 3
+    ptp_epochs: int = 2
+    lr: Optional[float] = None  # every stage; None = cli.default_lr(teacher): 5e-5 for MiniLM, 2e-5 for bert-base
+    batch_size: int = 32
+    max_length: int = 128
+    alpha: float = 0.7
+    temperature: float = 10.0
+    beta: float = 100.0
+    eval_every: int = 0
+    smoke: bool = False
+    smoke_examples: int = 64
+    out_root: str = str(PROJECT_ROOT / "runs")
+    data_dir: Optional[str] = None
+    device: str = "auto"
+    progress: Optional[bool] = None
+
+    def __post_init__(self):
+        unknown = sorted(set(self.methods) - {m.slug for m in METHODS})
+        if unknown:
+            raise ValueError(f"unknown method(s) {unknown}; expected some of {[m.slug for m in METHODS]}")
+        if not self.seeds:
+            raise ValueError("reproduce needs at least one seed")
+        if self.lr is None:
+            self.lr = default_lr(self.teacher)
+        if self.smoke:  # every stage, tiny: a few dozen examples, one short epoch, one seed
+            self.seeds = self.seeds[:1]
+            self.teacher_epochs = self.student_epochs = self.ptp_epochs = 1
+
+    @property
+    def run_root(self) -> Path:
+        """<out_root>/<task>/ (<task>-smoke/ for smoke runs, so they never mix with real results)."""
+        return Path(self.out_root) / (get_task(self.task).name.lower() + ("-smoke" if self.smoke else ""))
+
+
+def smoke_data_dir(task, data_dir, dest: Path, n: int) -> Path:
+    """A GLUE directory holding the first n rows of the task's train and dev files (header kept), for smoke runs."""
+    spec = get_task(task)
+    out = dest / spec.directory
+    out.mkdir(parents=True, exist_ok=True)
+    for split in ("train", spec.dev_split):
+        source = split_path(spec, split, data_dir)
+        has_header = spec.files[spec.resolve_split(split)][1].header
+        lines = source.read_text(encoding="utf-8").splitlines(keepends=True)
+        keep = lines[: n + int(has_header)]
+        keep[-1] = keep[-1].rstrip("\r\n") + "\n"
+        tmp = out / f".{source.name}.tmp"
+        tmp.write_text("".join(keep), encoding="utf-8")
+        os.replace(tmp, out / source.name)
+    return dest
+
+
+def _train_config(cfg: ReproduceConfig, epochs: int, lr: float, seed: int) -> TrainConfig:
+    return TrainConfig(epochs=epochs, lr=lr, batch_size=cfg.batch_size, seed=seed, eval_every=cfg.eval_every,
+                       device=cfg.device, progress=cfg.progress)
+
+
+def run_all(cfg: ReproduceConfig) -> dict:
+    """Run (or resume) every stage and return the results dict written to results.json."""
+    started = time.perf_counter()
+    root = cfg.run_root
+    root.mkdir(parents=True, exist_ok=True)
+    data_dir = smoke_data_dir(cfg.task, cfg.data_dir, root / "glue", cfg.smoke_examples) if cfg.smoke else cfg.data_dir
+    teacher_dir = root / "teacher"
+    log.info("teacher: fine-tuning %s on %s -> %s", cfg.teacher, cfg.task, teacher_dir)
+    teacher = finetune_teacher(cfg.task, out_dir=teacher_dir, model_name=cfg.teacher, max_length=cfg.max_length,
+                               config=_train_config(cfg, cfg.teacher_epochs, cfg.lr, 0), data_dir=data_dir,
+                               resume=True)
+    t0 = time.perf_counter()
+    ensure_teacher_outputs(teacher_dir, cfg.task, ("train", "dev"), cfg.max_length, data_dir, device=cfg.device)
+    cache_seconds = time.perf_counter() - t0
+
+    runs, results = [], {}
+    for seed in cfg.seeds:  # seed-major: an interrupted run leaves every method with the same seeds done
+        for method in (m for m in METHODS if m.slug in cfg.methods):
+            result, ptp_result = train_method(cfg, method, seed, teacher_dir, data_dir)
+            runs.append(_run_record(method, seed, result, ptp_result))
+            results = {
+                "task": get_task(cfg.task).name, "config": dataclasses.asdict(cfg), "version": __version__,
+                "teacher": _teacher_record(teacher, cache_seconds), "runs": runs,
+                "summary": summarize(runs, get_task(cfg.task).metrics),
+                "environment": {"torch": torch.__version__, "python": platform.python_version(),
+                                "machine": platform.machine(), "cpu_count": os.cpu_count(),
+                                "torch_threads": torch.get_num_threads(), "device": teacher.meta.get("device"),
+                                "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024},
+                "complete": len(runs) == len(cfg.seeds) * len(cfg.methods),
+                "wall_seconds_this_invocation": time.perf_counter() - started,
+            }
+            write_report(results, root)  # after every run, so a partial table is always on disk
+    return results
+
+
+def train_method(cfg: ReproduceConfig, method: Method, seed: int, teacher_dir: Path, data_dir,
+                 root: Optional[Path] = None) -> tuple[TrainResult, Optional[TrainResult]]:
+    """One student of the table: the PTP stage first when the method uses it, then distillation from the cache."""
+    root = root or cfg.run_root
+    ptp_result, init_from = None, None
+    if method.ptp:
+        ptp_dir = root / f"ptp-{method.variant}" / f"seed{seed}"
+        log.info("%s seed %d: PTP stage -> %s", method.name, seed, ptp_dir)
+        ptp_result = run_ptp(cfg.task, out_dir=ptp_dir, teacher_dir=teacher_dir, student_model=cfg.teacher,
+                             num_layers=cfg.student_layers, variant=method.variant,
+                             config=_train_config(cfg, cfg.ptp_epochs, cfg.lr, seed),
+                             max_length=cfg.max_length, data_dir=data_dir, resume=True)
+        init_from = ptp_encoder_dir(ptp_dir)
+    run_dir = root / method.slug / f"seed{seed}"
+    log.info("%s seed %d: distillation -> %s", method.name, seed, run_dir)
+    result = distill_student(cfg.task, out_dir=run_dir, teacher_dir=teacher_dir if method.loss != "ce" else None,
+                             student_model=cfg.teacher, num_layers=cfg.student_layers, variant=method.variant,
+                             loss=method.loss, alpha=cfg.alpha, temperature=cfg.temperature, beta=cfg.beta,
+                             init_from=init_from, max_length=cfg.max_length, data_dir=data_dir,
+                             config=_train_config(cfg, cfg.student_epochs, cfg.lr, seed), resume=True)
+    return result, ptp_result
+
+
+def _count_parameters(final_dir: Path) -> int:
+    meta = json.loads((final_dir / "student.json").read_text(encoding="utf-8"))
+    return int(meta["num_parameters"])
+
+
+def _run_record(method: Method, seed: int, result: TrainResult, ptp: Optional[TrainResult]) -> dict:
+    final_dir = Path(result.out_dir) / "final"
+    seconds = result.timing["train_seconds"] + result.timing["eval_seconds"]
+    if ptp is not None:
+        seconds += ptp.timing["train_seconds"] + ptp.timing["eval_seconds"]
+    return {"method": method.name, "slug": method.slug, "seed": seed, "variant": method.variant, "loss": method.loss,
+            "ptp": method.ptp, "final": result.final_metrics, "best_dev": result.best_dev_metrics,
+            "best_dev_step": result.best_dev_step, "final_step": result.final_step,
+            "parameters": _count_parameters(final_dir), "effective_layers": result.meta["effective_layers"],
+            "seconds": seconds, "ptp_result": ptp.to_dict() if ptp else None, "result": result.to_dict()}
+
+
+def _checkpoint_parameters(model_dir: Path) -> int:
+    """Number of parameters stored in a checkpoint directory's model.safetensors (buffers excluded)."""
+    with safe_open(model_dir / "model.safetensors", framework="pt") as f:
+        return sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys() if not k.endswith("position_ids"))
+
+
+def _teacher_record(teacher: TrainResult, cache_seconds: float) -> dict:
+    return {"final": teacher.final_metrics, "best_dev": teacher.best_dev_metrics,
+            "best_dev_step": teacher.best_dev_step, "layers": teacher.meta["num_layers"],
+            "parameters": _checkpoint_parameters(Path(teacher.out_dir) / "final"), "seconds": teacher.timing["train_seconds"] + teacher.timing["eval_seconds"],
+            "cache_seconds": cache_seconds, "result": teacher.to_dict()}
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for a single value)."""
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def summarize(runs: list[dict], metrics: tuple) -> list[dict]:
+    """One row per method: mean ± std of every final and best-dev metric over seeds, parameters, depth, time."""
+    rows = []
+    for name in dict.fromkeys(r["method"] for r in runs):
+        mine = [r for r in runs if r["method"] == name]
+        row = {"method": name, "seeds": [r["seed"] for r in mine], "parameters": mine[0]["parameters"],
+               "effective_layers": mine[0]["effective_layers"],
+               "seconds": mean_std([r["seconds"] for r in mine])}
+        for kind in ("final", "best_dev"):
+            row[kind] = {m: mean_std([100 * r[kind][m] for r in mine]) for m in metrics}
+        rows.append(row)
+    return rows

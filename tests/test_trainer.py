@@ -1,0 +1,254 @@
+"""pea_kd.trainer: schedule, optimiser groups, determinism, files, NaN guard, and kill -9 + resume = uninterrupted."""
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file
+
+from bert_mini import BertConfig, BertForSequenceClassification, load_pretrained, load_tokenizer
+from pea_kd.features import load_features
+from pea_kd.losses import LossResult
+from pea_kd.trainer import (NonFiniteLossError, TrainConfig, TrainResult, linear_schedule, param_groups,
+                            resolve_amp, train)
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def tiny_run(tiny_env, out_dir, task="mrpc", loss="ce", model=None, **config):
+    """Train the tiny checkpoint (+ a head) on the tiny task; returns (result, model)."""
+    checkpoint, glue = tiny_env
+    tok = load_tokenizer(checkpoint)
+    train_data = load_features(task, "train", tok, 32)
+    dev_data = load_features(task, "dev", tok, 32)
+    torch.manual_seed(0)
+    model = model or load_pretrained(checkpoint, num_labels=1 if task == "stsb" else 2)
+    settings = dict(epochs=2, batch_size=8, lr=1e-3, progress=False)
+    settings.update(config)
+    result = train(model, train_data, dev_data, task=task, out_dir=out_dir, loss=loss, config=TrainConfig(**settings))
+    return result, model
+
+
+def weights(directory):
+    return load_file(Path(directory) / "model.safetensors")
+
+
+def assert_same_weights(a, b):
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_linear_schedule_warms_up_then_decays_to_zero():
+    f = linear_schedule(total_steps=10, warmup_steps=2)
+    assert [f(t) for t in range(10)] == pytest.approx([0.5, 1.0, 1.0, 0.875, 0.75, 0.625, 0.5, 0.375, 0.25, 0.125])
+    assert f(10) == 0.0
+    assert linear_schedule(4, 0)(0) == 1.0  # no warm-up: start at the peak
+
+
+def test_param_groups_exclude_bias_and_layernorm_and_dedup_shared():
+    model = BertForSequenceClassification(BertConfig(vocab_size=20, hidden_size=8, num_hidden_layers=1,
+                                                     num_attention_heads=2, intermediate_size=16), num_labels=2)
+    decay, no_decay = param_groups([model, model.classifier], weight_decay=0.01)
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert all(names[id(p)].endswith("weight") and "LayerNorm" not in names[id(p)] for p in decay["params"])
+    assert {names[id(p)] for p in no_decay["params"]} == {n for n, p in model.named_parameters() if p.dim() < 2}
+    assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))  # classifier counted once
+    assert (decay["weight_decay"], no_decay["weight_decay"]) == (0.01, 0.0)
+
+
+def test_amp_is_off_on_cpu():
+    for amp in ("auto", "bf16", "fp16", "off"):
+        assert resolve_amp(amp, torch.device("cpu")) is None
+
+
+def test_run_files_log_and_result(tiny_env, tmp_path):
+    result, _ = tiny_run(tiny_env, tmp_path / "run", epochs=2, eval_every=3, keep_best=True)
+    run = tmp_path / "run"
+    lines = [json.loads(x) for x in (run / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in lines] == [3, 6, 8, 9, 12, 15, 16]  # every 3 steps and at both epoch ends (8 steps)
+    fields = {"step", "epoch", "train_loss", "train_parts", "dev_loss", "metrics", "lr", "elapsed_s", "examples_per_s"}
+    assert fields <= lines[0].keys()
+    assert lines[-1]["lr"] == 0.0  # linear decay reaches 0 at the end
+    stored = TrainResult.load(run / "result.json")
+    assert stored.final_metrics == result.final_metrics == lines[-1]["metrics"] and stored.final_step == 16
+    best = max(lines, key=lambda r: r["metrics"]["f1"])  # select=auto -> MRPC's primary metric, F1; first best wins
+    assert result.select == "f1" and result.best_dev_step == best["step"]
+    assert result.timing["train_seconds"] > 0 and result.timing["tokens_per_s"] > 0
+    assert (run / "final" / "model.safetensors").is_file() and (run / "best" / "model.safetensors").is_file()
+    assert not (run / "checkpoint.pt").exists()  # removed once the run is complete
+    reloaded = load_pretrained(run / "final", num_labels=2)
+    assert not reloaded.load_report.newly_initialized
+
+
+def test_same_seed_same_result_other_seed_differs(tiny_env, tmp_path):
+    a, _ = tiny_run(tiny_env, tmp_path / "a", seed=3)
+    b, _ = tiny_run(tiny_env, tmp_path / "b", seed=3)
+    c, _ = tiny_run(tiny_env, tmp_path / "c", seed=4)
+    assert [h["train_loss"] for h in a.history] == [h["train_loss"] for h in b.history]
+    assert a.final_metrics == b.final_metrics and a.final_dev_loss == b.final_dev_loss
+    assert_same_weights(weights(tmp_path / "a" / "final"), weights(tmp_path / "b" / "final"))
+    assert a.final_dev_loss != c.final_dev_loss
+
+
+def test_learns_the_tiny_task(tiny_env, tmp_path):
+    result, _ = tiny_run(tiny_env, tmp_path / "run", epochs=8, lr=3e-3)
+    assert result.history[-1]["train_loss"] < 0.6 * result.history[0]["train_loss"]
+    assert result.best_dev_metrics["acc"] > 0.8
+
+
+def test_regression_task_and_select_loss(tiny_env, tmp_path):
+    result, _ = tiny_run(tiny_env, tmp_path / "run", task="stsb", select="loss", eval_every=4)
+    assert set(result.final_metrics) == {"pearson", "spearman", "corr"}
+    assert result.select == "dev_loss"
+    assert result.best_dev_loss == min(h["dev_loss"] for h in result.history)
+
+
+def test_ptp_style_run_four_classes_metrics_fn_select_loss(tiny_env, tmp_path):
+    """PTP reuses the loop: 4-class labels on the same inputs, accuracy-only metrics, selection by dev loss."""
+    from dataclasses import replace
+
+    import numpy as np
+    from pea_kd.metrics import accuracy
+
+    checkpoint, _ = tiny_env
+    tok = load_tokenizer(checkpoint)
+    train_data, dev_data = (load_features("mrpc", s, tok, 32) for s in ("train", "dev"))
+    train_data = replace(train_data, labels=np.arange(len(train_data)) % 4)
+    dev_data = replace(dev_data, labels=np.arange(len(dev_data)) % 4)
+    result = train(load_pretrained(checkpoint, num_labels=4), train_data, dev_data, task="mrpc",
+                   out_dir=tmp_path / "ptp", metrics_fn=lambda p, y: {"acc": accuracy(p, y)},
+                   config=TrainConfig(epochs=1, batch_size=8, lr=1e-3, select="loss", eval_every=2, progress=False))
+    assert set(result.final_metrics) == {"acc"} and result.select == "dev_loss"
+    assert result.best_dev_loss == min(h["dev_loss"] for h in result.history)
+
+
+def test_plain_ft_asks_for_no_hidden_states(tiny_env, tmp_path):
+    checkpoint, _ = tiny_env
+    model = load_pretrained(checkpoint, num_labels=2)
+    flags = []
+    forward = model.forward
+
+    def recording_forward(*args, **kwargs):
+        flags.append((kwargs.get("output_hidden_states"), kwargs.get("output_attentions")))
+        return forward(*args, **kwargs)
+    model.forward = recording_forward
+    tiny_run(tiny_env, tmp_path / "run", model=model, epochs=1)
+    assert set(flags) <= {(False, False), (None, None)}  # training steps ask for nothing; evaluation uses defaults
+
+
+class NanAt(torch.nn.Module):
+    """CE, except that call number `k` returns NaN."""
+
+    requires = frozenset({"labels"})
+
+    def __init__(self, k):
+        super().__init__()
+        self.k, self.calls = k, 0
+
+    def forward(self, inputs):
+        self.calls += 1
+        loss = F.cross_entropy(inputs.student_logits, inputs.labels)
+        if self.calls == self.k:
+            loss = loss * math.nan
+        return LossResult(loss, {"ce": loss.detach()})
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tiny_env, tmp_path):
+    with pytest.raises(NonFiniteLossError, match=r"global step 7 .*checkpoint\.pt holds the last good state"):
+        tiny_run(tiny_env, tmp_path / "run", loss=NanAt(7), eval_every=3)
+    ckpt = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
+    assert ckpt["state"]["step"] == 6
+    assert all(torch.isfinite(v).all() for v in ckpt["model"].values())
+    assert not (tmp_path / "run" / "result.json").exists() and not (tmp_path / "run" / "final").exists()
+
+
+def test_existing_run_resume_rules(tiny_env, tmp_path):
+    checkpoint, _ = tiny_env
+    tok = load_tokenizer(checkpoint)
+    data = load_features("mrpc", "train", tok, 32), load_features("mrpc", "dev", tok, 32)
+
+    def run(out_dir, lr=1e-3, **kwargs):
+        return train(load_pretrained(checkpoint, num_labels=2), *data, task="mrpc", out_dir=out_dir,
+                     config=TrainConfig(epochs=1, batch_size=8, lr=lr, progress=False,
+                                        keep_checkpoint=kwargs.pop("keep_checkpoint", False)), **kwargs)
+
+    first = run(tmp_path / "run")
+    with pytest.raises(FileExistsError, match="--resume"):
+        run(tmp_path / "run")
+    done = run(tmp_path / "run", resume=True)  # a finished run: its stored result, no training
+    assert done.final_metrics == first.final_metrics and done.history == first.history
+    assert run(tmp_path / "run", lr=2e-3, overwrite=True).meta["config"]["lr"] == 2e-3
+    run(tmp_path / "kept", keep_checkpoint=True)
+    assert (tmp_path / "kept" / "checkpoint.pt").is_file()
+    with pytest.raises(ValueError, match=r"settings changed: lr 0.001 -> 0.002"):
+        run(tmp_path / "kept", lr=2e-3, resume=True)
+
+
+SLOW_MAIN = '''
+import sys, time, torch
+from pea_kd.losses import LossResult, register_loss
+
+@register_loss("slow")
+def slow(inputs):
+    """Adds 0 and sleeps, so that the test can kill the run in the middle."""
+    time.sleep(0.05)
+    return LossResult(torch.zeros(()), {"slow": 0.0})
+
+from pea_kd.cli import main
+sys.exit(main(sys.argv[1:]))
+'''
+
+
+def test_kill_and_resume_equals_uninterrupted_run(tiny_env, tmp_path):
+    """SIGKILL a real `distill` run after its first checkpoint, resume it: same metrics and bit-identical weights."""
+    from pea_kd.teacher import cache_teacher_outputs, finetune_teacher
+
+    checkpoint, glue = tiny_env
+    finetune_teacher("mrpc", out_dir=tmp_path / "teacher", model_name=str(checkpoint),
+                     config=TrainConfig(epochs=1, batch_size=16, lr=1e-3, progress=False))
+    cache_teacher_outputs(tmp_path / "teacher", "mrpc", max_length=32)
+    script = tmp_path / "slow_main.py"
+    script.write_text(SLOW_MAIN)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+
+    def command(out_dir, *extra):
+        return [sys.executable, str(script), "distill", "--task", "mrpc", "--teacher-dir", str(tmp_path / "teacher"),
+                "--student-model", str(checkpoint), "--student-layers", "1", "--variant", "sps",
+                "--loss", "kd+pkd+slow", "--max-length", "32", "--epochs", "3", "--batch-size", "8", "--lr", "1e-3",
+                "--eval-every", "3", "--out-dir", str(out_dir), "--no-progress", *extra]
+
+    full = subprocess.run(command(tmp_path / "full"), env=env, capture_output=True, text=True, timeout=120)
+    assert full.returncode == 0, full.stderr
+
+    proc = subprocess.Popen(command(tmp_path / "cut"), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    ckpt = tmp_path / "cut" / "checkpoint.pt"
+    deadline = time.time() + 60
+    while not ckpt.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    assert not (tmp_path / "cut" / "result.json").exists()
+    step = torch.load(ckpt, weights_only=True)["state"]["step"]
+    assert 0 < step < 24
+
+    resumed = subprocess.run(command(tmp_path / "cut", "--resume"), env=env, capture_output=True, text=True,
+                             timeout=120)
+    assert resumed.returncode == 0, resumed.stderr
+    a = json.loads((tmp_path / "full" / "result.json").read_text())
+    b = json.loads((tmp_path / "cut" / "result.json").read_text())
+    assert a["final_metrics"] == b["final_metrics"] and a["final_dev_loss"] == b["final_dev_loss"]
+    assert [(h["step"], h["train_loss"], h["dev_loss"]) for h in a["history"]] == \
+           [(h["step"], h["train_loss"], h["dev_loss"]) for h in b["history"]]
+    log_steps = [json.loads(x)["step"] for x in (tmp_path / "cut" / "log.jsonl").read_text().splitlines()]
+    assert log_steps == [h["step"] for h in a["history"]]  # no evaluation logged twice
+    assert_same_weights(weights(tmp_path / "full" / "final"), weights(tmp_path / "cut" / "final"))
