@@ -188,6 +188,9 @@ def ensure_teacher_outputs(teacher_dir, task, splits=("train", "dev"), max_lengt
     try:
         return load_teacher_outputs(path, *args)
     except StaleTeacherCache as err:
-        log.warning("%s; recomputing it", err)
+        if path.is_file():  # a cache that exists but no longer matches is worth a warning; a first run is not
+            log.warning("%s; recomputing it", err)
+        else:
+            log.info("computing the teacher cache %s", path)
     cache_teacher_outputs(teacher_dir, task, tuple(splits), max_length, data_dir, which=which, device=device)
     return load_teacher_outputs(path, *args)
