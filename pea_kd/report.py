@@ -19,26 +19,30 @@ def _atomic_write(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def _pm(mean_std) -> str:
+DERIVED_METRICS = ("acc_and_f1", "corr")  # averages of the other columns: in results.json, not in the table
+
+
+def _pm(mean_std, seeds: int) -> str:
     mean, std = mean_std
-    return f"{mean:.1f} ± {std:.1f}"
+    return f"{mean:.1f} ± {std:.1f}" if seeds > 1 else f"{mean:.1f}"
 
 
 def format_table(results: dict) -> str:
     """The markdown table: one row per method, teacher first; metric columns in percent, mean ± std over seeds."""
-    metrics = get_task(results["task"]).metrics
-    head = (["method", "params", "eff. layers"] + [f"{m} (final)" for m in metrics]
+    metrics = [m for m in get_task(results["task"]).metrics if m not in DERIVED_METRICS]
+    head = (["method", "seeds", "params", "eff. layers"] + [f"{m} (final)" for m in metrics]
             + [f"{m} (best dev)" for m in metrics] + ["time / seed (s)"])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     t = results["teacher"]
     lines.append("| " + " | ".join(
-        [f"teacher ({t['layers']}L)", f"{t['parameters'] / 1e6:.1f}M", str(t["layers"])]
+        [f"teacher ({t['layers']}L)", "1", f"{t['parameters'] / 1e6:.1f}M", str(t["layers"])]
         + [f"{100 * t['final'][m]:.1f}" for m in metrics] + [f"{100 * t['best_dev'][m]:.1f}" for m in metrics]
         + [f"{t['seconds']:.0f}"]) + " |")
     for row in results["summary"]:
         lines.append("| " + " | ".join(
-            [row["method"], f"{row['parameters'] / 1e6:.1f}M", str(row["effective_layers"])]
-            + [_pm(row["final"][m]) for m in metrics] + [_pm(row["best_dev"][m]) for m in metrics]
+            [row["method"], str(len(row["seeds"])), f"{row['parameters'] / 1e6:.1f}M", str(row["effective_layers"])]
+            + [_pm(row["final"][m], len(row["seeds"])) for m in metrics]
+            + [_pm(row["best_dev"][m], len(row["seeds"])) for m in metrics]
             + [f"{row['seconds'][0]:.0f}"]) + " |")
     return "\n".join(lines)
 
@@ -61,8 +65,9 @@ def format_markdown(results: dict) -> str:
         format_table(results),
         "",
         "- **final**: the model at the end of training, no selection (the headline). Mean ± std over seeds, in %.",
-        "- **best dev**: the best of the dev evaluations during training, selected and scored on the same dev set "
-        "(how the authors report; optimistic).",
+        f"- **best dev**: the metrics of the dev evaluation with the best {get_task(results['task']).primary_metric} "
+        "during training (one per epoch unless --eval-every), selected and scored on the same dev set (how the "
+        "authors report; optimistic).",
         "- **params**: parameters including the task head; SPS students have exactly the parameters of the "
         "original student and twice its effective layers.",
         "- **time / seed**: training + evaluation seconds of one seed, PTP stage included where used; the teacher's "

@@ -59,7 +59,7 @@ def test_reproduce_smoke_writes_every_artefact_and_resumes(tmp_path):
         assert json.loads((root / stage / "result.json").read_text())["final_metrics"], stage
     assert (root / "teacher" / "teacher_outputs.pt").is_file()
     table = (root / "results.md").read_text()
-    assert "SMOKE RUN" in table and "| Pea-KD | 17.4M | 6 |" in table and "best dev" in table
+    assert "SMOKE RUN" in table and "| Pea-KD | 1 | 17.4M | 6 |" in table and "best dev" in table
     for png in ("results.png", "curves.png"):
         assert (root / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not list(root.rglob("*.tmp*")) and not list(root.rglob("checkpoint.pt"))
