@@ -22,7 +22,7 @@ import numpy as np
 
 from bert_mini import load_tokenizer, resolve_model_dir
 
-from .features import Features, load_features
+from .features import load_features
 from .glue import get_task
 from .ptp import PTP_CLASSES, build_ptp_labels, build_ptp_student, format_histogram
 from .students import save_student

@@ -11,12 +11,7 @@ import os
 from pathlib import Path
 
 from .glue import get_task
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+from .trainer import write_atomic
 
 
 DERIVED_METRICS = ("acc_and_f1", "corr")  # averages of the other columns: in results.json, not in the table
@@ -127,8 +122,8 @@ def plot_curves(results: dict, path: Path) -> None:
 def write_report(results: dict, root: Path) -> None:
     """Write results.json, results.md, results.png and curves.png into `root`, each atomically."""
     root = Path(root)
-    _atomic_write(root / "results.json", json.dumps(results, indent=1, default=str) + "\n")
-    _atomic_write(root / "results.md", format_markdown(results))
+    write_atomic(root / "results.json", json.dumps(results, indent=1, default=str) + "\n")
+    write_atomic(root / "results.md", format_markdown(results))
     for name, plot in (("results.png", plot_results), ("curves.png", plot_curves)):
         tmp = root / f".{name}.tmp.png"
         plot(results, tmp)

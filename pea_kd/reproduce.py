@@ -28,7 +28,7 @@ import platform
 import resource
 import statistics
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
@@ -42,7 +42,7 @@ from .glue import PROJECT_ROOT, get_task, split_path
 from .ptp_stage import ptp_encoder_dir, run_ptp
 from .report import write_report
 from .teacher import ensure_teacher_outputs, finetune_teacher
-from .trainer import TrainConfig, TrainResult
+from .trainer import TrainConfig, TrainResult, write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -123,9 +123,7 @@ def smoke_data_dir(task, data_dir, dest: Path, n: int) -> Path:
         lines = source.read_text(encoding="utf-8").splitlines(keepends=True)
         keep = lines[: n + int(has_header)]
         keep[-1] = keep[-1].rstrip("\r\n") + "\n"
-        tmp = out / f".{source.name}.tmp"
-        tmp.write_text("".join(keep), encoding="utf-8")
-        os.replace(tmp, out / source.name)
+        write_atomic(out / source.name, "".join(keep))
     return dest
 
 

@@ -202,7 +202,8 @@ def predict(model, data: Features, device, batch_size: int = 64, amp_dtype=None)
     return out
 
 
-def _write_atomic(path: Path, text: str) -> None:
+def write_atomic(path: Path, text: str) -> None:
+    """Write a text file so that readers see the old or the new content, never half of it (tmp + os.replace)."""
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
@@ -345,7 +346,7 @@ class Trainer:
         bar.close()
         self.save_fn(self.model, self.out_dir / "final")
         result = self.result()
-        _write_atomic(self.result_path, json.dumps(result.to_dict(), indent=2) + "\n")
+        write_atomic(self.result_path, json.dumps(result.to_dict(), indent=2) + "\n")
         if not config.keep_checkpoint:
             self.ckpt_path.unlink(missing_ok=True)
         return result
@@ -481,7 +482,7 @@ class Trainer:
         self.state = _State(**ckpt["state"])
         _set_rng_state(ckpt["rng"])
         kept = [r for r in _read_log(self.log_path) if r["step"] <= self.state.step]  # drop evals after the checkpoint
-        _write_atomic(self.log_path, "".join(json.dumps(r) + "\n" for r in kept))
+        write_atomic(self.log_path, "".join(json.dumps(r) + "\n" for r in kept))
         log.info("%s: resuming at step %d (epoch %d, batch %d)", self.out_dir, self.state.step, self.state.epoch,
                  self.state.batch_in_epoch)
 
