@@ -5,10 +5,11 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 TASK ?= mrpc
-# reproduce overrides (empty = the documented default): TEACHER=bert-base-uncased SEEDS=0,1,2 EPOCHS=3 SMOKE=1
+# reproduce overrides (empty = the documented default): TEACHER=bert-base-uncased SEEDS=0,1,2 EPOCHS=3 JOBS=2 SMOKE=1
 TEACHER ?=
 SEEDS ?=
 EPOCHS ?=
+JOBS ?=
 SMOKE ?=
 
 .PHONY: help setup test bench data reproduce clean-venv
@@ -17,7 +18,8 @@ help:  ## list targets and their variables
 	@echo "make reproduce TASK=mrpc   run the paper's comparison for one GLUE task -> runs/<task>/results.md"
 	@echo "    TEACHER=bert-base-uncased  teacher (and students' source) checkpoint (default minilm-l6)"
 	@echo "    SEEDS=0,1,2                student seeds (default 0,1,2)"
-	@echo "    EPOCHS=3                   student epochs (default 3; teacher 3, PTP 2)"
+	@echo "    EPOCHS=3                   student epochs (default 3; PTP 2; teacher 3 or the task's searched recipe)"
+	@echo "    JOBS=2                     training processes at a time (default: 2 on a multi-core CPU, 1 on CUDA)"
 	@echo "    SMOKE=1                    a few dozen examples, 1 epoch, 1 seed: checks every stage in ~1 min"
 	@echo "make test                  run the test suite (notebooks included)"
 	@echo "make bench                 bert_mini speed/memory benchmark on CPU (or CUDA when present)"
@@ -44,7 +46,8 @@ data: $(STAMP)
 
 reproduce: $(STAMP)
 	$(PY) -m pea_kd reproduce --task $(TASK) $(if $(TEACHER),--teacher $(TEACHER)) \
-		$(if $(SEEDS),--seeds $(SEEDS)) $(if $(EPOCHS),--student-epochs $(EPOCHS)) $(if $(filter 1,$(SMOKE)),--smoke)
+		$(if $(SEEDS),--seeds $(SEEDS)) $(if $(EPOCHS),--student-epochs $(EPOCHS)) $(if $(JOBS),--jobs $(JOBS)) \
+		$(if $(filter 1,$(SMOKE)),--smoke)
 
 clean-venv:
 	rm -rf $(VENV)

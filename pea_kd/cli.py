@@ -123,6 +123,9 @@ def _configure_teacher(p):
     add_data_args(p)
     p.add_argument("--model", default="minilm-l6", help="pre-trained checkpoint: minilm-l6, a local dir, "
                                                         "or a hub name like bert-base-uncased (default minilm-l6)")
+    p.add_argument("--holdout", type=float, default=0.0,
+                   help="evaluate on this seeded fraction of train instead of dev, which is then never read "
+                        "(default 0: evaluate on dev)")
     add_training_args(p, "teacher")
 
 
@@ -132,7 +135,8 @@ def _run_teacher(args, parser):
     out_dir = args.out_dir or run_root(args.task) / "teacher"
     return finetune_teacher(args.task, out_dir=out_dir, model_name=args.model, config=config,
                             max_length=args.max_length, data_dir=args.data_dir,
-                            max_train_examples=args.max_train_examples, resume=args.resume, overwrite=args.overwrite)
+                            max_train_examples=args.max_train_examples, holdout=args.holdout, resume=args.resume,
+                            overwrite=args.overwrite)
 
 
 # ---------------------------------------------------------------- cache-teacher

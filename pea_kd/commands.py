@@ -3,6 +3,7 @@
     python -m pea_kd ptp --task mrpc --teacher-dir runs/mrpc/teacher --variant sps    -> runs/mrpc/ptp-sps/seed0/
     python -m pea_kd pea-kd --task mrpc --teacher-dir runs/mrpc/teacher               -> runs/mrpc/pea-kd/seed0/
     python -m pea_kd reproduce --task mrpc [--seeds 0,1,2] [--smoke]                  -> runs/mrpc/results.md
+    python -m pea_kd teacher-search --task rte --lrs 5e-5,1e-4 --epochs 3,10  -> runs/rte/teacher-search/search.md
 """
 from __future__ import annotations
 
@@ -13,14 +14,21 @@ from .cli import add_data_args, add_training_args, default_lr, register_command,
 from .sps import VARIANTS
 
 
-def _seeds(text: str) -> tuple[int, ...]:
-    try:
-        seeds = tuple(int(s) for s in text.split(",") if s.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-    if not seeds or min(seeds) < 0:
-        raise argparse.ArgumentTypeError(f"expected non-negative integers, got {text!r}")
-    return seeds
+def _number_list(kind):
+    """argparse type: a comma-separated list of positive `kind` values (seeds: non-negative integers)."""
+    def parse(text: str) -> tuple:
+        try:
+            values = tuple(kind(s) for s in text.split(",") if s.strip())
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected comma-separated {kind.__name__}s, got {text!r}") from None
+        if not values or min(values) < 0 or (kind is float and min(values) == 0):
+            raise argparse.ArgumentTypeError(f"expected {'positive' if kind is float else 'non-negative'} "
+                                             f"{kind.__name__}s, got {text!r}")
+        return values
+    return parse
+
+
+_integers = _number_list(int)
 
 
 def _add_student_args(p: argparse.ArgumentParser, default_variant: str) -> None:
@@ -102,20 +110,26 @@ def _configure_reproduce(p):
     p.add_argument("--teacher", default="minilm-l6", help="teacher checkpoint; students take its bottom layers "
                                                          "(default minilm-l6; e.g. bert-base-uncased)")
     p.add_argument("--student-layers", type=int, default=3, help="student layers L (default 3)")
-    p.add_argument("--seeds", type=_seeds, default=(0, 1, 2), help="comma-separated seeds (default 0,1,2)")
+    p.add_argument("--seeds", type=_integers, default=(0, 1, 2), help="comma-separated seeds (default 0,1,2)")
     p.add_argument("--methods", default=",".join(m.slug for m in METHODS),
                    help="comma-separated subset of " + ", ".join(m.slug for m in METHODS))
-    for stage in ("teacher", "student", "ptp"):
+    p.add_argument("--teacher-epochs", type=int, default=None,
+                   help="teacher epochs (default: the task's searched recipe, reproduce.TEACHER_RECIPES, else 3)")
+    for stage in ("student", "ptp"):
         default = d[f"{stage}_epochs"].default
         p.add_argument(f"--{stage}-epochs", type=int, default=default, help=f"{stage} epochs (default {default})")
-    p.add_argument("--lr", type=float, default=None, help="learning rate of every stage (default 5e-5 for "
+    p.add_argument("--lr", type=float, default=None, help="learning rate of students and PTP (default 5e-5 for "
                                                           "hidden < 768, 2e-5 for bert-base width)")
+    p.add_argument("--teacher-lr", type=float, default=None,
+                   help="teacher learning rate (default: the task's searched recipe, else --lr)")
     p.add_argument("--batch-size", type=int, default=32, help="batch size (default 32)")
     p.add_argument("--max-length", type=int, default=128, help="max tokens per example (default 128)")
     p.add_argument("--alpha", type=float, default=0.7, help="KD weight alpha (default 0.7)")
     p.add_argument("--temperature", type=float, default=10.0, help="KD temperature T (default 10)")
     p.add_argument("--beta", type=float, default=100.0, help="PKD weight beta (default 100)")
     p.add_argument("--eval-every", type=int, default=0, help="dev evaluation every N steps (default: each epoch)")
+    p.add_argument("--jobs", type=int, default=0, help="training processes at a time, each with threads/jobs torch "
+                                                         "threads (default 0 = auto: 2 on a multi-core CPU, 1 on CUDA)")
     p.add_argument("--smoke", action="store_true", help="a few dozen examples, 1 epoch, 1 seed: checks every stage")
     p.add_argument("--out-root", default=None, help="where runs/<task>/ goes (default: <project>/runs)")
     p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda (default auto)")
@@ -130,13 +144,47 @@ def _run_reproduce(args, parser):
     cfg = ReproduceConfig(task=args.task, teacher=args.teacher, student_layers=args.student_layers, seeds=args.seeds,
                           methods=tuple(m.strip() for m in args.methods.split(",") if m.strip()),
                           teacher_epochs=args.teacher_epochs, student_epochs=args.student_epochs,
-                          ptp_epochs=args.ptp_epochs, lr=args.lr, batch_size=args.batch_size,
+                          ptp_epochs=args.ptp_epochs, lr=args.lr, teacher_lr=args.teacher_lr,
+                          batch_size=args.batch_size,
                           max_length=args.max_length, alpha=args.alpha, temperature=args.temperature, beta=args.beta,
-                          eval_every=args.eval_every, smoke=args.smoke, data_dir=args.data_dir, device=args.device,
+                          eval_every=args.eval_every, jobs=args.jobs, smoke=args.smoke, data_dir=args.data_dir, device=args.device,
                           progress=False if args.no_progress else None, **extra)
     results = run_all(cfg)
     print((cfg.run_root / "results.md").read_text(encoding="utf-8"))
     return {"results": str(cfg.run_root / "results.md"), "complete": results.get("complete")}
+
+
+# ---------------------------------------------------------------- teacher-search
+
+def _configure_teacher_search(p):
+    add_data_args(p)
+    p.add_argument("--model", default="minilm-l6", help="pre-trained teacher checkpoint (default minilm-l6)")
+    p.add_argument("--lrs", type=_number_list(float), default=(5e-5, 1e-4),
+                   help="comma-separated learning rates (default 5e-5,1e-4)")
+    p.add_argument("--epochs", type=_integers, default=(3, 10), help="comma-separated epoch counts (default 3,10)")
+    p.add_argument("--seeds", type=_integers, default=(0,), help="comma-separated seeds, averaged (default 0)")
+    p.add_argument("--holdout", type=float, default=0.2, help="fraction of train held out for scoring (default 0.2)")
+    p.add_argument("--batch-size", type=int, default=32, help="batch size (default 32)")
+    p.add_argument("--warmup", type=float, default=0.1, help="warm-up fraction of all steps (default 0.1)")
+    p.add_argument("--out-dir", default=None, help="default: runs/<task>/teacher-search")
+    p.add_argument("--keep-models", action="store_true", help="keep every run's final/ model (default: delete)")
+    p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda (default auto)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def _run_teacher_search(args, parser):
+    from .teacher_search import SEARCH_MD, search_teacher_recipe
+    from .trainer import TrainConfig
+    if min(args.epochs) < 1 or not 0 < args.holdout < 1:
+        parser.error("--epochs must be >= 1 and --holdout in (0, 1)")
+    out_dir = Path(args.out_dir) if args.out_dir else run_root(args.task) / "teacher-search"
+    config = TrainConfig(batch_size=args.batch_size, warmup=args.warmup, device=args.device,
+                         progress=False if args.no_progress else None)
+    report = search_teacher_recipe(args.task, out_dir=out_dir, model_name=args.model, lrs=args.lrs,
+                                   epochs=args.epochs, seeds=args.seeds, holdout=args.holdout, config=config,
+                                   max_length=args.max_length, data_dir=args.data_dir, keep_models=args.keep_models)
+    print((out_dir / SEARCH_MD).read_text(encoding="utf-8"))
+    return {"search": str(out_dir / SEARCH_MD), "best": report["best"]}
 
 
 register_command("ptp", "PTP stage: train a student on the teacher's 4-way PTP labels (keeps the best encoder)",
@@ -145,3 +193,5 @@ register_command("pea-kd", "the whole Pea-KD recipe for one seed: PTP, then SPS 
                  _configure_pea_kd, _run_pea_kd)
 register_command("reproduce", "the paper's comparison on one task: teacher, FT, KD, PKD, SPS, PTP, Pea-KD",
                  _configure_reproduce, _run_reproduce)
+register_command("teacher-search", "choose the teacher's lr and epochs on a held-out part of train (never dev)",
+                 _configure_teacher_search, _run_teacher_search)

@@ -4,6 +4,7 @@
              ──load_features────> the same, cached in one .npz per (task, split, tokenizer, max_length, data file)
              ──make_batches─────> list of index arrays, length-bucketed, reproducible per (seed, epoch)
              ──collate──────────> {input_ids, token_type_ids, attention_mask (B, T_max), labels (B,), index (B,)}
+    split_holdout(N, fraction, seed) -> (fit, held-out) indices of train, for choices that must not see dev
 
 Why each step:
 
@@ -212,6 +213,19 @@ def _read_cache(path: Path, key: dict) -> Features:
         raise ValueError("inconsistent arrays (ids/types/offsets/labels)")
     cuts = offsets[1:-1]
     return Features(np.split(ids, cuts) if n else [], np.split(types, cuts) if n else [], labels)
+
+
+def split_holdout(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """A seeded random split of range(n) into (fit indices, held-out indices), each sorted.
+
+    Used wherever a choice must not look at the dev set: the PTP encoder (ptp_stage) and the teacher recipe
+    (teacher_search) are selected on a held-out part of *train*.
+    """
+    if not 0 < fraction < 1:
+        raise ValueError(f"holdout fraction must be in (0, 1), got {fraction}")
+    order = np.random.default_rng(seed).permutation(n)
+    n_held = max(1, int(round(n * fraction)))
+    return np.sort(order[n_held:]), np.sort(order[:n_held])
 
 
 def make_batches(features: Features | np.ndarray, batch_size: int, shuffle: bool = True, seed: int = 0,

@@ -22,7 +22,7 @@ import numpy as np
 
 from bert_mini import load_tokenizer, resolve_model_dir
 
-from .features import load_features
+from .features import load_features, split_holdout
 from .glue import get_task
 from .ptp import PTP_CLASSES, build_ptp_labels, build_ptp_student, format_histogram
 from .students import save_student
@@ -35,15 +35,6 @@ log = logging.getLogger(__name__)
 def ptp_encoder_dir(out_dir) -> Path:
     """Where a PTP run keeps the encoder selected on held-out PTP loss (the `--init-from` of the KD stage)."""
     return Path(out_dir) / "best"
-
-
-def split_holdout(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """A seeded random split of range(n) into (train indices, held-out indices), each sorted."""
-    if not 0 < fraction < 1:
-        raise ValueError(f"holdout fraction must be in (0, 1), got {fraction}")
-    order = np.random.default_rng(seed).permutation(n)
-    n_held = max(1, int(round(n * fraction)))
-    return np.sort(order[n_held:]), np.sort(order[:n_held])
 
 
 def ptp_accuracy(predictions, labels) -> dict:

@@ -50,12 +50,13 @@ def format_markdown(results: dict) -> str:
     return "\n".join([
         f"# Pea-KD reproduction on {results['task']}{smoke}",
         "",
-        f"Teacher `{cfg['teacher']}` fine-tuned {cfg['teacher_epochs']} epochs; {cfg['student_layers']}-layer "
-        f"students from the same pre-trained checkpoint, {cfg['student_epochs']} epochs; PTP {cfg['ptp_epochs']} "
-        f"epochs; learning rate {cfg['lr']} for every stage; batch "
+        f"Teacher `{cfg['teacher']}` fine-tuned {cfg['teacher_epochs']} epochs at learning rate "
+        f"{cfg.get('teacher_lr') or cfg['lr']}; {cfg['student_layers']}-layer students from the same pre-trained "
+        f"checkpoint, {cfg['student_epochs']} epochs; PTP {cfg['ptp_epochs']} epochs; learning rate {cfg['lr']} for "
+        f"students and PTP; batch "
         f"{cfg['batch_size']}, max length {cfg['max_length']}; KD alpha {cfg['alpha']}, T {cfg['temperature']}, "
         f"PKD beta {cfg['beta']}. Seeds: {seeds}. Device: {env['device']}, torch {env['torch']}, "
-        f"{env['torch_threads']} threads.",
+        f"{env.get('jobs', 1)} training process(es) at a time with {env['torch_threads']} thread(s) each.",
         "",
         format_table(results),
         "",
@@ -67,7 +68,7 @@ def format_markdown(results: dict) -> str:
         "original student and twice its effective layers.",
         "- **time / seed**: training + evaluation seconds of one seed, PTP stage included where used; the teacher's "
         f"outputs were cached once in {results['teacher']['cache_seconds']:.0f} s.",
-        f"- Peak resident memory of the process: {env['peak_rss_mb']:.0f} MB. Wall time of this invocation "
+        f"- Peak resident memory of the largest process: {env['peak_rss_mb']:.0f} MB. Wall time of this invocation "
         f"(stages already finished are reused): {results['wall_seconds_this_invocation']:.0f} s.",
         "",
     ])

@@ -23,11 +23,14 @@ import dataclasses
 import json
 import logging
 import math
+import multiprocessing
 import os
 import platform
 import resource
 import statistics
+import sys
 import time
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -42,7 +45,7 @@ from .glue import PROJECT_ROOT, get_task, split_path
 from .ptp_stage import ptp_encoder_dir, run_ptp
 from .report import write_report
 from .teacher import ensure_teacher_outputs, finetune_teacher
-from .trainer import TrainConfig, TrainResult, write_atomic
+from .trainer import TrainConfig, TrainResult, resolve_device, write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +71,11 @@ METHODS = (
 )
 
 
+# Teacher recipes chosen by `python -m pea_kd teacher-search` (held-out part of train, dev never read), keyed by
+# (teacher, task). A task without an entry uses the plain recipe: `lr`, 3 epochs. Numbers: README, "Teacher recipes".
+TEACHER_RECIPES: dict[tuple[str, str], dict] = {}
+
+
 @dataclass
 class ReproduceConfig:
     """Settings of one reproduction. Defaults are the documented CPU recipe (README, "Reproducing the paper")."""
@@ -77,16 +85,18 @@ class ReproduceConfig:
     student_layers: int = 3
     seeds: tuple = (0, 1, 2)
     methods: tuple = tuple(m.slug for m in METHODS)
-    teacher_epochs: int = 3
+    teacher_epochs: Optional[int] = None  # None: TEACHER_RECIPES, else 3
     student_epochs: int = 3
     ptp_epochs: int = 2
-    lr: Optional[float] = None  # every stage; None = cli.default_lr(teacher): 5e-5 for MiniLM, 2e-5 for bert-base
+    lr: Optional[float] = None  # students and PTP; None = cli.default_lr(teacher): 5e-5 for MiniLM, 2e-5 for bert-base
+    teacher_lr: Optional[float] = None  # None: TEACHER_RECIPES, else lr
     batch_size: int = 32
     max_length: int = 128
     alpha: float = 0.7
     temperature: float = 10.0
     beta: float = 100.0
     eval_every: int = 0
+    jobs: int = 0  # training processes at a time; 0 = auto (resolve_jobs: 2 on a multi-core CPU, 1 on CUDA)
     smoke: bool = False
     smoke_examples: int = 64
     out_root: str = str(PROJECT_ROOT / "runs")
@@ -98,10 +108,13 @@ class ReproduceConfig:
         unknown = sorted(set(self.methods) - {m.slug for m in METHODS})
         if unknown:
             raise ValueError(f"unknown method(s) {unknown}; expected some of {[m.slug for m in METHODS]}")
-        if not self.seeds:
-            raise ValueError("reproduce needs at least one seed")
+        if not self.seeds or not self.methods:
+            raise ValueError("reproduce needs at least one seed and one method")
         if self.lr is None:
             self.lr = default_lr(self.teacher)
+        recipe = TEACHER_RECIPES.get((str(self.teacher), get_task(self.task).name), {})
+        self.teacher_lr = self.teacher_lr or recipe.get("lr", self.lr)
+        self.teacher_epochs = self.teacher_epochs or recipe.get("epochs", 3)
         if self.smoke:  # every stage, tiny: a few dozen examples, one short epoch, one seed
             self.seeds = self.seeds[:1]
             self.teacher_epochs = self.student_epochs = self.ptp_epochs = 1
@@ -133,38 +146,115 @@ def _train_config(cfg: ReproduceConfig, epochs: int, lr: float, seed: int) -> Tr
 
 
 def run_all(cfg: ReproduceConfig) -> dict:
-    """Run (or resume) every stage and return the results dict written to results.json."""
+    """Run (or resume) every stage and return the results dict written to results.json.
+
+    With cfg.jobs > 1 the stages run in that many worker processes, each with torch threads / jobs threads: the
+    teacher first, then the (method, seed) students, seed-major, at most `jobs` at a time. Students only read the
+    teacher's cache, so they are independent of one another.
+    """
     started = time.perf_counter()
     root = cfg.run_root
     root.mkdir(parents=True, exist_ok=True)
     data_dir = smoke_data_dir(cfg.task, cfg.data_dir, root / "glue", cfg.smoke_examples) if cfg.smoke else cfg.data_dir
     teacher_dir = root / "teacher"
+    jobs, threads = resolve_jobs(cfg.jobs, cfg.device)
+    if jobs > 1:  # interleaved progress bars from several processes are unreadable: log lines instead
+        cfg = dataclasses.replace(cfg, progress=False)
+        log.info("running %d training processes at a time, %d torch thread(s) each", jobs, threads)
+    units = [(seed, m) for seed in cfg.seeds for m in METHODS if m.slug in cfg.methods]  # seed-major
+    order = {(seed, m.name): i for i, (seed, m) in enumerate(units)}
+    runs, pending = [], set()
+
+    def report(teacher, cache_seconds, peak_rss_mb):
+        runs.sort(key=lambda r: order[(r["seed"], r["method"])])
+        results = {
+            "task": get_task(cfg.task).name, "config": dataclasses.asdict(cfg), "version": __version__,
+            "teacher": _teacher_record(teacher, cache_seconds), "runs": runs,
+            "summary": summarize(runs, get_task(cfg.task).metrics),
+            "environment": {"torch": torch.__version__, "python": platform.python_version(),
+                            "machine": platform.machine(), "cpu_count": os.cpu_count(), "jobs": jobs,
+                            "torch_threads": threads, "device": teacher.meta.get("device"),
+                            "peak_rss_mb": peak_rss_mb},
+            "complete": len(runs) == len(units),
+            "wall_seconds_this_invocation": time.perf_counter() - started,
+        }
+        write_report(results, root)  # after every run, so a partial table is always on disk
+        return results
+
+    with _executor(jobs, threads) as pool:
+        teacher, cache_seconds = pool.submit(_teacher_stage, cfg, teacher_dir, data_dir).result()
+        for seed, method in units:
+            pending.add(pool.submit(_student_stage, cfg, method, seed, teacher_dir, data_dir))
+            while len(pending) >= jobs or (pending and (seed, method) == units[-1]):
+                done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                runs.extend(future.result() for future in done)  # a failed stage raises here and stops the rest
+                results = report(teacher, cache_seconds, _peak_rss_mb())
+    if jobs > 1:  # the workers have exited: their peak memory is known now
+        results = report(teacher, cache_seconds, _peak_rss_mb())
+    return results
+
+
+def resolve_jobs(jobs: int, device: str = "auto") -> tuple[int, int]:
+    """(training processes, torch threads each). jobs=0 (auto): 2 on a CPU with >= 2 threads, 1 on CUDA.
+
+    Why 2 on CPU: a BERT small enough for a laptop is too small to keep two cores busy with one process (on the
+    2-core reference machine 2 threads train only 1.4x faster than 1), so two 1-thread processes get more done.
+    """
+    if jobs < 0:
+        raise ValueError(f"jobs must be >= 0 (0 = auto), got {jobs}")
+    total = torch.get_num_threads()
+    if jobs == 0:
+        jobs = 1 if resolve_device(device).type == "cuda" or total < 2 else 2
+    return jobs, max(1, total // jobs)
+
+
+def _peak_rss_mb() -> float:
+    """Largest resident set of this process and of its finished worker processes (not their sum), in MB."""
+    return max(resource.getrusage(who).ru_maxrss for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)) / 1024
+
+
+class _InProcess:
+    """Executor stand-in for jobs=1: each call runs in this process when it is submitted."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def submit(self, fn, *args) -> Future:
+        future = Future()
+        future.set_result(fn(*args))
+        return future
+
+
+def _executor(jobs: int, threads: int):
+    if jobs == 1:
+        return _InProcess()
+    return ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker,
+                               initargs=(threads, logging.getLogger().getEffectiveLevel()))
+
+
+def _init_worker(threads: int, level: int) -> None:
+    torch.set_num_threads(threads)
+    logging.basicConfig(level=level, stream=sys.stderr, format="%(asctime)s %(name)s: %(message)s",
+                        datefmt="%H:%M:%S")
+
+
+def _teacher_stage(cfg: ReproduceConfig, teacher_dir: Path, data_dir) -> tuple[TrainResult, float]:
+    """Fine-tune (or reuse) the teacher, then compute (or validate) its cached outputs; returns (result, seconds)."""
     log.info("teacher: fine-tuning %s on %s -> %s", cfg.teacher, cfg.task, teacher_dir)
     teacher = finetune_teacher(cfg.task, out_dir=teacher_dir, model_name=cfg.teacher, max_length=cfg.max_length,
-                               config=_train_config(cfg, cfg.teacher_epochs, cfg.lr, 0), data_dir=data_dir,
+                               config=_train_config(cfg, cfg.teacher_epochs, cfg.teacher_lr, 0), data_dir=data_dir,
                                resume=True)
     t0 = time.perf_counter()
     ensure_teacher_outputs(teacher_dir, cfg.task, ("train", "dev"), cfg.max_length, data_dir, device=cfg.device)
-    cache_seconds = time.perf_counter() - t0
+    return teacher, time.perf_counter() - t0
 
-    runs, results = [], {}
-    for seed in cfg.seeds:  # seed-major: an interrupted run leaves every method with the same seeds done
-        for method in (m for m in METHODS if m.slug in cfg.methods):
-            result, ptp_result = train_method(cfg, method, seed, teacher_dir, data_dir)
-            runs.append(_run_record(method, seed, result, ptp_result))
-            results = {
-                "task": get_task(cfg.task).name, "config": dataclasses.asdict(cfg), "version": __version__,
-                "teacher": _teacher_record(teacher, cache_seconds), "runs": runs,
-                "summary": summarize(runs, get_task(cfg.task).metrics),
-                "environment": {"torch": torch.__version__, "python": platform.python_version(),
-                                "machine": platform.machine(), "cpu_count": os.cpu_count(),
-                                "torch_threads": torch.get_num_threads(), "device": teacher.meta.get("device"),
-                                "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024},
-                "complete": len(runs) == len(cfg.seeds) * len(cfg.methods),
-                "wall_seconds_this_invocation": time.perf_counter() - started,
-            }
-            write_report(results, root)  # after every run, so a partial table is always on disk
-    return results
+
+def _student_stage(cfg: ReproduceConfig, method: Method, seed: int, teacher_dir: Path, data_dir) -> dict:
+    result, ptp_result = train_method(cfg, method, seed, teacher_dir, data_dir)
+    return _run_record(method, seed, result, ptp_result)
 
 
 def train_method(cfg: ReproduceConfig, method: Method, seed: int, teacher_dir: Path, data_dir,

@@ -25,7 +25,7 @@ import torch
 
 from bert_mini import load_pretrained, load_tokenizer, resolve_model_dir, save_pretrained
 
-from .features import Features, collate, load_features, make_batches
+from .features import Features, collate, load_features, make_batches, split_holdout
 from .glue import get_task
 from .trainer import TrainConfig, TrainResult, resolve_amp, resolve_device, set_seed, train
 
@@ -51,11 +51,13 @@ def checkpoint_saver(model_name):
 
 def finetune_teacher(task, *, out_dir, model_name: str = "minilm-l6", config: Optional[TrainConfig] = None,
                      max_length: int = 128, data_dir=None, max_train_examples: Optional[int] = None,
-                     resume: bool = False, overwrite: bool = False) -> TrainResult:
+                     holdout: float = 0.0, resume: bool = False, overwrite: bool = False) -> TrainResult:
     """Fine-tune `model_name` (+ a new task head) on the task's train split with the task loss, select on dev.
 
     Writes out_dir/final/ and, with config.keep_best, out_dir/best/ (HF layout + vocab.txt). result.meta records
     the task, model, tokenizer fingerprint and sizes. max_train_examples keeps the first N examples (smoke runs).
+    holdout > 0: train on the rest of train and evaluate on a seeded `holdout` fraction of it (split_holdout with
+    config.seed) instead of dev, which is then never read: how `teacher_search` compares recipes.
     """
     spec = get_task(task)
     config = config or TrainConfig()
@@ -63,14 +65,19 @@ def finetune_teacher(task, *, out_dir, model_name: str = "minilm-l6", config: Op
     train_data = load_features(spec, "train", tokenizer, max_length, data_dir)
     if max_train_examples:
         train_data = train_data.subset(range(min(max_train_examples, len(train_data))))
-    dev_data = load_features(spec, spec.dev_split, tokenizer, max_length, data_dir)
+    if holdout:
+        fit_idx, held_idx = split_holdout(len(train_data), holdout, config.seed)
+        train_data, eval_data, eval_split = train_data.subset(fit_idx), train_data.subset(held_idx), "train-holdout"
+    else:
+        eval_data, eval_split = load_features(spec, spec.dev_split, tokenizer, max_length, data_dir), spec.dev_split
     set_seed(config.seed)  # the new head's initial weights depend on the seed only
     model = load_pretrained(model_name, num_labels=spec.num_labels)
     meta = {"stage": "teacher", "task": spec.name, "model": str(model_name), "max_length": max_length,
             "tokenizer": tokenizer.fingerprint, "num_labels": spec.num_labels,
             "num_layers": model.config.num_hidden_layers,
-            "hidden_size": model.config.hidden_size, "train_examples": len(train_data), "dev_examples": len(dev_data)}
-    return train(model, train_data, dev_data, task=spec, out_dir=out_dir, config=config, loss="ce",
+            "hidden_size": model.config.hidden_size, "train_examples": len(train_data), "eval_split": eval_split, "holdout": holdout,
+            "dev_examples": len(eval_data)}
+    return train(model, train_data, eval_data, task=spec, out_dir=out_dir, config=config, loss="ce",
                  save_fn=checkpoint_saver(model_name), resume=resume, overwrite=overwrite, meta=meta)
 
 

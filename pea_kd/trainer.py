@@ -275,7 +275,9 @@ class Trainer:
         self.teacher_rows, self.live_teacher = self._teacher_inputs(teacher, live_teacher)
         model.to(self.device)
         self.loss_fn.to(self.device)
-        self.optimizer = torch.optim.AdamW(param_groups([model, self.loss_fn], config.weight_decay), lr=config.lr)
+        # fused=True: one kernel updates every tensor (CPU and CUDA); the per-tensor loop cost ~15% of a CPU step
+        self.optimizer = torch.optim.AdamW(param_groups([model, self.loss_fn], config.weight_decay), lr=config.lr,
+                                           fused=True)
         self.steps_per_epoch = [len(make_batches(train_data, config.batch_size, True, config.seed, e))
                                 for e in range(config.epochs)]
         self.total_steps = sum(self.steps_per_epoch)

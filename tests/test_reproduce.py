@@ -6,9 +6,11 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from pea_kd.glue import load_examples
-from pea_kd.reproduce import METHODS, ReproduceConfig, mean_std, smoke_data_dir, summarize
+from pea_kd import reproduce
+from pea_kd.reproduce import METHODS, ReproduceConfig, mean_std, resolve_jobs, smoke_data_dir, summarize
 
 ROOT = Path(__file__).resolve().parent.parent
 GLUE = Path(os.environ.get("GLUE_DIR") or ROOT.parent / "shared" / "glue_data")
@@ -33,9 +35,28 @@ def test_summary_is_mean_and_sample_std_over_seeds():
     assert mean_std([3.0]) == (3.0, 0.0)
 
 
+def test_jobs_split_the_threads():
+    threads = torch.get_num_threads()
+    assert resolve_jobs(1, "cpu") == (1, threads)
+    assert resolve_jobs(2, "cpu") == (2, max(1, threads // 2))
+    assert resolve_jobs(0, "cpu") == ((2, max(1, threads // 2)) if threads >= 2 else (1, 1))
+    with pytest.raises(ValueError, match="jobs must be >= 0"):
+        resolve_jobs(-1)
+
+
 def test_bad_method_is_refused():
     with pytest.raises(ValueError, match=r"unknown method\(s\) \['nope'\]"):
         ReproduceConfig(methods=("kd", "nope"))
+
+
+def test_teacher_recipe_comes_from_the_search_table_unless_overridden(monkeypatch):
+    monkeypatch.setattr(reproduce, "TEACHER_RECIPES", {("minilm-l6", "RTE"): {"lr": 1e-4, "epochs": 10}})
+    rte = ReproduceConfig(task="rte", lr=5e-5)
+    assert (rte.teacher_lr, rte.teacher_epochs, rte.lr) == (1e-4, 10, 5e-5)  # students keep their own lr
+    assert (ReproduceConfig(task="rte", teacher_lr=3e-5, teacher_epochs=4).teacher_lr,
+            ReproduceConfig(task="rte", teacher_epochs=4).teacher_epochs) == (3e-5, 4)
+    mrpc = ReproduceConfig(task="mrpc", lr=5e-5)  # no entry: the plain recipe
+    assert (mrpc.teacher_lr, mrpc.teacher_epochs) == (5e-5, 3)
 
 
 @needs_glue
@@ -43,12 +64,14 @@ def test_reproduce_smoke_writes_every_artefact_and_resumes(tmp_path):
     env = {**os.environ, "GLUE_DIR": str(GLUE), "PEA_KD_CACHE_DIR": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "pea_kd", "reproduce", "--task", "mrpc", "--smoke", "--out-root", str(tmp_path),
            "--no-progress"]
-    first = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    first = subprocess.run(cmd + ["--jobs", "2"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert first.returncode == 0, first.stderr[-3000:]
     root = tmp_path / "mrpc-smoke"
     results = json.loads((root / "results.json").read_text())
     assert results["complete"] and results["task"] == "MRPC"
+    assert (results["environment"]["jobs"], results["environment"]["torch_threads"]) == (2, 1)
     assert [r["method"] for r in results["summary"]] == [m.name for m in METHODS]
+    assert [r["method"] for r in results["runs"]] == [m.name for m in METHODS]  # table order, whatever finished first
     for row in results["summary"]:
         assert set(row["final"]) == {"acc", "f1", "acc_and_f1"}
         assert all(0 <= mean <= 100 for mean, _ in row["final"].values())
@@ -65,7 +88,7 @@ def test_reproduce_smoke_writes_every_artefact_and_resumes(tmp_path):
     assert not list(root.rglob("*.tmp*")) and not list(root.rglob("checkpoint.pt"))
 
     stamp = (root / "pea-kd" / "seed0" / "result.json").stat().st_mtime_ns
-    again = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    again = subprocess.run(cmd + ["--jobs", "1"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]
     assert (root / "pea-kd" / "seed0" / "result.json").stat().st_mtime_ns == stamp  # finished stages are reused
     assert json.loads((root / "results.json").read_text())["summary"] == results["summary"]
