@@ -3,7 +3,7 @@
     python -m pea_kd ptp --task mrpc --teacher-dir runs/mrpc/teacher --variant sps    -> runs/mrpc/ptp-sps/seed0/
     python -m pea_kd pea-kd --task mrpc --teacher-dir runs/mrpc/teacher               -> runs/mrpc/pea-kd/seed0/
     python -m pea_kd reproduce --task mrpc [--seeds 0,1,2] [--smoke]                  -> runs/mrpc/results.md
-    python -m pea_kd teacher-search --task rte --lrs 5e-5,1e-4 --epochs 3,10  -> runs/rte/teacher-search/search.md
+    python -m pea_kd teacher-search --task rte --lrs 5e-5,1e-4 --epochs 3,6   -> runs/rte/teacher-search/search.md
 """
 from __future__ import annotations
 
@@ -161,7 +161,7 @@ def _configure_teacher_search(p):
     p.add_argument("--model", default="minilm-l6", help="pre-trained teacher checkpoint (default minilm-l6)")
     p.add_argument("--lrs", type=_number_list(float), default=(5e-5, 1e-4),
                    help="comma-separated learning rates (default 5e-5,1e-4)")
-    p.add_argument("--epochs", type=_integers, default=(3, 10), help="comma-separated epoch counts (default 3,10)")
+    p.add_argument("--epochs", type=_integers, default=(3, 6), help="comma-separated epoch counts (default 3,6)")
     p.add_argument("--seeds", type=_integers, default=(0,), help="comma-separated seeds, averaged (default 0)")
     p.add_argument("--holdout", type=float, default=0.2, help="fraction of train held out for scoring (default 0.2)")
     p.add_argument("--batch-size", type=int, default=32, help="batch size (default 32)")

@@ -182,7 +182,7 @@ def run_all(cfg: ReproduceConfig) -> dict:
         return results
 
     with _executor(jobs, threads) as pool:
-        teacher, cache_seconds = pool.submit(_teacher_stage, cfg, teacher_dir, data_dir).result()
+        teacher, cache_seconds = pool.submit(_teacher_stage, cfg, teacher_dir, data_dir, jobs * threads).result()
         for seed, method in units:
             pending.add(pool.submit(_student_stage, cfg, method, seed, teacher_dir, data_dir))
             while len(pending) >= jobs or (pending and (seed, method) == units[-1]):
@@ -241,15 +241,23 @@ def _init_worker(threads: int, level: int) -> None:
                         datefmt="%H:%M:%S")
 
 
-def _teacher_stage(cfg: ReproduceConfig, teacher_dir: Path, data_dir) -> tuple[TrainResult, float]:
-    """Fine-tune (or reuse) the teacher, then compute (or validate) its cached outputs; returns (result, seconds)."""
-    log.info("teacher: fine-tuning %s on %s -> %s", cfg.teacher, cfg.task, teacher_dir)
-    teacher = finetune_teacher(cfg.task, out_dir=teacher_dir, model_name=cfg.teacher, max_length=cfg.max_length,
-                               config=_train_config(cfg, cfg.teacher_epochs, cfg.teacher_lr, 0), data_dir=data_dir,
-                               resume=True)
-    t0 = time.perf_counter()
-    ensure_teacher_outputs(teacher_dir, cfg.task, ("train", "dev"), cfg.max_length, data_dir, device=cfg.device)
-    return teacher, time.perf_counter() - t0
+def _teacher_stage(cfg: ReproduceConfig, teacher_dir: Path, data_dir, threads: int) -> tuple[TrainResult, float]:
+    """Fine-tune (or reuse) the teacher, then compute (or validate) its cached outputs; returns (result, seconds).
+
+    Nothing else runs meanwhile, so the stage uses all `threads`, even inside a 1-thread worker.
+    """
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        log.info("teacher: fine-tuning %s on %s -> %s", cfg.teacher, cfg.task, teacher_dir)
+        teacher = finetune_teacher(cfg.task, out_dir=teacher_dir, model_name=cfg.teacher, max_length=cfg.max_length,
+                                   config=_train_config(cfg, cfg.teacher_epochs, cfg.teacher_lr, 0),
+                                   data_dir=data_dir, resume=True)
+        t0 = time.perf_counter()
+        ensure_teacher_outputs(teacher_dir, cfg.task, ("train", "dev"), cfg.max_length, data_dir, device=cfg.device)
+        return teacher, time.perf_counter() - t0
+    finally:
+        torch.set_num_threads(before)
 
 
 def _student_stage(cfg: ReproduceConfig, method: Method, seed: int, teacher_dir: Path, data_dir) -> dict:

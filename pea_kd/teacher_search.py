@@ -33,7 +33,7 @@ from .trainer import TrainConfig, write_atomic
 SEARCH_JSON, SEARCH_MD = "search.json", "search.md"
 
 
-def search_teacher_recipe(task, *, out_dir, model_name: str = "minilm-l6", lrs=(5e-5, 1e-4), epochs=(3, 10),
+def search_teacher_recipe(task, *, out_dir, model_name: str = "minilm-l6", lrs=(5e-5, 1e-4), epochs=(3, 6),
                           seeds=(0,), holdout: float = 0.2, config: Optional[TrainConfig] = None,
                           max_length: int = 128, data_dir=None, keep_models: bool = False) -> dict:
     """Fine-tune one teacher per (lr, epochs, seed) on train minus a held-out part; pick the best mean held-out score.
