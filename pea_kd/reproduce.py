@@ -150,7 +150,8 @@ def run_all(cfg: ReproduceConfig) -> dict:
 
     With cfg.jobs > 1 the stages run in that many worker processes, each with torch threads / jobs threads: the
     teacher first, then the (method, seed) students, seed-major, at most `jobs` at a time. Students only read the
-    teacher's cache, so they are independent of one another.
+    teacher's cache, so they are independent of one another. results.json lists runs in table order whatever the
+    order they finished in.
     """
     started = time.perf_counter()
     root = cfg.run_root
@@ -161,8 +162,11 @@ def run_all(cfg: ReproduceConfig) -> dict:
     if jobs > 1:  # interleaved progress bars from several processes are unreadable: log lines instead
         cfg = dataclasses.replace(cfg, progress=False)
         log.info("running %d training processes at a time, %d torch thread(s) each", jobs, threads)
-    units = [(seed, m) for seed in cfg.seeds for m in METHODS if m.slug in cfg.methods]  # seed-major
+    units = [(seed, m) for seed in cfg.seeds for m in METHODS if m.slug in cfg.methods]  # seed-major table order
     order = {(seed, m.name): i for i, (seed, m) in enumerate(units)}
+    # Start order: seed-major, the costlier students of a seed first (SPS = 2x the layers of compute, PTP = one
+    # more stage), so that the last stage, which runs while the other workers idle, is a short one.
+    queue = sorted(units, key=lambda u: (cfg.seeds.index(u[0]), -(2 * (u[1].variant != "original") + u[1].ptp)))
     runs, pending = [], set()
 
     def report(teacher, cache_seconds, peak_rss_mb):
@@ -183,9 +187,9 @@ def run_all(cfg: ReproduceConfig) -> dict:
 
     with _executor(jobs, threads) as pool:
         teacher, cache_seconds = pool.submit(_teacher_stage, cfg, teacher_dir, data_dir, jobs * threads).result()
-        for seed, method in units:
+        for i, (seed, method) in enumerate(queue):
             pending.add(pool.submit(_student_stage, cfg, method, seed, teacher_dir, data_dir))
-            while len(pending) >= jobs or (pending and (seed, method) == units[-1]):
+            while pending and (len(pending) >= jobs or i == len(queue) - 1):
                 done, pending = wait(pending, return_when=FIRST_COMPLETED)
                 runs.extend(future.result() for future in done)  # a failed stage raises here and stops the rest
                 results = report(teacher, cache_seconds, _peak_rss_mb())
