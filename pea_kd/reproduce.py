@@ -166,8 +166,8 @@ def run_all(cfg: ReproduceConfig) -> dict:
     order = {(seed, m.name): i for i, (seed, m) in enumerate(units)}
     # Start order: seed-major, the costlier students of a seed first (SPS = 2x the layers of compute, PTP = one
     # more stage), so that the last stage, which runs while the other workers idle, is a short one.
-    queue = sorted(units, key=lambda u: (cfg.seeds.index(u[0]), -(2 * (u[1].variant != "original") + u[1].ptp)))
-    runs, pending = [], set()
+    queue = sorted(units, key=lambda u: (cfg.seeds.index(u[0]), -(2 * _is_sps(u[1]) + u[1].ptp)))
+    runs, running = [], {}  # running: future -> is it an SPS stage
 
     def report(teacher, cache_seconds, peak_rss_mb):
         runs.sort(key=lambda r: order[(r["seed"], r["method"])])
@@ -187,12 +187,22 @@ def run_all(cfg: ReproduceConfig) -> dict:
 
     with _executor(jobs, threads) as pool:
         teacher, cache_seconds = pool.submit(_teacher_stage, cfg, teacher_dir, data_dir, jobs * threads).result()
-        for i, (seed, method) in enumerate(queue):
-            pending.add(pool.submit(_student_stage, cfg, method, seed, teacher_dir, data_dir))
-            while pending and (len(pending) >= jobs or i == len(queue) - 1):
-                done, pending = wait(pending, return_when=FIRST_COMPLETED)
-                runs.extend(future.result() for future in done)  # a failed stage raises here and stops the rest
-                results = report(teacher, cache_seconds, _peak_rss_mb())
+        while queue or running:
+            # At most half of the workers train SPS students (twice the activations of the others): two of them
+            # at once would take MRPC past 4 GB; one SPS + one original student fits, and per seed the two kinds
+            # cost about the same, so both workers stay busy.
+            while len(running) < jobs:
+                sps_slot = sum(running.values()) < max(1, jobs // 2)
+                unit = next((u for u in queue if sps_slot or not _is_sps(u[1])), None)
+                if unit is None:
+                    break
+                queue.remove(unit)
+                running[pool.submit(_student_stage, cfg, unit[1], unit[0], teacher_dir, data_dir)] = _is_sps(unit[1])
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in done:
+                del running[future]
+                runs.append(future.result())  # a failed stage raises here and stops the rest
+            results = report(teacher, cache_seconds, _peak_rss_mb())
     if jobs > 1:  # the workers have exited: their peak memory is known now
         results = report(teacher, cache_seconds, _peak_rss_mb())
     return results
@@ -210,6 +220,10 @@ def resolve_jobs(jobs: int, device: str = "auto") -> tuple[int, int]:
     if jobs == 0:
         jobs = 1 if resolve_device(device).type == "cuda" or total < 2 else 2
     return jobs, max(1, total // jobs)
+
+
+def _is_sps(method: Method) -> bool:
+    return method.variant != "original"
 
 
 def _peak_rss_mb() -> float:
