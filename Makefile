@@ -19,7 +19,7 @@ help:  ## list targets and their variables
 	@echo "    TEACHER=bert-base-uncased  teacher (and students' source) checkpoint (default minilm-l6)"
 	@echo "    SEEDS=0,1,2                student seeds (default 0,1,2)"
 	@echo "    EPOCHS=3                   student epochs (default 3; PTP 2; teacher 3 or the task's searched recipe)"
-	@echo "    JOBS=2                     training processes at a time (default: 2 on a multi-core CPU, 1 on CUDA)"
+	@echo "    JOBS=2                     students trained at a time in worker processes (default 1)"
 	@echo "    SMOKE=1                    a few dozen examples, 1 epoch, 1 seed: checks every stage in ~1 min"
 	@echo "make test                  run the test suite (notebooks included)"
 	@echo "make bench                 bert_mini speed/memory benchmark on CPU (or CUDA when present)"

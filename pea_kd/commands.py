@@ -128,8 +128,8 @@ def _configure_reproduce(p):
     p.add_argument("--temperature", type=float, default=10.0, help="KD temperature T (default 10)")
     p.add_argument("--beta", type=float, default=100.0, help="PKD weight beta (default 100)")
     p.add_argument("--eval-every", type=int, default=0, help="dev evaluation every N steps (default: each epoch)")
-    p.add_argument("--jobs", type=int, default=0, help="training processes at a time, each with threads/jobs torch "
-                                                         "threads (default 0 = auto: 2 on a multi-core CPU, 1 on CUDA)")
+    p.add_argument("--jobs", type=int, default=1, help="students trained at a time, in worker processes with "
+                                                         "threads/jobs torch threads each (default 1)")
     p.add_argument("--smoke", action="store_true", help="a few dozen examples, 1 epoch, 1 seed: checks every stage")
     p.add_argument("--out-root", default=None, help="where runs/<task>/ goes (default: <project>/runs)")
     p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda (default auto)")
@@ -138,8 +138,8 @@ def _configure_reproduce(p):
 
 def _run_reproduce(args, parser):
     from .reproduce import ReproduceConfig, run_all
-    if args.student_layers < 1:
-        parser.error("--student-layers must be >= 1")
+    if args.student_layers < 1 or args.jobs < 1:
+        parser.error("--student-layers and --jobs must be >= 1")
     extra = {"out_root": args.out_root} if args.out_root else {}
     cfg = ReproduceConfig(task=args.task, teacher=args.teacher, student_layers=args.student_layers, seeds=args.seeds,
                           methods=tuple(m.strip() for m in args.methods.split(",") if m.strip()),

@@ -37,11 +37,10 @@ def test_summary_is_mean_and_sample_std_over_seeds():
 
 def test_jobs_split_the_threads():
     threads = torch.get_num_threads()
-    assert resolve_jobs(1, "cpu") == (1, threads)
-    assert resolve_jobs(2, "cpu") == (2, max(1, threads // 2))
-    assert resolve_jobs(0, "cpu") == ((2, max(1, threads // 2)) if threads >= 2 else (1, 1))
-    with pytest.raises(ValueError, match="jobs must be >= 0"):
-        resolve_jobs(-1)
+    assert resolve_jobs(1) == (1, threads)
+    assert resolve_jobs(2) == (2, max(1, threads // 2))
+    with pytest.raises(ValueError, match="jobs must be >= 1"):
+        resolve_jobs(0)
 
 
 def test_bad_method_is_refused():
