@@ -164,9 +164,7 @@ def run_all(cfg: ReproduceConfig) -> dict:
         log.info("running %d training processes at a time, %d torch thread(s) each", jobs, threads)
     units = [(seed, m) for seed in cfg.seeds for m in METHODS if m.slug in cfg.methods]  # seed-major table order
     order = {(seed, m.name): i for i, (seed, m) in enumerate(units)}
-    # Start order: seed-major, the costlier students of a seed first (SPS = 2x the layers of compute, PTP = one
-    # more stage), so that the last stage, which runs while the other workers idle, is a short one.
-    queue = sorted(units, key=lambda u: (cfg.seeds.index(u[0]), -(2 * _is_sps(u[1]) + u[1].ptp)))
+    queue = start_order(units)
     runs, running = [], {}  # running: future -> is it an SPS stage
 
     def report(teacher, cache_seconds, peak_rss_mb):
@@ -188,12 +186,8 @@ def run_all(cfg: ReproduceConfig) -> dict:
     with _executor(jobs, threads) as pool:
         teacher, cache_seconds = pool.submit(_teacher_stage, cfg, teacher_dir, data_dir, jobs * threads).result()
         while queue or running:
-            # At most half of the workers train SPS students (twice the activations of the others): two of them
-            # at once would take MRPC past 4 GB; one SPS + one original student fits, and per seed the two kinds
-            # cost about the same, so both workers stay busy.
             while len(running) < jobs:
-                sps_slot = sum(running.values()) < max(1, jobs // 2)
-                unit = next((u for u in queue if sps_slot or not _is_sps(u[1])), None)
+                unit = next_unit(queue, sps_running=sum(running.values()), jobs=jobs)
                 if unit is None:
                     break
                 queue.remove(unit)
@@ -223,6 +217,23 @@ def resolve_jobs(jobs: int) -> tuple[int, int]:
 
 def _is_sps(method: Method) -> bool:
     return method.variant != "original"
+
+
+def start_order(units: list[tuple[int, Method]]) -> list[tuple[int, Method]]:
+    """Seed-major, and within a seed the costlier students first (SPS: twice the layers of compute; PTP: one more
+    stage), so that the last stage, which runs while the other workers idle, is a short one."""
+    seeds = list(dict.fromkeys(seed for seed, _ in units))
+    return sorted(units, key=lambda u: (seeds.index(u[0]), -(2 * _is_sps(u[1]) + u[1].ptp)))
+
+
+def next_unit(queue: list[tuple[int, Method]], sps_running: int, jobs: int) -> Optional[tuple[int, Method]]:
+    """The first unit of `queue` that may start now; SPS students only while fewer than max(1, jobs // 2) run.
+
+    An SPS student holds twice the activations of an original one: two at once take MRPC past 4 GB, one SPS + one
+    original student fit, and per seed the two kinds cost about the same, so both workers stay busy.
+    """
+    sps_slot = sps_running < max(1, jobs // 2)
+    return next((u for u in queue if sps_slot or not _is_sps(u[1])), None)
 
 
 def _peak_rss_mb() -> float:

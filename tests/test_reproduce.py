@@ -10,7 +10,8 @@ import torch
 
 from pea_kd.glue import load_examples
 from pea_kd import reproduce
-from pea_kd.reproduce import METHODS, ReproduceConfig, mean_std, resolve_jobs, smoke_data_dir, summarize
+from pea_kd.reproduce import (METHODS, ReproduceConfig, mean_std, next_unit, resolve_jobs, smoke_data_dir, start_order,
+                              summarize)
 
 ROOT = Path(__file__).resolve().parent.parent
 GLUE = Path(os.environ.get("GLUE_DIR") or ROOT.parent / "shared" / "glue_data")
@@ -41,6 +42,20 @@ def test_jobs_split_the_threads():
     assert resolve_jobs(2) == (2, max(1, threads // 2))
     with pytest.raises(ValueError, match="jobs must be >= 1"):
         resolve_jobs(0)
+
+
+def test_parallel_students_start_costly_first_and_never_two_sps_on_two_workers():
+    by_slug = {m.slug: m for m in METHODS}
+    units = [(seed, m) for seed in (3, 1) for m in METHODS]
+    queue = start_order(units)
+    assert [(seed, m.slug) for seed, m in queue[:6]] == [(3, "pea-kd"), (3, "sps-pkd"), (3, "ptp-pkd"), (3, "ft"),
+                                                        (3, "kd"), (3, "pkd")]  # seeds keep their order
+    assert next_unit(queue, sps_running=0, jobs=2) == (3, by_slug["pea-kd"])
+    assert next_unit(queue, sps_running=1, jobs=2) == (3, by_slug["ptp-pkd"])  # skips sps-pkd while pea-kd runs
+    assert next_unit(queue, sps_running=1, jobs=4) == (3, by_slug["pea-kd"])  # 4 workers: 2 SPS slots
+    only_sps = [u for u in queue if u[1].variant == "sps"]
+    assert next_unit(only_sps, sps_running=1, jobs=2) is None and next_unit([], 0, 2) is None
+    assert next_unit(only_sps, sps_running=0, jobs=1) == (3, by_slug["pea-kd"])
 
 
 def test_bad_method_is_refused():
