@@ -275,7 +275,7 @@ class Trainer:
         self.teacher_rows, self.live_teacher = self._teacher_inputs(teacher, live_teacher)
         model.to(self.device)
         self.loss_fn.to(self.device)
-        # fused=True: one kernel updates every tensor (CPU and CUDA); the per-tensor loop cost ~15% of a CPU step
+        # fused=True: one kernel updates every tensor (CPU and CUDA); an FT epoch on MRPC, 2 CPU threads: -2.5% time
         self.optimizer = torch.optim.AdamW(param_groups([model, self.loss_fn], config.weight_decay), lr=config.lr,
                                            fused=True)
         self.steps_per_epoch = [len(make_batches(train_data, config.batch_size, True, config.seed, e))
