@@ -33,6 +33,9 @@ def test_holdout_teacher_never_reads_dev(tiny_env, tmp_path):
                               holdout=0.25, config=TrainConfig(epochs=1, lr=1e-3, **FAST))
     assert result.meta["eval_split"] == "train-holdout"
     assert (result.meta["train_examples"], result.meta["dev_examples"]) == (48, 16)  # 64 train rows, 25% held out
+    assert main(["finetune-teacher", "--task", "mrpc", "--model", str(checkpoint), "--holdout", "0.25", "--epochs",
+                 "1", "--max-length", "32", "--out-dir", str(tmp_path / "cli"), "--no-progress"]) == 0
+    assert json.loads((tmp_path / "cli" / "result.json").read_text())["meta"]["dev_examples"] == 16
 
 
 def test_summary_averages_seeds_and_prefers_cheaper_recipes_on_ties():
