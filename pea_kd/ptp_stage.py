@@ -81,4 +81,4 @@ def run_ptp(task, *, out_dir, teacher_dir, student_model: str = "minilm-l6", num
                  metrics_fn=ptp_accuracy, save_fn=save_fn, resume=resume, overwrite=overwrite, meta=meta)
 
 
-__all__ = ["ptp_encoder_dir", "split_holdout", "ptp_accuracy", "run_ptp"]
+__all__ = ["ptp_encoder_dir", "ptp_accuracy", "run_ptp"]
