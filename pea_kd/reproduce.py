@@ -23,14 +23,11 @@ import dataclasses
 import json
 import logging
 import math
-import multiprocessing
 import os
 import platform
-import resource
 import statistics
-import sys
 import time
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, wait
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -42,6 +39,7 @@ from . import __version__
 from .cli import default_lr
 from .distill import distill_student
 from .glue import PROJECT_ROOT, get_task, split_path
+from .parallel import executor, is_sps, next_unit, peak_rss_mb, resolve_jobs, start_order
 from .ptp_stage import ptp_encoder_dir, run_ptp
 from .report import write_report
 from .teacher import ensure_teacher_outputs, finetune_teacher
@@ -169,7 +167,7 @@ def run_all(cfg: ReproduceConfig) -> dict:
     queue = start_order(units)
     runs, running = [], {}  # running: future -> is it an SPS stage
 
-    def report(teacher, cache_seconds, peak_rss_mb):
+    def report(teacher, cache_seconds, peak_mb):
         runs.sort(key=lambda r: order[(r["seed"], r["method"])])
         results = {
             "task": get_task(cfg.task).name, "config": dataclasses.asdict(cfg), "version": __version__,
@@ -178,14 +176,14 @@ def run_all(cfg: ReproduceConfig) -> dict:
             "environment": {"torch": torch.__version__, "python": platform.python_version(),
                             "machine": platform.machine(), "cpu_count": os.cpu_count(), "jobs": jobs,
                             "torch_threads": threads, "device": teacher.meta.get("device"),
-                            "peak_rss_mb": peak_rss_mb},
+                            "peak_rss_mb": peak_mb},
             "complete": len(runs) == len(units),
             "wall_seconds_this_invocation": time.perf_counter() - started,
         }
         write_report(results, root)  # after every run, so a partial table is always on disk
         return results
 
-    with _executor(jobs, threads) as pool:
+    with executor(jobs, threads) as pool:
         teacher, cache_seconds = pool.submit(_teacher_stage, cfg, teacher_dir, data_dir, jobs * threads).result()
         while queue or running:
             while len(running) < jobs:
@@ -193,84 +191,15 @@ def run_all(cfg: ReproduceConfig) -> dict:
                 if unit is None:
                     break
                 queue.remove(unit)
-                running[pool.submit(_student_stage, cfg, unit[1], unit[0], teacher_dir, data_dir)] = _is_sps(unit[1])
+                running[pool.submit(_student_stage, cfg, unit[1], unit[0], teacher_dir, data_dir)] = is_sps(unit[1])
             done, _ = wait(running, return_when=FIRST_COMPLETED)
             for future in done:
                 del running[future]
                 runs.append(future.result())  # a failed stage raises here and stops the rest
-            results = report(teacher, cache_seconds, _peak_rss_mb())
+            results = report(teacher, cache_seconds, peak_rss_mb())
     if jobs > 1:  # the workers have exited: their peak memory is known now
-        results = report(teacher, cache_seconds, _peak_rss_mb())
+        results = report(teacher, cache_seconds, peak_rss_mb())
     return results
-
-
-def resolve_jobs(jobs: int) -> tuple[int, int]:
-    """(training processes, torch threads each): the torch threads of this process shared among `jobs` workers.
-
-    More than one job pays off where one process cannot keep the cores busy. On the 2-core reference machine, two
-    1-thread workers took 122 s each for an FT epoch on MRPC (61 s per epoch of work) against 71 s for one 2-thread
-    process: 1.16x faster, but two students in memory at once (MRPC: 4.2 GB peak instead of 2.5). Hence the
-    default of 1.
-    """
-    if jobs < 1:
-        raise ValueError(f"jobs must be >= 1, got {jobs}")
-    return jobs, max(1, torch.get_num_threads() // jobs)
-
-
-def _is_sps(method: Method) -> bool:
-    return method.variant != "original"
-
-
-def start_order(units: list[tuple[int, Method]]) -> list[tuple[int, Method]]:
-    """Seed-major, and within a seed the costlier students first (SPS: twice the layers of compute; PTP: one more
-    stage), so that the last stage, which runs while the other workers idle, is a short one."""
-    seeds = list(dict.fromkeys(seed for seed, _ in units))
-    return sorted(units, key=lambda u: (seeds.index(u[0]), -(2 * _is_sps(u[1]) + u[1].ptp)))
-
-
-def next_unit(queue: list[tuple[int, Method]], sps_running: int, jobs: int) -> Optional[tuple[int, Method]]:
-    """The first unit of `queue` that may start now; SPS students only while fewer than max(1, jobs // 2) run.
-
-    An SPS student holds twice the activations of an original one: two at once take MRPC past 4 GB, one SPS + one
-    original student fit, and per seed the two kinds cost about the same, so both workers stay busy.
-    """
-    sps_slot = sps_running < max(1, jobs // 2)
-    return next((u for u in queue if sps_slot or not _is_sps(u[1])), None)
-
-
-def _peak_rss_mb() -> float:
-    """Largest resident set of this process and of its finished worker processes (not their sum), in MB."""
-    return max(resource.getrusage(who).ru_maxrss for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)) / 1024
-
-
-class _InProcess:
-    """Executor stand-in for jobs=1: each call runs in this process when it is submitted."""
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-    def submit(self, fn, *args) -> Future:
-        future = Future()
-        future.set_result(fn(*args))
-        return future
-
-
-def _executor(jobs: int, threads: int):
-    if jobs == 1:
-        return _InProcess()
-    # max_tasks_per_child=1: every stage gets a fresh process, so the memory one stage leaves fragmented in the
-    # allocator (the teacher's peak: ~2.5 GB on MRPC) is returned before the next one starts
-    return ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker,
-                               initargs=(threads, logging.getLogger().getEffectiveLevel()), max_tasks_per_child=1)
-
-
-def _init_worker(threads: int, level: int) -> None:
-    torch.set_num_threads(threads)
-    logging.basicConfig(level=level, stream=sys.stderr, format="%(asctime)s %(name)s: %(message)s",
-                        datefmt="%H:%M:%S")
 
 
 def _teacher_stage(cfg: ReproduceConfig, teacher_dir: Path, data_dir, threads: int) -> tuple[TrainResult, float]:

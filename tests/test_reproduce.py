@@ -10,8 +10,8 @@ import torch
 
 from pea_kd.glue import load_examples
 from pea_kd import reproduce
-from pea_kd.reproduce import (METHODS, ReproduceConfig, mean_std, next_unit, resolve_jobs, smoke_data_dir, start_order,
-                              summarize)
+from pea_kd.parallel import next_unit, resolve_jobs, start_order
+from pea_kd.reproduce import METHODS, ReproduceConfig, mean_std, smoke_data_dir, summarize
 
 ROOT = Path(__file__).resolve().parent.parent
 GLUE = Path(os.environ.get("GLUE_DIR") or ROOT.parent / "shared" / "glue_data")
