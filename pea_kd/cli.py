@@ -260,11 +260,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def configure_logging(level: int) -> None:
+    """Log lines "HH:MM:SS logger: message" on stderr (stdout carries the JSON result); also used by workers."""
+    logging.basicConfig(level=level, stream=sys.stderr, format="%(asctime)s %(name)s: %(message)s",
+                        datefmt="%H:%M:%S")
+
+
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    configure_logging(logging.DEBUG if args.verbose else logging.INFO)
     try:
         for plugin in args.plugin:
             import_plugin(plugin)

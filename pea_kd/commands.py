@@ -147,8 +147,8 @@ def _run_reproduce(args, parser):
                           ptp_epochs=args.ptp_epochs, lr=args.lr, teacher_lr=args.teacher_lr,
                           batch_size=args.batch_size,
                           max_length=args.max_length, alpha=args.alpha, temperature=args.temperature, beta=args.beta,
-                          eval_every=args.eval_every, jobs=args.jobs, smoke=args.smoke, data_dir=args.data_dir, device=args.device,
-                          progress=False if args.no_progress else None, **extra)
+                          eval_every=args.eval_every, jobs=args.jobs, smoke=args.smoke, data_dir=args.data_dir,
+                          device=args.device, progress=False if args.no_progress else None, **extra)
     results = run_all(cfg)
     print((cfg.run_root / "results.md").read_text(encoding="utf-8"))
     return {"results": str(cfg.run_root / "results.md"), "complete": results.get("complete")}

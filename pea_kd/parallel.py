@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import resource
-import sys
 from concurrent.futures import Future, ProcessPoolExecutor
 from typing import Optional
 
@@ -85,9 +84,9 @@ def executor(jobs: int, threads: int):
 
 
 def _init_worker(threads: int, level: int) -> None:
+    from .cli import configure_logging
     torch.set_num_threads(threads)
-    logging.basicConfig(level=level, stream=sys.stderr, format="%(asctime)s %(name)s: %(message)s",
-                        datefmt="%H:%M:%S")
+    configure_logging(level)
 
 
 __all__ = ["resolve_jobs", "is_sps", "start_order", "next_unit", "peak_rss_mb", "executor"]

@@ -75,8 +75,8 @@ def finetune_teacher(task, *, out_dir, model_name: str = "minilm-l6", config: Op
     meta = {"stage": "teacher", "task": spec.name, "model": str(model_name), "max_length": max_length,
             "tokenizer": tokenizer.fingerprint, "num_labels": spec.num_labels,
             "num_layers": model.config.num_hidden_layers,
-            "hidden_size": model.config.hidden_size, "train_examples": len(train_data), "eval_split": eval_split, "holdout": holdout,
-            "dev_examples": len(eval_data)}
+            "hidden_size": model.config.hidden_size, "train_examples": len(train_data), "eval_split": eval_split,
+            "holdout": holdout, "dev_examples": len(eval_data)}
     return train(model, train_data, eval_data, task=spec, out_dir=out_dir, config=config, loss="ce",
                  save_fn=checkpoint_saver(model_name), resume=resume, overwrite=overwrite, meta=meta)
 
