@@ -42,6 +42,10 @@ def format_table(results: dict) -> str:
     return "\n".join(lines)
 
 
+def _epochs(n: int) -> str:
+    return f"{n} epoch" + ("" if n == 1 else "s")
+
+
 def format_markdown(results: dict) -> str:
     """results.md: the setting in words, the table, and how to read it."""
     cfg, env = results["config"], results["environment"]
@@ -50,11 +54,10 @@ def format_markdown(results: dict) -> str:
     return "\n".join([
         f"# Pea-KD reproduction on {results['task']}{smoke}",
         "",
-        f"Teacher `{cfg['teacher']}` fine-tuned {cfg['teacher_epochs']} epochs at learning rate "
+        f"Teacher `{cfg['teacher']}` fine-tuned {_epochs(cfg['teacher_epochs'])} at learning rate "
         f"{cfg.get('teacher_lr') or cfg['lr']}; {cfg['student_layers']}-layer students from the same pre-trained "
-        f"checkpoint, {cfg['student_epochs']} epochs; PTP {cfg['ptp_epochs']} epochs; learning rate {cfg['lr']} for "
-        f"students and PTP; batch "
-        f"{cfg['batch_size']}, max length {cfg['max_length']}; KD alpha {cfg['alpha']}, T {cfg['temperature']}, "
+        f"checkpoint, {_epochs(cfg['student_epochs'])}; PTP {_epochs(cfg['ptp_epochs'])}; learning rate {cfg['lr']} "
+        f"for students and PTP; batch {cfg['batch_size']}, max length {cfg['max_length']}; KD alpha {cfg['alpha']}, T {cfg['temperature']}, "
         f"PKD beta {cfg['beta']}. Seeds: {seeds}. Device: {env['device']}, torch {env['torch']}, "
         f"{env.get('jobs', 1)} training process(es) at a time with {env['torch_threads']} thread(s) each.",
         "",

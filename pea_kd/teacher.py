@@ -18,6 +18,7 @@ import hashlib
 import logging
 import os
 import shutil
+import time
 from pathlib import Path
 from typing import Optional
 
@@ -121,9 +122,11 @@ def cache_teacher_outputs(teacher_dir, task, splits=("train", "dev"), max_length
     """Run the fine-tuned teacher once per split and write <teacher_dir>/teacher_outputs.pt atomically.
 
     File: {"version", "task", "teacher" (model dir), "max_length", "tokenizer" (fingerprint), "num_examples":
-    {split: N}, "digests": {split: features_digest}, "splits": {split: {"logits", "cls_hidden", "labels"}}}.
+    {split: N}, "digests": {split: features_digest}, "splits": {split: {"logits", "cls_hidden", "labels"}},
+    "seconds": wall time of computing it}.
     amp: float32 by default ("off"), so the cached targets are exact; "auto" uses bf16/fp16 on CUDA.
     """
+    started = time.perf_counter()
     spec = get_task(task)
     model_dir = teacher_model_dir(teacher_dir, which).resolve()
     model = load_pretrained(model_dir, num_labels=spec.num_labels)
@@ -143,6 +146,7 @@ def cache_teacher_outputs(teacher_dir, task, splits=("train", "dev"), max_length
         payload["num_examples"][split] = len(data)
         payload["digests"][split] = features_digest(data)
         log.info("teacher cache: %s %s: %d examples", spec.name, split, len(data))
+    payload["seconds"] = time.perf_counter() - started
     path = Path(teacher_dir) / CACHE_FILE
     tmp = path.with_name(f".{CACHE_FILE}.tmp")
     torch.save(payload, tmp)
