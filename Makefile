@@ -5,12 +5,14 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 TASK ?= mrpc
-# reproduce overrides (empty = the documented default): TEACHER=bert-base-uncased SEEDS=0,1,2 EPOCHS=3 JOBS=2 SMOKE=1
+# reproduce overrides (empty = the documented default):
+#   TEACHER=bert-base-uncased SEEDS=0,1,2 EPOCHS=3 JOBS=2 SMOKE=1 ESTIMATE=1
 TEACHER ?=
 SEEDS ?=
 EPOCHS ?=
 JOBS ?=
 SMOKE ?=
+ESTIMATE ?=
 
 .PHONY: help setup test bench data reproduce clean-venv
 
@@ -21,6 +23,7 @@ help:  ## list targets and their variables
 	@echo "    EPOCHS=3                   student epochs (default 3; PTP 2; teacher 3 or the task's searched recipe)"
 	@echo "    JOBS=2                     students trained at a time in worker processes (default 1)"
 	@echo "    SMOKE=1                    a few dozen examples, 1 epoch, 1 seed: checks every stage in ~1 min"
+	@echo "    ESTIMATE=1                 train nothing: FLOPs per stage and the least time on this machine"
 	@echo "make test                  run the test suite (notebooks included)"
 	@echo "make bench                 bert_mini speed/memory benchmark on CPU (or CUDA when present)"
 	@echo "make data TASK=mrpc        download GLUE data into data/glue/ (TASK=all for every task)"
@@ -47,7 +50,7 @@ data: $(STAMP)
 reproduce: $(STAMP)
 	$(PY) -m pea_kd reproduce --task $(TASK) $(if $(TEACHER),--teacher $(TEACHER)) \
 		$(if $(SEEDS),--seeds $(SEEDS)) $(if $(EPOCHS),--student-epochs $(EPOCHS)) $(if $(JOBS),--jobs $(JOBS)) \
-		$(if $(filter 1,$(SMOKE)),--smoke)
+		$(if $(filter 1,$(SMOKE)),--smoke) $(if $(filter 1,$(ESTIMATE)),--estimate)
 
 clean-venv:
 	rm -rf $(VENV)

@@ -3,6 +3,7 @@
     python -m pea_kd ptp --task mrpc --teacher-dir runs/mrpc/teacher --variant sps    -> runs/mrpc/ptp-sps/seed0/
     python -m pea_kd pea-kd --task mrpc --teacher-dir runs/mrpc/teacher               -> runs/mrpc/pea-kd/seed0/
     python -m pea_kd reproduce --task mrpc [--seeds 0,1,2] [--smoke]                  -> runs/mrpc/results.md
+    python -m pea_kd reproduce --task mrpc --estimate          -> FLOPs per stage, least time here (trains nothing)
     python -m pea_kd teacher-search --task rte --lrs 5e-5,1e-4 --epochs 3,6   -> runs/rte/teacher-search/search.md
 """
 from __future__ import annotations
@@ -11,6 +12,7 @@ import argparse
 from pathlib import Path
 
 from .cli import add_data_args, add_training_args, default_lr, register_command, run_root, train_config_from_args
+from .ptp_stage import PTP_HOLDOUT
 from .sps import VARIANTS
 
 
@@ -32,7 +34,8 @@ _integers = _number_list(int)
 
 
 def _add_student_args(p: argparse.ArgumentParser, default_variant: str) -> None:
-    p.add_argument("--teacher-dir", required=True, help="a finetune-teacher run directory (its cached outputs are used)")
+    p.add_argument("--teacher-dir", required=True,
+                   help="a finetune-teacher run directory (its cached outputs are used)")
     p.add_argument("--student-model", default="minilm-l6",
                    help="pre-trained checkpoint whose bottom layers start the student (default minilm-l6)")
     p.add_argument("--student-layers", type=int, default=3, help="real transformer layers L (default 3)")
@@ -41,8 +44,8 @@ def _add_student_args(p: argparse.ArgumentParser, default_variant: str) -> None:
     p.add_argument("--t1", type=float, default=None, help="PTP confidence threshold for correct predictions "
                                                           "(default: median over the teacher's correct ones)")
     p.add_argument("--t2", type=float, default=None, help="PTP threshold for wrong predictions (default: median)")
-    p.add_argument("--holdout", type=float, default=0.1,
-                   help="fraction of train held out to select the PTP encoder by its loss (default 0.1)")
+    p.add_argument("--holdout", type=float, default=PTP_HOLDOUT,
+                   help=f"fraction of train held out to select the PTP encoder by its loss (default {PTP_HOLDOUT})")
 
 
 def _check_plan(args, parser) -> None:
@@ -131,6 +134,8 @@ def _configure_reproduce(p):
     p.add_argument("--jobs", type=int, default=1, help="students trained at a time, in worker processes with "
                                                          "threads/jobs torch threads each (default 1)")
     p.add_argument("--smoke", action="store_true", help="a few dozen examples, 1 epoch, 1 seed: checks every stage")
+    p.add_argument("--estimate", action="store_true",
+                   help="train nothing: print the compute budget (FLOPs per stage, the least time on this machine)")
     p.add_argument("--out-root", default=None, help="where runs/<task>/ goes (default: <project>/runs)")
     p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda (default auto)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -149,6 +154,10 @@ def _run_reproduce(args, parser):
                           max_length=args.max_length, alpha=args.alpha, temperature=args.temperature, beta=args.beta,
                           eval_every=args.eval_every, jobs=args.jobs, smoke=args.smoke, data_dir=args.data_dir,
                           device=args.device, progress=False if args.no_progress else None, **extra)
+    if args.estimate:
+        from .budget import estimate
+        print(estimate(cfg))
+        return None
     results = run_all(cfg)
     print((cfg.run_root / "results.md").read_text(encoding="utf-8"))
     return {"results": str(cfg.run_root / "results.md"), "complete": results.get("complete")}

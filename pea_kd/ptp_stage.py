@@ -31,6 +31,8 @@ from .trainer import TrainConfig, TrainResult, set_seed, train
 
 log = logging.getLogger(__name__)
 
+PTP_HOLDOUT = 0.1  # default fraction of train held out to select the PTP encoder
+
 
 def ptp_encoder_dir(out_dir) -> Path:
     """Where a PTP run keeps the encoder selected on held-out PTP loss (the `--init-from` of the KD stage)."""
@@ -43,7 +45,7 @@ def ptp_accuracy(predictions, labels) -> dict:
 
 
 def run_ptp(task, *, out_dir, teacher_dir, student_model: str = "minilm-l6", num_layers: int = 3,
-            variant: str = "sps", t1: Optional[float] = None, t2: Optional[float] = None, holdout: float = 0.1,
+            variant: str = "sps", t1: Optional[float] = None, t2: Optional[float] = None, holdout: float = PTP_HOLDOUT,
             config: Optional[TrainConfig] = None, max_length: int = 128, data_dir=None,
             teacher_checkpoint: str = "final", resume: bool = False, overwrite: bool = False) -> TrainResult:
     """Train a `variant` student on PTP labels; out_dir/best/ holds the encoder with the lowest held-out PTP loss.
@@ -81,4 +83,4 @@ def run_ptp(task, *, out_dir, teacher_dir, student_model: str = "minilm-l6", num
                  metrics_fn=ptp_accuracy, save_fn=save_fn, resume=resume, overwrite=overwrite, meta=meta)
 
 
-__all__ = ["ptp_encoder_dir", "ptp_accuracy", "run_ptp"]
+__all__ = ["PTP_HOLDOUT", "ptp_encoder_dir", "ptp_accuracy", "run_ptp"]

@@ -105,4 +105,17 @@ def test_reproduce_smoke_writes_every_artefact_and_resumes(tmp_path):
     again = subprocess.run(cmd + ["--jobs", "1"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]
     assert (root / "pea-kd" / "seed0" / "result.json").stat().st_mtime_ns == stamp  # finished stages are reused
-    assert json.loads((root / "results.json").read_text())["summary"] == results["summary"]
+    resumed = json.loads((root / "results.json").read_text())
+    assert resumed["summary"] == results["summary"]
+    assert resumed["teacher"]["cache_seconds"] == results["teacher"]["cache_seconds"]  # the time it took, not a reload
+
+    # --estimate trains nothing and reads the finished runs' seconds: every stage ran below the matmul rate
+    before = sorted(p.stat().st_mtime_ns for p in root.rglob("*"))
+    budget = subprocess.run(cmd + ["--estimate"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert budget.returncode == 0, budget.stderr[-3000:]
+    assert sorted(p.stat().st_mtime_ns for p in root.rglob("*")) == before
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in budget.stdout.splitlines()
+            if line.startswith("| ") and "%" in line]
+    assert [r[0] for r in rows] == ["teacher (6L)", "teacher cache"] + [m.name for m in METHODS] + ["**total**"]
+    for row in rows:
+        assert 0 < float(row[3]) and row[6] != "-" and 0 < int(row[7].rstrip("%")) < 100, row

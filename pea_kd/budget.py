@@ -1,0 +1,175 @@
+"""The compute budget of a reproduction: how much arithmetic `make reproduce` is, and the least time it can take here.
+
+    F(B, T, s)    = bert_mini.bench.forward_flops: one forward of a batch of B examples padded to T tokens
+                    through an encoder plan of s layer steps (2 x linear weights x tokens + attention, plus the head)
+    train(stage)  = sum over epochs, over the stage's length-bucketed batches b:  3 F(B_b, T_b, s)   (backward ~ 2F)
+    eval(stage)   = (number of evaluations) x sum over the sorted dev batches:  F(B, T, s)
+    bound         = FLOPs / R,  R = this machine's fp32 matmul rate (a large square product, all threads)
+
+No implementation can run the stage's matrix products faster than R, and dropout, GELU, LayerNorm, softmax and the
+optimiser come on top, so `bound` is a floor under the wall time. The batches are the trainer's own
+(`features.make_batches` with each stage's seed and epoch), so the count is exact for the model, not an average.
+
+    python -m pea_kd reproduce --task mrpc --estimate     (make reproduce TASK=mrpc ESTIMATE=1)
+prints the table below without training anything; where runs/<task>/results.json holds finished runs of the same
+setting, their measured seconds and the fraction of R they reached are shown next to the bound.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+
+from bert_mini import BertConfig, load_tokenizer, resolve_model_dir
+from bert_mini.bench import forward_flops, matmul_gflops
+
+from .features import load_features, make_batches, split_holdout
+from .glue import get_task
+from .ptp import PTP_CLASSES
+from .ptp_stage import PTP_HOLDOUT
+from .sps import make_plan
+from .trainer import TrainConfig, resolve_device
+
+# Settings that change how much work a run is: a results.json made with other values is not compared.
+WORK_SETTINGS = ("teacher", "student_layers", "teacher_epochs", "student_epochs", "ptp_epochs", "batch_size",
+                 "max_length", "eval_every", "smoke", "smoke_examples")
+
+
+@dataclass
+class StageBudget:
+    """One row of the budget: a table row of reproduce (the teacher, its cache, or a method over all seeds)."""
+
+    name: str
+    runs: int  # how many times the stage runs (seeds)
+    effective_layers: int
+    flops: float  # all runs together
+    measured_seconds: Optional[float] = None  # from results.json, all runs together
+
+
+def count_evaluations(steps_per_epoch: Sequence[int], eval_every: int) -> int:
+    """Dev evaluations of a run, as the trainer schedules them: after every epoch and every `eval_every` steps."""
+    count, step = 0, 0
+    for steps in steps_per_epoch:
+        for b in range(steps):
+            step += 1
+            count += b + 1 == steps or bool(eval_every and step % eval_every == 0)
+    return count
+
+
+def run_flops(config: BertConfig, train_lengths: np.ndarray, eval_lengths: np.ndarray, train: TrainConfig,
+              steps: int, num_labels: int) -> float:
+    """FLOPs of one trainer run: 3 F per training batch of every epoch, plus F per dev batch per evaluation."""
+    epochs = [make_batches(train_lengths, train.batch_size, True, train.seed, e) for e in range(train.epochs)]
+    training = sum(3 * forward_flops(config, len(b), int(train_lengths[b].max()), steps, num_labels)
+                   for batches in epochs for b in batches)
+    one_eval = sum(forward_flops(config, len(b), int(eval_lengths[b].max()), steps, num_labels)
+                   for b in make_batches(eval_lengths, train.eval_batch_size, shuffle=False))
+    return training + count_evaluations([len(b) for b in epochs], train.eval_every) * one_eval
+
+
+def inference_flops(config: BertConfig, lengths: np.ndarray, batch_size: int = 64) -> float:
+    """FLOPs of one forward over a split in sorted batches (the teacher's cache)."""
+    return sum(forward_flops(config, len(b), int(lengths[b].max())) for b in make_batches(lengths, batch_size, False))
+
+
+def reproduce_budget(cfg) -> list[StageBudget]:
+    """The FLOPs of every stage of `reproduce.run_all(cfg)` (a ReproduceConfig), in table order."""
+    from .reproduce import METHODS
+
+    spec = get_task(cfg.task)
+    teacher_config = BertConfig.from_json(resolve_model_dir(cfg.teacher) / "config.json")
+    student_config = BertConfig.from_dict({**teacher_config.to_dict(), "num_hidden_layers": cfg.student_layers})
+    tokenizer = load_tokenizer(cfg.teacher)
+    train, dev = (load_features(spec, split, tokenizer, cfg.max_length, cfg.data_dir).lengths
+                  for split in ("train", spec.dev_split))
+    if cfg.smoke:  # the smoke run's GLUE files hold the first rows of each split
+        train, dev = train[:cfg.smoke_examples], dev[:cfg.smoke_examples]
+    labels = spec.num_labels
+
+    def config(epochs, lr, seed):
+        return TrainConfig(epochs=epochs, lr=lr, batch_size=cfg.batch_size, seed=seed, eval_every=cfg.eval_every)
+
+    layers = teacher_config.num_hidden_layers
+    rows = [StageBudget(f"teacher ({layers}L)", 1, layers,
+                        run_flops(teacher_config, train, dev, config(cfg.teacher_epochs, cfg.teacher_lr, 0),
+                                  layers, labels)),
+            StageBudget("teacher cache", 1, layers, inference_flops(teacher_config, np.concatenate([train, dev])))]
+    for method in METHODS:
+        if method.slug not in cfg.methods:
+            continue
+        steps, flops = len(make_plan(cfg.student_layers, method.variant)), 0.0
+        for seed in cfg.seeds:
+            if method.ptp:  # PTP trains on train minus a held-out part and selects on that part
+                fit, held = split_holdout(len(train), PTP_HOLDOUT, seed)
+                flops += run_flops(student_config, train[fit], train[held], config(cfg.ptp_epochs, cfg.lr, seed),
+                                   steps, len(PTP_CLASSES))
+            flops += run_flops(student_config, train, dev, config(cfg.student_epochs, cfg.lr, seed), steps, labels)
+        rows.append(StageBudget(method.name, len(cfg.seeds), steps, flops))
+    return rows
+
+
+def attach_measurements(rows: list[StageBudget], results: dict, cfg) -> bool:
+    """Fill `measured_seconds` from a reproduce results.json of the same setting; False when it does not match."""
+    done = results.get("config", {})
+    same_task = "task" in done and get_task(done["task"]).name == get_task(cfg.task).name
+    if not same_task or any(done.get(k) != getattr(cfg, k) for k in WORK_SETTINGS):
+        return False
+    teacher = results["teacher"]
+    rows[0].measured_seconds, rows[1].measured_seconds = teacher["seconds"], teacher["cache_seconds"]
+    for row in rows[2:]:
+        mine = [r["seconds"] for r in results["runs"] if r["method"] == row.name and r["seed"] in cfg.seeds]
+        row.measured_seconds = sum(mine) if len(mine) == row.runs else None
+    return True
+
+
+def _tflop(flops: float) -> str:
+    tera = flops / 1e12
+    return f"{tera:,.0f}" if tera >= 100 else f"{tera:.3g}"
+
+
+def format_budget(rows: list[StageBudget], gflops: float, where: str, title: str) -> str:
+    """The budget as a markdown table: TFLOP, share, bound at `gflops`, and measured seconds where known."""
+    total = sum(r.flops for r in rows)
+    lines = [f"# Compute budget: {title}", "",
+             f"fp32 matmul rate R of this machine ({where}; a 2048^3 product, measured now, so low when the machine "
+             f"is busy): {gflops:.0f} GFLOP/s", "",
+             "| stage | runs | eff. layers | TFLOP | share | bound at R (s) | measured (s) | of R |",
+             "|---|---|---|---|---|---|---|---|"]
+    measured = 0.0
+    for r in rows:
+        bound = r.flops / (gflops * 1e9)
+        seen = r.measured_seconds
+        measured = measured + seen if seen is not None and measured is not None else None
+        lines.append(f"| {r.name} | {r.runs} | {r.effective_layers} | {_tflop(r.flops)} | "
+                     f"{r.flops / total:.1%} | {bound:.0f} | {'-' if seen is None else f'{seen:.0f}'} | "
+                     f"{'-' if not seen else f'{bound / seen:.0%}'} |")
+    bound = total / (gflops * 1e9)
+    lines.append(f"| **total** | | | {_tflop(total)} | 100% | {bound:.0f} ({bound / 60:.0f} min) | "
+                 f"{'-' if measured is None else f'{measured:.0f} ({measured / 60:.0f} min)'} | "
+                 f"{'-' if not measured else f'{bound / measured:.0%}'} |")
+    lines += ["", "- **bound**: FLOPs / R, the time the matrix products alone would take at the rate of one large "
+              "product; elementwise work (dropout, GELU, LayerNorm, softmax, optimiser) comes on top.",
+              "- **measured**: training + evaluation seconds recorded in results.json (all seeds), where present; "
+              "**of R** = bound / measured."]
+    return "\n".join(lines)
+
+
+def estimate(cfg, repeats: int = 5) -> str:
+    """The budget table of `cfg` (a ReproduceConfig) on this machine; measurements from results.json if they match."""
+    rows = reproduce_budget(cfg)
+    device = resolve_device(cfg.device)
+    gflops = matmul_gflops(str(device), 2048, repeats)
+    path = cfg.run_root / "results.json"
+    note = ""
+    if path.is_file() and not attach_measurements(rows, json.loads(path.read_text(encoding="utf-8")), cfg):
+        note = f"\n- {path} was made with other settings; its times are not compared."
+    title = f"reproduce --task {get_task(cfg.task).name}, seeds {','.join(map(str, cfg.seeds))}"
+    where = f"{device}, {torch.get_num_threads()} threads" if device.type == "cpu" else str(device)
+    return format_budget(rows, gflops, where, title) + note
+
+
+__all__ = ["StageBudget", "count_evaluations", "run_flops", "inference_flops", "reproduce_budget",
+           "attach_measurements", "format_budget", "estimate"]
