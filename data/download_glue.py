@@ -23,7 +23,6 @@ warning is printed. The extracted split files are compared with reference hashes
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
 import re
 import shutil

@@ -31,7 +31,8 @@ from .glue import get_task
 from .ptp import PTP_CLASSES
 from .ptp_stage import PTP_HOLDOUT
 from .sps import make_plan
-from .trainer import TrainConfig, resolve_device
+from .runtime import resolve_device
+from .trainer import TrainConfig
 
 # Settings that change how much work a run is: a results.json made with other values is not compared.
 WORK_SETTINGS = ("teacher", "student_layers", "teacher_epochs", "student_epochs", "ptp_epochs", "batch_size",

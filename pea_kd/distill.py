@@ -21,7 +21,8 @@ from .losses import LossConfig, build_loss, pkd_layer_map
 from .sps import make_plan
 from .students import build_student, effective_layers, save_student
 from .teacher import ensure_teacher_outputs, teacher_model_dir
-from .trainer import TrainConfig, TrainResult, set_seed, train
+from .runtime import set_seed
+from .trainer import TrainConfig, TrainResult, train
 
 log = logging.getLogger(__name__)
 TEACHER_FIELDS = ("teacher_logits", "teacher_cls_hidden", "teacher_attentions")

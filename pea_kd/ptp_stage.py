@@ -27,7 +27,8 @@ from .glue import get_task
 from .ptp import PTP_CLASSES, build_ptp_labels, build_ptp_student, format_histogram
 from .students import save_student
 from .teacher import ensure_teacher_outputs
-from .trainer import TrainConfig, TrainResult, set_seed, train
+from .runtime import set_seed
+from .trainer import TrainConfig, TrainResult, train
 
 log = logging.getLogger(__name__)
 

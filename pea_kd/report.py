@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 
 from .glue import get_task
-from .trainer import write_atomic
+from .runtime import write_atomic
 
 
 DERIVED_METRICS = ("acc_and_f1", "corr")  # averages of the other columns: in results.json, not in the table

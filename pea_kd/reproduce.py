@@ -43,7 +43,8 @@ from .parallel import executor, is_sps, next_unit, peak_rss_mb, resolve_jobs, st
 from .ptp_stage import ptp_encoder_dir, run_ptp
 from .report import write_report
 from .teacher import ensure_teacher_outputs, finetune_teacher
-from .trainer import TrainConfig, TrainResult, write_atomic
+from .runtime import write_atomic
+from .trainer import TrainConfig, TrainResult
 
 log = logging.getLogger(__name__)
 

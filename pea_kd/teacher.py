@@ -28,7 +28,8 @@ from bert_mini import load_pretrained, load_tokenizer, resolve_model_dir, save_p
 
 from .features import Features, collate, load_features, make_batches, split_holdout
 from .glue import get_task
-from .trainer import TrainConfig, TrainResult, resolve_amp, resolve_device, set_seed, train
+from .runtime import resolve_amp, resolve_device, set_seed
+from .trainer import TrainConfig, TrainResult, train
 
 log = logging.getLogger(__name__)
 CACHE_FILE = "teacher_outputs.pt"

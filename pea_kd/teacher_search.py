@@ -28,7 +28,8 @@ from typing import Optional
 
 from .glue import get_task
 from .teacher import finetune_teacher
-from .trainer import TrainConfig, write_atomic
+from .runtime import write_atomic
+from .trainer import TrainConfig
 
 SEARCH_JSON, SEARCH_MD = "search.json", "search.md"
 

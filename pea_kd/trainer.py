@@ -29,20 +29,19 @@ import json
 import logging
 import math
 import os
-import random
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
-import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from .features import Features, collate, make_batches
 from .glue import get_task
 from .losses import LossConfig, LossInputs, build_loss, task_loss
+from .runtime import resolve_amp, resolve_device, rng_state, set_rng_state, set_seed, write_atomic
 
 log = logging.getLogger(__name__)
 CHECKPOINT, LOG, RESULT = "checkpoint.pt", "log.jsonl", "result.json"
@@ -144,28 +143,6 @@ class _State:
     tokens: int = 0  # real (non-pad) tokens trained on
 
 
-def set_seed(seed: int) -> None:
-    """Seed python, numpy and torch (all devices)."""
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def resolve_device(name: str = "auto") -> torch.device:
-    return torch.device(("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name)
-
-
-def resolve_amp(amp: str, device: torch.device) -> Optional[torch.dtype]:
-    """The autocast dtype: bf16/fp16 on CUDA ("auto": bf16 when supported), None (fp32) on CPU or with "off"."""
-    if device.type != "cuda" or amp == "off":
-        if amp in ("bf16", "fp16"):
-            log.warning("amp=%s ignored on %s: training in float32", amp, device)
-        return None
-    if amp == "auto":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.bfloat16 if amp == "bf16" else torch.float16
-
-
 def param_groups(modules, weight_decay: float) -> list[dict]:
     """Two AdamW groups: weights decay; biases and LayerNorm weights (every tensor with < 2 dims) do not."""
     decay, no_decay, seen = [], [], set()
@@ -200,28 +177,6 @@ def predict(model, data: Features, device, batch_size: int = 64, amp_dtype=None)
         out[b["index"]] = logits.float().cpu()
     model.train(was_training)
     return out
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write a text file so that readers see the old or the new content, never half of it (tmp + os.replace)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
-def _rng_state() -> dict:
-    kind, keys, pos, has_gauss, gauss = np.random.get_state()
-    return {"python": random.getstate(), "numpy": (kind, keys.tolist(), pos, has_gauss, gauss),
-            "torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
-
-
-def _set_rng_state(rng: dict) -> None:
-    random.setstate(rng["python"])
-    kind, keys, pos, has_gauss, gauss = rng["numpy"]
-    np.random.set_state((kind, np.array(keys, dtype=np.uint32), pos, has_gauss, gauss))
-    torch.set_rng_state(rng["torch"])
-    if rng["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(rng["cuda"])
 
 
 def train(model, train_data: Features, dev_data: Features, *, task, out_dir, config: Optional[TrainConfig] = None,
@@ -464,7 +419,7 @@ class Trainer:
                    "loss_fn": self.loss_fn.state_dict(), "optimizer": self.optimizer.state_dict(),
                    "scheduler": self.scheduler.state_dict(),
                    "scaler": self.scaler.state_dict() if self.scaler else None,
-                   "rng": _rng_state(), "state": dataclasses.asdict(self.state)}
+                   "rng": rng_state(), "state": dataclasses.asdict(self.state)}
         tmp = self.ckpt_path.with_name(f".{CHECKPOINT}.tmp")
         torch.save(payload, tmp)
         os.replace(tmp, self.ckpt_path)
@@ -482,7 +437,7 @@ class Trainer:
         if self.scaler is not None and ckpt["scaler"]:
             self.scaler.load_state_dict(ckpt["scaler"])
         self.state = _State(**ckpt["state"])
-        _set_rng_state(ckpt["rng"])
+        set_rng_state(ckpt["rng"])
         kept = [r for r in _read_log(self.log_path) if r["step"] <= self.state.step]  # drop evals after the checkpoint
         write_atomic(self.log_path, "".join(json.dumps(r) + "\n" for r in kept))
         log.info("%s: resuming at step %d (epoch %d, batch %d)", self.out_dir, self.state.step, self.state.epoch,

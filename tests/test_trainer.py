@@ -16,8 +16,8 @@ from safetensors.torch import load_file
 from bert_mini import BertConfig, BertForSequenceClassification, load_pretrained, load_tokenizer
 from pea_kd.features import load_features
 from pea_kd.losses import LossResult
-from pea_kd.trainer import (NonFiniteLossError, TrainConfig, TrainResult, linear_schedule, param_groups,
-                            resolve_amp, train)
+from pea_kd.runtime import resolve_amp
+from pea_kd.trainer import NonFiniteLossError, TrainConfig, TrainResult, linear_schedule, param_groups, train
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 ROOT = Path(__file__).resolve().parent.parent
