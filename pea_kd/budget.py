@@ -71,9 +71,10 @@ def run_flops(config: BertConfig, train_lengths: np.ndarray, eval_lengths: np.nd
     return training + count_evaluations([len(b) for b in epochs], train.eval_every) * one_eval
 
 
-def inference_flops(config: BertConfig, lengths: np.ndarray, batch_size: int = 64) -> float:
+def inference_flops(config: BertConfig, lengths: np.ndarray, num_labels: int, batch_size: int = 64) -> float:
     """FLOPs of one forward over a split in sorted batches (the teacher's cache)."""
-    return sum(forward_flops(config, len(b), int(lengths[b].max())) for b in make_batches(lengths, batch_size, False))
+    return sum(forward_flops(config, len(b), int(lengths[b].max()), None, num_labels)
+               for b in make_batches(lengths, batch_size, False))
 
 
 def reproduce_budget(cfg) -> list[StageBudget]:
@@ -97,7 +98,8 @@ def reproduce_budget(cfg) -> list[StageBudget]:
     rows = [StageBudget(f"teacher ({layers}L)", 1, layers,
                         run_flops(teacher_config, train, dev, config(cfg.teacher_epochs, cfg.teacher_lr, 0),
                                   layers, labels)),
-            StageBudget("teacher cache", 1, layers, inference_flops(teacher_config, np.concatenate([train, dev])))]
+            StageBudget("teacher cache", 1, layers, inference_flops(teacher_config, train, labels)
+                        + inference_flops(teacher_config, dev, labels))]
     for method in METHODS:
         if method.slug not in cfg.methods:
             continue
