@@ -267,7 +267,7 @@ class Trainer:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         if resume and self.result_path.is_file() and not self.ckpt_path.is_file():
             log.info("%s: run already finished; returning its result", self.out_dir)
-            return TrainResult.load(self.result_path)
+            return dataclasses.replace(TrainResult.load(self.result_path), out_dir=str(self.out_dir))  # if moved
         if not resume and any(p.exists() for p in (self.ckpt_path, self.log_path, self.result_path)):
             if not overwrite:
                 raise FileExistsError(f"{self.out_dir} already holds a run; resume it (--resume) or pass --overwrite")

@@ -186,6 +186,9 @@ def test_existing_run_resume_rules(tiny_env, tmp_path):
         run(tmp_path / "run")
     done = run(tmp_path / "run", resume=True)  # a finished run: its stored result, no training
     assert done.final_metrics == first.final_metrics and done.history == first.history
+    (tmp_path / "run").rename(tmp_path / "moved")  # a runs/ directory copied elsewhere still resumes in place
+    assert run(tmp_path / "moved", resume=True).out_dir == str(tmp_path / "moved")
+    (tmp_path / "moved").rename(tmp_path / "run")
     assert run(tmp_path / "run", lr=2e-3, overwrite=True).meta["config"]["lr"] == 2e-3
     run(tmp_path / "kept", keep_checkpoint=True)
     assert (tmp_path / "kept" / "checkpoint.pt").is_file()
