@@ -141,18 +141,18 @@ def format_budget(rows: list[StageBudget], gflops: float, where: str, title: str
              f"is busy): {gflops:.0f} GFLOP/s", "",
              "| stage | runs | eff. layers | TFLOP | share | bound at R (s) | measured (s) | of R |",
              "|---|---|---|---|---|---|---|---|"]
-    measured = 0.0
     for r in rows:
-        bound = r.flops / (gflops * 1e9)
-        seen = r.measured_seconds
-        measured = measured + seen if seen is not None and measured is not None else None
+        bound, seen = r.flops / (gflops * 1e9), r.measured_seconds
         lines.append(f"| {r.name} | {r.runs} | {r.effective_layers} | {_tflop(r.flops)} | "
                      f"{r.flops / total:.1%} | {bound:.0f} | {'-' if seen is None else f'{seen:.0f}'} | "
                      f"{'-' if not seen else f'{bound / seen:.0%}'} |")
     bound = total / (gflops * 1e9)
+    seen = [r for r in rows if r.measured_seconds]
+    measured = sum(r.measured_seconds for r in seen)
+    partial = "" if len(seen) == len(rows) else f", {len(seen)} of {len(rows)} stages"
     lines.append(f"| **total** | | | {_tflop(total)} | 100% | {bound:.0f} ({bound / 60:.0f} min) | "
-                 f"{'-' if measured is None else f'{measured:.0f} ({measured / 60:.0f} min)'} | "
-                 f"{'-' if not measured else f'{bound / measured:.0%}'} |")
+                 + (f"{measured:.0f} ({measured / 60:.0f} min{partial}) | "
+                    f"{sum(r.flops for r in seen) / (gflops * 1e9) / measured:.0%} |" if seen else "- | - |"))
     lines += ["", "- **bound**: FLOPs / R, the time the matrix products alone would take at the rate of one large "
               "product; elementwise work (dropout, GELU, LayerNorm, softmax, optimiser) comes on top.",
               "- **measured**: training + evaluation seconds recorded in results.json (all seeds), where present; "

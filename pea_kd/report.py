@@ -42,6 +42,10 @@ def format_table(results: dict) -> str:
     return "\n".join(lines)
 
 
+def _seconds(seconds) -> str:
+    return " (time not recorded)" if seconds is None else f" in {seconds:.0f} s"
+
+
 def _epochs(n: int) -> str:
     return f"{n} epoch" + ("" if n == 1 else "s")
 
@@ -70,7 +74,7 @@ def format_markdown(results: dict) -> str:
         "- **params**: parameters including the task head; SPS students have exactly the parameters of the "
         "original student and twice its effective layers.",
         "- **time / seed**: training + evaluation seconds of one seed, PTP stage included where used; the teacher's "
-        f"outputs were cached once in {results['teacher']['cache_seconds']:.0f} s.",
+        f"outputs were cached once{_seconds(results['teacher']['cache_seconds'])}.",
         f"- Peak resident memory of the largest process: {env['peak_rss_mb']:.0f} MB. Wall time of this invocation "
         f"(stages already finished are reused): {results['wall_seconds_this_invocation']:.0f} s.",
         "",

@@ -203,8 +203,9 @@ def run_all(cfg: ReproduceConfig) -> dict:
     return results
 
 
-def _teacher_stage(cfg: ReproduceConfig, teacher_dir: Path, data_dir, threads: int) -> tuple[TrainResult, float]:
-    """Fine-tune (or reuse) the teacher, then compute (or validate) its cached outputs; returns (result, seconds).
+def _teacher_stage(cfg: ReproduceConfig, teacher_dir: Path, data_dir,
+                   threads: int) -> tuple[TrainResult, Optional[float]]:
+    """Fine-tune (or reuse) the teacher, then compute (or validate) its cached outputs; returns (result, cache secs).
 
     Nothing else runs meanwhile, so the stage uses all `threads`, even inside a 1-thread worker.
     """
@@ -215,10 +216,9 @@ def _teacher_stage(cfg: ReproduceConfig, teacher_dir: Path, data_dir, threads: i
         teacher = finetune_teacher(cfg.task, out_dir=teacher_dir, model_name=cfg.teacher, max_length=cfg.max_length,
                                    config=_train_config(cfg, cfg.teacher_epochs, cfg.teacher_lr, 0),
                                    data_dir=data_dir, resume=True)
-        t0 = time.perf_counter()
         cache = ensure_teacher_outputs(teacher_dir, cfg.task, ("train", "dev"), cfg.max_length, data_dir,
                                        device=cfg.device)
-        return teacher, cache.get("seconds", time.perf_counter() - t0)  # a reused cache: the time it once took
+        return teacher, cache.get("seconds")  # the time computing it took, also when reused (None: not recorded)
     finally:
         torch.set_num_threads(before)
 
@@ -274,7 +274,7 @@ def _checkpoint_parameters(model_dir: Path) -> int:
         return sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys() if not k.endswith("position_ids"))
 
 
-def _teacher_record(teacher: TrainResult, cache_seconds: float) -> dict:
+def _teacher_record(teacher: TrainResult, cache_seconds: Optional[float]) -> dict:
     return {"final": teacher.final_metrics, "best_dev": teacher.best_dev_metrics,
             "best_dev_step": teacher.best_dev_step, "layers": teacher.meta["num_layers"],
             "parameters": _checkpoint_parameters(Path(teacher.out_dir) / "final"), "seconds": teacher.timing["train_seconds"] + teacher.timing["eval_seconds"],

@@ -81,6 +81,6 @@ def test_measurements_are_attached_only_from_the_same_setting(tiny_env):
     table = format_budget(rows, gflops=1000.0, where="cpu", title="test")
     assert "| teacher (2L) | 1 | 2 | 1 | 11.0% | 1 | 10 | 10% |" in table  # bound 1 s, measured 10 s
     assert "| FT | 1 | 2 | 4 | 44.0% | 4 | 80 | 5% |" in table
-    assert "| **total** | | | 9.1 | 100% | 9 (0 min) | - | - |" in table  # KD unmeasured: no measured total
+    assert "| **total** | | | 9.1 | 100% | 9 (0 min) | 91 (2 min, 3 of 4 stages) | 6% |" in table  # of R: 5.1 s / 91 s
     other = {**results, "config": {**results["config"], "student_epochs": 5}}
     assert not attach_measurements(rows, other, cfg)
