@@ -109,7 +109,8 @@ def test_reproduce_smoke_writes_every_artefact_and_resumes(tmp_path):
     assert resumed["summary"] == results["summary"]
     assert resumed["teacher"]["cache_seconds"] == results["teacher"]["cache_seconds"]  # the time it took, not a reload
 
-    # --estimate trains nothing and reads the finished runs' seconds: every stage ran below the matmul rate
+    # --estimate trains nothing and shows the finished runs' seconds next to each stage's FLOPs. "of R" compares
+    # those seconds with a matmul rate measured later, on a shared machine that drifts up to 2x: only sanity-bounded.
     before = sorted(p.stat().st_mtime_ns for p in root.rglob("*"))
     budget = subprocess.run(cmd + ["--estimate"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert budget.returncode == 0, budget.stderr[-3000:]
@@ -117,5 +118,7 @@ def test_reproduce_smoke_writes_every_artefact_and_resumes(tmp_path):
     rows = [[c.strip() for c in line.strip("|").split("|")] for line in budget.stdout.splitlines()
             if line.startswith("| ") and "%" in line]
     assert [r[0] for r in rows] == ["teacher (6L)", "teacher cache"] + [m.name for m in METHODS] + ["**total**"]
-    for row in rows:
-        assert 0 < float(row[3]) and row[6] != "-" and 0 < int(row[7].rstrip("%")) < 100, row
+    seconds = {r["method"]: r["seconds"] for r in resumed["runs"]}
+    seconds.update({"teacher (6L)": resumed["teacher"]["seconds"], "teacher cache": resumed["teacher"]["cache_seconds"]})
+    for row in rows[:-1]:
+        assert 0 < float(row[3]) and int(row[6]) == round(seconds[row[0]]) and 0 < int(row[7].rstrip("%")) < 500, row
