@@ -170,7 +170,8 @@ def estimate(cfg, repeats: int = 5) -> str:
     if path.is_file() and not attach_measurements(rows, json.loads(path.read_text(encoding="utf-8")), cfg):
         note = f"\n- {path} was made with other settings; its times are not compared."
     title = f"reproduce --task {get_task(cfg.task).name}, seeds {','.join(map(str, cfg.seeds))}"
-    where = f"{device}, {torch.get_num_threads()} threads" if device.type == "cpu" else str(device)
+    threads = torch.get_num_threads()
+    where = f"{device}, {threads} thread{'s' * (threads > 1)}" if device.type == "cpu" else str(device)
     return format_budget(rows, gflops, where, title) + note
 
 
