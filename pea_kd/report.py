@@ -61,9 +61,9 @@ def format_markdown(results: dict) -> str:
         f"Teacher `{cfg['teacher']}` fine-tuned {_epochs(cfg['teacher_epochs'])} at learning rate "
         f"{cfg.get('teacher_lr') or cfg['lr']}; {cfg['student_layers']}-layer students from the same pre-trained "
         f"checkpoint, {_epochs(cfg['student_epochs'])}; PTP {_epochs(cfg['ptp_epochs'])}; learning rate {cfg['lr']} "
-        f"for students and PTP; batch {cfg['batch_size']}, max length {cfg['max_length']}; KD alpha {cfg['alpha']}, T {cfg['temperature']}, "
-        f"PKD beta {cfg['beta']}. Seeds: {seeds}. Device: {env['device']}, torch {env['torch']}, "
-        f"{env.get('jobs', 1)} training process(es) at a time with {env['torch_threads']} thread(s) each.",
+        f"for students and PTP; batch {cfg['batch_size']}, max length {cfg['max_length']}; KD alpha {cfg['alpha']}, "
+        f"T {cfg['temperature']}, PKD beta {cfg['beta']}. Seeds: {seeds}. Device: {env['device']}, "
+        f"torch {env['torch']}, {env.get('jobs', 1)} training process(es) at a time with {env['torch_threads']} thread(s) each.",
         "",
         format_table(results),
         "",

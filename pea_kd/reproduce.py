@@ -258,9 +258,7 @@ def _count_parameters(final_dir: Path) -> int:
 
 def _run_record(method: Method, seed: int, result: TrainResult, ptp: Optional[TrainResult]) -> dict:
     final_dir = Path(result.out_dir) / "final"
-    seconds = result.timing["train_seconds"] + result.timing["eval_seconds"]
-    if ptp is not None:
-        seconds += ptp.timing["train_seconds"] + ptp.timing["eval_seconds"]
+    seconds = result.seconds + (ptp.seconds if ptp is not None else 0.0)
     return {"method": method.name, "slug": method.slug, "seed": seed, "variant": method.variant, "loss": method.loss,
             "ptp": method.ptp, "final": result.final_metrics, "best_dev": result.best_dev_metrics,
             "best_dev_step": result.best_dev_step, "final_step": result.final_step,
@@ -277,7 +275,7 @@ def _checkpoint_parameters(model_dir: Path) -> int:
 def _teacher_record(teacher: TrainResult, cache_seconds: Optional[float]) -> dict:
     return {"final": teacher.final_metrics, "best_dev": teacher.best_dev_metrics,
             "best_dev_step": teacher.best_dev_step, "layers": teacher.meta["num_layers"],
-            "parameters": _checkpoint_parameters(Path(teacher.out_dir) / "final"), "seconds": teacher.timing["train_seconds"] + teacher.timing["eval_seconds"],
+            "parameters": _checkpoint_parameters(Path(teacher.out_dir) / "final"), "seconds": teacher.seconds,
             "cache_seconds": cache_seconds, "result": teacher.to_dict()}
 
 

@@ -60,7 +60,7 @@ def search_teacher_recipe(task, *, out_dir, model_name: str = "minilm-l6", lrs=(
         runs.append({"lr": lr, "epochs": n_epochs, "seed": seed, "heldout": result.final_metrics,
                      "heldout_loss": result.final_dev_loss, "heldout_examples": result.meta["dev_examples"],
                      "curve": [h["metrics"][spec.primary_metric] for h in result.history],  # each evaluation
-                     "seconds": result.timing["train_seconds"] + result.timing["eval_seconds"]})
+                     "seconds": result.seconds})
         summary = summarize_search(runs, spec.primary_metric)
         report = {"task": spec.name, "model": str(model_name), "holdout": holdout, "primary": spec.primary_metric,
                   "grid": {"lrs": list(lrs), "epochs": list(epochs), "seeds": list(seeds)},

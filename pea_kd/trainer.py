@@ -116,6 +116,11 @@ class TrainResult:
     meta: dict = field(default_factory=dict)
     out_dir: str = ""
 
+    @property
+    def seconds(self) -> float:
+        """Wall time of the run: training plus dev evaluations."""
+        return self.timing["train_seconds"] + self.timing["eval_seconds"]
+
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 

@@ -83,6 +83,7 @@ def test_run_files_log_and_result(tiny_env, tmp_path):
     best = max(lines, key=lambda r: r["metrics"]["f1"])  # select=auto -> MRPC's primary metric, F1; first best wins
     assert result.select == "f1" and result.best_dev_step == best["step"]
     assert result.timing["train_seconds"] > 0 and result.timing["tokens_per_s"] > 0
+    assert result.seconds == result.timing["train_seconds"] + result.timing["eval_seconds"]
     assert (run / "final" / "model.safetensors").is_file() and (run / "best" / "model.safetensors").is_file()
     assert not (run / "checkpoint.pt").exists()  # removed once the run is complete
     reloaded = load_pretrained(run / "final", num_labels=2)
