@@ -109,6 +109,12 @@ class ReproduceConfig:
         unknown = sorted(set(self.methods) - {m.slug for m in METHODS})
         if unknown:
             raise ValueError(f"unknown method(s) {unknown}; expected some of {[m.slug for m in METHODS]}")
+        ptp = [m.slug for m in METHODS if m.ptp and m.slug in self.methods]
+        if ptp and get_task(self.task).is_regression:  # PTP's labels need a teacher that is right or wrong
+            if self.methods != tuple(m.slug for m in METHODS):
+                raise ValueError(f"{', '.join(ptp)}: PTP is defined for classification tasks; "
+                                 f"{get_task(self.task).name} is a regression task")
+            self.methods = tuple(m for m in self.methods if m not in ptp)  # the default: every method that applies
         if not self.seeds or not self.methods:
             raise ValueError("reproduce needs at least one seed and one method")
         if self.lr is None:

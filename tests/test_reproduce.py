@@ -63,6 +63,13 @@ def test_bad_method_is_refused():
         ReproduceConfig(methods=("kd", "nope"))
 
 
+def test_regression_task_runs_every_method_but_ptp_and_refuses_ptp_when_asked():
+    assert ReproduceConfig(task="stsb", lr=5e-5).methods == ("ft", "kd", "pkd", "sps-pkd")
+    with pytest.raises(ValueError, match=r"pea-kd: PTP is defined for classification tasks; STS-B is a regression"):
+        ReproduceConfig(task="stsb", lr=5e-5, methods=("kd", "pea-kd"))
+    assert ReproduceConfig(task="mrpc", lr=5e-5).methods == tuple(m.slug for m in METHODS)
+
+
 def test_teacher_recipe_comes_from_the_search_table_unless_overridden(monkeypatch):
     monkeypatch.setattr(reproduce, "TEACHER_RECIPES", {("minilm-l6", "RTE"): {"lr": 1e-4, "epochs": 10}})
     rte = ReproduceConfig(task="rte", lr=5e-5)
