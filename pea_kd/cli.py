@@ -267,12 +267,22 @@ def configure_logging(level: int) -> None:
 
 
 def main(argv=None) -> int:
+    # Plugins are imported before the full parser is built, so that `--plugin m distill --help` lists their losses.
+    early = argparse.ArgumentParser(add_help=False)
+    early.add_argument("--plugin", action="append", default=[])
+    early.add_argument("--traceback", action="store_true")
+    known, _ = early.parse_known_args(argv)
+    try:
+        for plugin in known.plugin:
+            import_plugin(plugin)
+    except (ValueError, FileNotFoundError) as err:
+        if known.traceback:
+            raise
+        early.exit(1, f"python -m pea_kd: error: {err}\n")
     parser = build_parser()
     args = parser.parse_args(argv)
     configure_logging(logging.DEBUG if args.verbose else logging.INFO)
     try:
-        for plugin in args.plugin:
-            import_plugin(plugin)
         result = args._command.run(args, args._parser)
     except (ValueError, FileNotFoundError, FileExistsError, NonFiniteLossError) as err:
         if args.traceback:

@@ -39,7 +39,7 @@ def test_module_entry_point_help():
     assert out.returncode == 0
     for flag in ("--teacher-dir", "--student-layers", "--variant", "--loss", "--alpha", "--temperature", "--beta",
                  "--kl-reduction", "--init-from", "--seed", "--epochs", "--out-dir", "--resume", "--eval-every",
-                 "--max-train-examples", "kd+pkd", "hidden_mse_proj"):
+                 "--max-train-examples", "kd+pkd", "pkd_uncertainty"):
         assert flag in out.stdout
 
 
@@ -100,3 +100,19 @@ def test_default_learning_rate_follows_model_width(tmp_path):
     assert default_lr("minilm-l6") == 5e-5  # hidden 384
     wide = write_tiny_checkpoint(tmp_path / "wide", hidden_size=768, num_attention_heads=12, intermediate_size=32)
     assert default_lr(wide) == 2e-5  # BERT-base width: the authors' rate
+
+
+def test_plugin_losses_are_listed_in_help_and_unknown_loss_suggests_plugin(tmp_path, capsys):
+    plugin = tmp_path / "course_plugin_loss.py"
+    plugin.write_text('from pea_kd.losses import LossResult, register_loss\n\n\n'
+                      '@register_loss("course_plugin_loss")\n'
+                      'def course_plugin_loss(inputs):\n'
+                      '    """A plugin loss for the CLI test."""\n'
+                      '    return LossResult(inputs.student_logits.sum(), {})\n', encoding="utf-8")
+    out = subprocess.run([sys.executable, "-m", "pea_kd", "--plugin", str(plugin), "distill", "--help"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and "course_plugin_loss: A plugin loss for the CLI test" in out.stdout
+    code, _, err = run_cli(capsys, "distill", "--task", "mrpc", "--loss", "kd+not_registered", "--teacher-dir", "t")
+    assert code == 2 and "unknown loss 'not_registered'" in err and "--plugin" in err
+    code, _, err = run_cli(capsys, "--plugin", tmp_path / "missing.py", "distill", "--task", "mrpc")
+    assert code == 1 and err.strip() == f"python -m pea_kd: error: --plugin {tmp_path / 'missing.py'}: no such file"

@@ -165,7 +165,7 @@ def test_pkd_errors():
         L.pkd_loss(inputs)
     inputs = pkd_example()
     inputs.teacher_cls_hidden = torch.zeros(1, 13, 3)
-    with pytest.raises(ValueError, match="hidden_mse_proj"):
+    with pytest.raises(ValueError, match="student hidden size 2 != teacher hidden size 3"):
         L.pkd_loss(inputs)
     inputs = pkd_example()
     inputs.config = LossConfig(layer_map=[(4, 1)])  # student has hidden states 0..3
@@ -217,23 +217,22 @@ def test_gradcheck_ce_kd_pkd():
     assert torch.autograd.gradcheck(pkd, states)
 
 
-def test_gradcheck_hidden_mse_proj_and_attn_kd():
+def test_gradcheck_pkd_uncertainty_and_attn_mse():
     g = torch.Generator().manual_seed(1)
-    B, T, Hs, Ht = 2, 4, 3, 5
-    module = build_loss("hidden_mse_proj", student_hidden=Hs, teacher_hidden=Ht).double()
-    teacher = torch.randn(B, 7, Ht, generator=g, dtype=torch.float64)
+    B, T, H = 2, 4, 3
+    module = build_loss("pkd_uncertainty", student_hidden=H, teacher_hidden=H).double()
+    teacher = torch.randn(B, 7, H, generator=g, dtype=torch.float64)
     cfg = LossConfig(beta=2.0, layer_map=[(1, 2), (2, 4)])
 
-    def proj_loss(s0, s1, s2, weight, bias):  # gradients w.r.t. the student states and the projection W, b
-        params = {"param_losses.hidden_mse_proj.proj.weight": weight, "param_losses.hidden_mse_proj.proj.bias": bias}
+    def weighted_pkd(s0, s1, s2, log_var):  # gradients w.r.t. the student states and the learned s
         inputs = LossInputs(torch.zeros(B, 2), student_hidden_states=(s0, s1, s2), teacher_cls_hidden=teacher,
                             config=cfg)
+        params = {"param_losses.pkd_uncertainty.log_var": log_var}
         return torch.func.functional_call(module, params, (inputs,)).total
 
-    args = [torch.randn(B, T, Hs, generator=g, dtype=torch.float64, requires_grad=True) for _ in range(3)]
-    args += [torch.randn(Ht, Hs, generator=g, dtype=torch.float64, requires_grad=True),
-             torch.randn(Ht, generator=g, dtype=torch.float64, requires_grad=True)]
-    assert torch.autograd.gradcheck(proj_loss, tuple(args))
+    args = [torch.randn(B, T, H, generator=g, dtype=torch.float64, requires_grad=True) for _ in range(3)]
+    args += [torch.tensor(0.3, dtype=torch.float64, requires_grad=True)]
+    assert torch.autograd.gradcheck(weighted_pkd, tuple(args))
 
     teacher_att = (torch.softmax(torch.randn(B, 2, T, T, generator=g, dtype=torch.float64), -1),)
     mask = torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1]])
@@ -241,7 +240,7 @@ def test_gradcheck_hidden_mse_proj_and_attn_kd():
     def attn(scores):
         inputs = LossInputs(torch.zeros(B, 2), student_attentions=(torch.softmax(scores, -1),),
                             teacher_attentions=teacher_att, attention_mask=mask, config=LossConfig(layer_map=[(1, 1)]))
-        return L.attn_kd_loss(inputs).total
+        return L.attn_mse_loss(inputs).total
 
     assert torch.autograd.gradcheck(attn, (torch.randn(B, 2, T, T, generator=g, dtype=torch.float64,
                                                        requires_grad=True),))
@@ -249,36 +248,40 @@ def test_gradcheck_hidden_mse_proj_and_attn_kd():
 
 # ---------------------------------------------------------------- worked examples
 
-def test_hidden_mse_proj_with_identity_equals_pkd():
-    module = build_loss("hidden_mse_proj", student_hidden=2, teacher_hidden=2)
+def test_pkd_uncertainty_at_zero_equals_pkd_and_learns_the_weight():
+    module = build_loss("pkd_uncertainty", student_hidden=2, teacher_hidden=2)
+    assert module(pkd_example()).total.item() == pytest.approx(20.0, rel=1e-6)  # s = 0: exp(-0) * 20 + 0
     with torch.no_grad():
-        module.param_losses["hidden_mse_proj"].proj.weight.copy_(torch.eye(2))
-        module.param_losses["hidden_mse_proj"].proj.bias.zero_()
-    assert module(pkd_example()).total.item() == pytest.approx(20.0, rel=1e-6)
-    # b = (0, -4): layer 1 (3,4) -> u = (3,0) -> (1,0) = teacher; layer 2 (0,2) -> u = (0,-2) -> (0,-1)
+        module.param_losses["pkd_uncertainty"].log_var.fill_(math.log(20.0))  # the minimiser s = log L_pt
+    assert module(pkd_example()).total.item() == pytest.approx(1.0 + math.log(20.0), rel=1e-6)
+    opt = torch.optim.SGD(module.parameters(), lr=0.05)
     with torch.no_grad():
-        module.param_losses["hidden_mse_proj"].proj.bias.copy_(torch.tensor([0.0, -4.0]))
-    # squared differences: 0 + (0 - 0)^2 + (-1 - 1)^2 = 4 over M*H = 4 entries -> MSE 1, times beta = 100
-    assert module(pkd_example()).total.item() == pytest.approx(100.0, rel=1e-6)
+        module.param_losses["pkd_uncertainty"].log_var.zero_()
+    for _ in range(300):  # only s trains: it moves to log L_pt
+        opt.zero_grad()
+        module(pkd_example()).total.backward()
+        opt.step()
+    assert float(module.param_losses["pkd_uncertainty"].log_var.detach()) == pytest.approx(math.log(20.0), abs=0.05)
+    with pytest.raises(ValueError, match="equal hidden sizes"):
+        build_loss("pkd_uncertainty", student_hidden=2, teacher_hidden=3)
 
 
-def test_attn_kd_hand_example_masking_and_head_mismatch():
-    # one real query row: teacher (1/2, 1/2), student (1/4, 3/4): KL = 1/2 ln 2 + 1/2 ln(2/3)
-    t = torch.tensor([[0.5, 0.5], [0.9, 0.1]])[None, None]  # (B=1, A=1, T=2, T=2); row 1 is a padded query
-    s = torch.tensor([[0.25, 0.75], [0.1, 0.9]])[None, None]
+def test_attn_mse_hand_example_masks_queries_and_keys():
+    # T = 3 with one padded token: only the 2 x 2 block of real (query, key) pairs counts
+    t = torch.tensor([[0.5, 0.5, 0.0], [0.9, 0.1, 0.0], [0.3, 0.3, 0.4]])[None, None]  # (B=1, A=1, T=3, T=3)
+    s = torch.tensor([[0.25, 0.75, 0.0], [0.1, 0.9, 0.0], [0.0, 0.0, 1.0]])[None, None]
     cfg = LossConfig(layer_map=[(1, 1)])
-    mask = torch.tensor([[1, 0]])
-    out = build_loss("attn_kd")(LossInputs(torch.zeros(1, 2), student_attentions=(s,), teacher_attentions=(t,),
-                                           attention_mask=mask, config=cfg))
-    expected = 0.5 * math.log(2) + 0.5 * math.log(2 / 3)
+    mask = torch.tensor([[1, 1, 0]])
+    out = build_loss("attn_mse")(LossInputs(torch.zeros(1, 2), student_attentions=(s,), teacher_attentions=(t,),
+                                            attention_mask=mask, config=cfg))
+    expected = (0.25 ** 2 + 0.25 ** 2 + 0.8 ** 2 + 0.8 ** 2) / 4
     assert out.total.item() == pytest.approx(expected, rel=1e-6)
-    # two teacher heads vs one student head: the teacher heads are averaged, (0.5,0.5) = mean((1,0),(0,1))
-    t2 = torch.tensor([[[1.0, 0.0], [0.9, 0.1]], [[0.0, 1.0], [0.9, 0.1]]])[None]
-    out2 = L.attn_kd_loss(LossInputs(torch.zeros(1, 2), student_attentions=(s,), teacher_attentions=(t2,),
-                                     attention_mask=mask, config=cfg))
-    assert out2.total.item() == pytest.approx(expected, rel=1e-6)
+    assert out.parts == {"attn_mse": pytest.approx(expected, rel=1e-6)}
     with pytest.raises(ValueError, match="teacher_attentions"):
-        L.attn_kd_loss(LossInputs(torch.zeros(1, 2), student_attentions=(s,), config=cfg))
+        L.attn_mse_loss(LossInputs(torch.zeros(1, 2), student_attentions=(s,), attention_mask=mask, config=cfg))
+    with pytest.raises(ValueError, match="same shape"):
+        L.attn_mse_loss(LossInputs(torch.zeros(1, 2), student_attentions=(s,), teacher_attentions=(t.repeat(1, 2, 1, 1),),
+                                   attention_mask=mask, config=cfg))
 
 
 # ---------------------------------------------------------------- registry
@@ -318,7 +321,7 @@ def test_register_new_loss_and_combine_by_name(scratch_registry):
 def test_unknown_and_bad_specs_list_options():
     with pytest.raises(ValueError, match="unknown loss 'nope'") as info:
         get_loss("kd+nope")
-    for name in ("ce", "kd", "pkd", "attn_kd", "hidden_mse_proj"):
+    for name in ("ce", "kd", "pkd", "attn_mse", "pkd_uncertainty"):
         assert name in str(info.value)
     with pytest.raises(ValueError, match="more than once"):
         build_loss("kd+pkd+kd")
@@ -330,21 +333,11 @@ def test_unknown_and_bad_specs_list_options():
 
 def test_needs_params_loss_exposes_trainable_parameters():
     with pytest.raises(ValueError, match="student_hidden=H_s"):
-        build_loss("kd+hidden_mse_proj")
-    loss_fn = build_loss("kd+hidden_mse_proj", student_hidden=2, teacher_hidden=3)
+        build_loss("kd+pkd_uncertainty")
+    loss_fn = build_loss("kd+pkd_uncertainty", student_hidden=2, teacher_hidden=2)
     params = list(loss_fn.parameters())
-    assert [tuple(p.shape) for p in params] == [(3, 2), (3,)]
-    assert "proj.weight" in next(iter(loss_fn.param_losses.values())).state_dict()
-    inputs = pkd_example()
-    inputs.teacher_cls_hidden = torch.randn(1, 13, 3, generator=torch.Generator().manual_seed(0))
-    inputs.teacher_logits = torch.tensor([[1.0, -1.0]])
-    opt = torch.optim.SGD(params, lr=0.05)
-    before = loss_fn(inputs).parts["hidden_mse_proj"]
-    for _ in range(20):  # only the projection trains: the loss must fall
-        opt.zero_grad()
-        loss_fn(inputs).total.backward()
-        opt.step()
-    assert loss_fn(inputs).parts["hidden_mse_proj"] < 0.5 * before
+    assert [tuple(p.shape) for p in params] == [()]
+    assert "log_var" in next(iter(loss_fn.param_losses.values())).state_dict()
     assert build_loss("kd+pkd").requires == {"labels", "teacher_logits", "student_hidden_states", "teacher_cls_hidden"}
     assert list(build_loss("kd+pkd").parameters()) == []
 
@@ -384,9 +377,9 @@ def test_half_precision_inputs_are_computed_in_float32():
     assert out.total.dtype == torch.float32
     expected = 0.7 * 4.0 * np_kl_sum(Z_S, Z_T, 2.0) / len(Z_S) + 0.3 * np_ce(Z_S, Y)
     assert out.total.item() == pytest.approx(expected, rel=1e-5)
-    # float16 attention with a padded key: both probabilities are exactly 0 there (1e-12 underflows in fp16)
+    # float16 attention maps with a padded key are compared in float32
     t = torch.tensor([[0.5, 0.5, 0.0]] * 3, dtype=torch.float16)[None, None]
     s = torch.tensor([[0.25, 0.75, 0.0]] * 3, dtype=torch.float16)[None, None]
-    out = L.attn_kd_loss(LossInputs(torch.zeros(1, 2), student_attentions=(s,), teacher_attentions=(t,),
-                                    attention_mask=torch.tensor([[1, 1, 0]]), config=LossConfig(layer_map=[(1, 1)])))
-    assert out.total.item() == pytest.approx(0.5 * math.log(2) + 0.5 * math.log(2 / 3), rel=1e-4)
+    out = L.attn_mse_loss(LossInputs(torch.zeros(1, 2), student_attentions=(s,), teacher_attentions=(t,),
+                                     attention_mask=torch.tensor([[1, 1, 0]]), config=LossConfig(layer_map=[(1, 1)])))
+    assert out.total.dtype == torch.float32 and out.total.item() == pytest.approx(0.25 ** 2 * 2 * 2 / 4, rel=1e-4)

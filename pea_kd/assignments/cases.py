@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from pea_kd.losses import LossConfig, LossInputs, pkd_layer_map
+from pea_kd.losses import INPUT_FIELDS, LossConfig, LossInputs, pkd_layer_map
 
 DTYPE = torch.float64
 
@@ -105,3 +105,88 @@ def cls_pairs(B: int, H: int, noise: float, seed: int, dtype=DTYPE):
 
 
 NCE_CASES = [(4, 8, 1.0, 0.1), (3, 8, 2.0, 0.5), (5, 6, 0.5, 0.07), (6, 8, 3.0, 0.25)]  # B, H, noise, tau
+
+
+# ---------------------------------------------------------------- the fixed cases of each checker
+
+def attention_cases():
+    """(raw scores per case, LossInputs per case) of the attention-KD checker."""
+    raw = [attention_scores(*shape, seed=seed) for seed, shape in enumerate(ATTENTION_SHAPES)]
+    return raw, [attention_inputs(*r) for r in raw]
+
+
+def projection_cases():
+    """LossInputs per case of the projection checker."""
+    return [hidden_inputs(B, T, H_S, H_T, L_s, L_t, beta, seed)
+            for seed, (B, T, L_s, L_t, beta) in enumerate(HIDDEN_SHAPES)]
+
+
+def projection_weights():
+    """The W (H_t, H_s) and b (H_t,) the projection checker copies into the student's module before grading.
+
+    Fresh random values, so that an accidental identity-like W cannot hide a mistake.
+    """
+    g = torch.Generator().manual_seed(7)
+    return torch.randn(H_T, H_S, generator=g, dtype=DTYPE) * 0.5, torch.randn(H_T, generator=g, dtype=DTYPE) * 0.3
+
+
+def annealed_cases():
+    """LossInputs of the training calls n = 0..6 of the annealed-KD checker."""
+    return [logit_inputs(B, Cn, ANNEAL_T0, a, red, seed) for seed, (B, Cn, a, red) in enumerate(ANNEAL_STEPS)]
+
+
+def info_nce_cases():
+    """(h_s, h_t, tau) per case of the InfoNCE checker."""
+    return [(*cls_pairs(B, H, noise, seed), tau) for seed, (B, H, noise, tau) in enumerate(NCE_CASES)]
+
+
+def info_nce_hot_case():
+    """float32 pairs with cos ~ 1 for tau = 0.01 (cos / tau ~ 100 overflows exp in float32)."""
+    return cls_pairs(8, 16, 0.05, seed=30, dtype=torch.float32)
+
+
+def fingerprint(*items) -> float:
+    """sum |x| over every tensor in items (tensors, numbers, tuples, LossInputs): identifies a case's inputs.
+
+    expected.json stores it per case, so a change to the cases (or to torch's random generator) is reported as
+    out-of-date fixtures rather than blamed on the student.
+    """
+    total = 0.0
+    for item in items:
+        if torch.is_tensor(item):
+            x = item.detach().double()
+            total += float((x.abs() + x * x).sum())  # not just sum |x|: each attention row sums to 1
+        elif isinstance(item, (int, float)):
+            total += abs(float(item))
+        elif isinstance(item, (tuple, list)):
+            total += fingerprint(*item)
+        elif isinstance(item, LossInputs):
+            total += fingerprint(*(getattr(item, f) for f in INPUT_FIELDS if f != "config"
+                                   and getattr(item, f) is not None), list(item.config.layer_map))
+    return total
+
+
+def describe(item) -> str:
+    """A one-line description of a case's inputs for a failure message: shapes, padding, layer map, settings."""
+    if isinstance(item, LossInputs):
+        cfg, parts = item.config, []
+        if item.student_attentions is not None:
+            B, A, T, _ = item.student_attentions[0].shape
+            parts.append(f"B={B}, T={T}, heads A={A}, L_s={len(item.student_attentions)}, "
+                         f"L_t={len(item.teacher_attentions)}")
+        elif item.student_hidden_states is not None:
+            B, T, H_s = item.student_hidden_states[0].shape
+            parts.append(f"B={B}, T={T}, H_s={H_s}, H_t={item.teacher_cls_hidden.shape[-1]}, "
+                         f"L_s={len(item.student_hidden_states) - 1}, L_t={item.teacher_cls_hidden.shape[1] - 1}, "
+                         f"beta={cfg.beta:g}")
+        else:
+            B, Cn = item.student_logits.shape
+            parts.append(f"B={B}, C={Cn}, T_0={cfg.temperature:g}, alpha={cfg.alpha:g}, "
+                         f"kl_reduction='{cfg.kl_reduction}'")
+        if cfg.layer_map:
+            parts.append(f"layer_map={[tuple(p) for p in cfg.layer_map]}")
+        if item.attention_mask is not None and item.student_attentions is not None:
+            parts.append(f"real lengths={item.attention_mask.sum(1).tolist()} of T")
+        return ", ".join(parts)
+    h_s, h_t, tau = item
+    return f"B={h_s.shape[0]}, H={h_s.shape[1]}, tau={tau:g}"

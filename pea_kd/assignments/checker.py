@@ -1,4 +1,4 @@
-"""Checkers for the course assignments: `check_<name>(your_code)` grades it on random inputs against the model answer.
+"""Checkers for the course assignments: `check_<name>(your_code)` grades it on fixed cases against stored values.
 
     check_attention_kd(fn)          fn(inputs: LossInputs) -> LossResult                      assignment 1
     check_hidden_projection(cls)    cls(student_hidden, teacher_hidden) -> nn.Module           assignment 2
@@ -8,14 +8,22 @@
 
 Each prints a short report and returns a CheckResult. On a wrong answer it raises AssertionError (AssignmentFailure)
 whose message names the likely mistake (a missing T^2, the KL reversed, padded tokens counted, ...), found by
-comparing your values with known-wrong variants (pea_kd.assignments.mistakes). A starter that still raises
+comparing your values with those of known-wrong variants (pea_kd.assignments.mistakes). A starter that still raises
 NotImplementedError is reported as "not implemented yet" without raising, unless require_implemented=True.
+
+The checkers never run a model answer. They compare your values on fixed cases (pea_kd.assignments.cases) with the
+expected values stored in expected.json (the reference's and each known mistake's, written once by the instructor),
+and check properties that need no answer: the teacher is detached, gradients are finite and pass gradcheck, a
+stateful loss survives state_dict(), float32 does not overflow.
 """
 
 from __future__ import annotations
 
 import copy
+import functools
+import json
 import math
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -25,17 +33,34 @@ from pea_kd.losses import LossInputs
 from . import cases as C
 from . import mistakes
 from .grading import Grader, close, loss_total
-from .solutions import (AnnealedKDSolution, HiddenProjectionSolution, annealed_temperature_solution,
-                        attention_kd_solution, info_nce_solution)
+
+EXPECTED_FILE = Path(__file__).with_name("expected.json")
+
+
+@functools.lru_cache(maxsize=None)
+def _expected_all() -> dict:
+    return json.loads(EXPECTED_FILE.read_text(encoding="utf-8"))
+
+
+def expected(assignment: str, case_inputs: list) -> dict:
+    """The stored values of one assignment, after checking that its fixed cases are the ones they were computed on."""
+    stored = _expected_all()[assignment]
+    prints = [C.fingerprint(x) for x in case_inputs]
+    if len(prints) != len(stored["cases"]) or not all(
+            close(a, c["fingerprint"], 1e-9, 1e-12) for a, c in zip(prints, stored["cases"])):
+        raise RuntimeError(f"{EXPECTED_FILE.name} does not match the checker's cases for '{assignment}' (the cases or "
+                           f"torch's random generator changed): this is not your mistake; the instructor regenerates "
+                           f"it with `python -m instructor.make_fixtures`")
+    return stored
+
+
+def _mistake_values(stored: dict, messages: dict) -> dict:
+    """{message: [value per case]} of every known mistake, from the stored values."""
+    return {msg: [case["mistakes"][knob] for case in stored["cases"]] for knob, msg in messages.items()}
 
 
 def _num(t: torch.Tensor) -> float:
     return float(t.detach())
-
-
-def _variants(messages: dict, fn, per_case_args: list) -> dict:
-    """{message: [fn(*args, knob=True) for each case]} for every known mistake."""
-    return {msg: [fn(*args, **{knob: True}) for args in per_case_args] for knob, msg in messages.items()}
 
 
 def _teacher_detached(grader: Grader, run, teacher_tensors) -> None:
@@ -55,12 +80,12 @@ def check_attention_kd(fn, *, require_implemented: bool = False, verbose: bool =
     """Grade fn(inputs) -> LossResult, the attention-distribution KD of assignment 1."""
     g = Grader("attention KD", fn, require_implemented, verbose)
     with g:
-        raw = [C.attention_scores(*shape, seed=seed) for seed, shape in enumerate(C.ATTENTION_SHAPES)]
-        inputs = [C.attention_inputs(*r) for r in raw]
+        raw, inputs = C.attention_cases()
+        stored = expected("attention", inputs)
+        g.describe_cases([C.describe(x) for x in inputs])
         values = [_num(loss_total(g.call(fn, x, case=i), "your loss")) for i, x in enumerate(inputs)]
-        reference = [float(attention_kd_solution(x).total) for x in inputs]
-        g.compare(values, reference,
-                  _variants(mistakes.ATTENTION_MISTAKES, mistakes.attention_kd_variant, [(x,) for x in inputs]))
+        g.compare(values, [c["reference"] for c in stored["cases"]],
+                  _mistake_values(stored, mistakes.ATTENTION_MISTAKES))
         s_scores, t_scores, mask = raw[0]
         x = C.attention_inputs([s.clone().requires_grad_() for s in s_scores], t_scores, mask, teacher_grad=True)
         _teacher_detached(g, lambda: loss_total(g.call(fn, x)), x.teacher_attentions)
@@ -103,36 +128,29 @@ def check_hidden_projection(cls, *, require_implemented: bool = False, verbose: 
                 "would never update W: create it in __init__ as self.proj = nn.Linear(student_hidden, teacher_hidden) "
                 "(a plain tensor attribute, or a matrix made in forward, is not a parameter)")
         weight, bias, transposed = _projection_params(module, C.H_S, C.H_T)
+        g.check(bias is not None, "your projection has no bias b: the statement is u = W h_s[CLS] + b; use "
+                                  "nn.Linear(student_hidden, teacher_hidden) (bias=True by default)")
         module.double()
-        gen = torch.Generator().manual_seed(7)
-        with torch.no_grad():  # fresh random values so that an accidental identity-like W cannot hide a mistake
-            weight.copy_(torch.randn(weight.shape, generator=gen, dtype=weight.dtype) * 0.5)
-            if bias is not None:
-                bias.copy_(torch.randn(bias.shape, generator=gen, dtype=bias.dtype) * 0.3)
-        Wm = (weight.T if transposed else weight).detach()  # (H_t, H_s)
-        b = bias.detach() if bias is not None else torch.zeros(C.H_T, dtype=torch.float64)
-        ref = HiddenProjectionSolution(C.H_S, C.H_T).double()
+        Wm, b = C.projection_weights()  # (H_t, H_s), (H_t,)
         with torch.no_grad():
-            ref.proj.weight.copy_(Wm)
-            ref.proj.bias.copy_(b)
-        inputs = [C.hidden_inputs(B, T, C.H_S, C.H_T, L_s, L_t, beta, seed)
-                  for seed, (B, T, L_s, L_t, beta) in enumerate(C.HIDDEN_SHAPES)]
+            weight.copy_(Wm.T if transposed else Wm)
+            bias.copy_(b)
+        inputs = C.projection_cases()
+        stored = expected("projection", inputs)
+        g.describe_cases([C.describe(x) for x in inputs])
         values = [_num(loss_total(g.call(module, x, case=i), "your loss")) for i, x in enumerate(inputs)]
         again = _num(loss_total(g.call(module, inputs[0])))
         g.check(close(again, values[0], 1e-12, 0.0), "your loss changes between two calls with the same inputs: create "
                 "the projection once in __init__ (self.proj = nn.Linear(...)), not in forward")
-        reference = [_num(ref(x).total) for x in inputs]
-        g.compare(values, reference, _variants(mistakes.PROJECTION_MISTAKES, mistakes.hidden_projection_variant,
-                                               [(x, Wm, b) for x in inputs]))
+        g.compare(values, [c["reference"] for c in stored["cases"]],
+                  _mistake_values(stored, mistakes.PROJECTION_MISTAKES))
         module.zero_grad()
-        ref.zero_grad()
         loss_total(module(inputs[1])).backward()
-        ref(inputs[1]).total.backward()
         grad = weight.grad.T if (transposed and weight.grad is not None) else weight.grad
         g.check(grad is not None, "no gradient reaches the projection W, so it would never be trained: do not "
                                   "detach u = W h_s + b or use W.data")
-        g.check(torch.allclose(grad, ref.proj.weight.grad, rtol=1e-5, atol=1e-8),
-                "the gradient of your loss w.r.t. W differs from the reference's",
+        g.check(torch.allclose(grad, torch.tensor(stored["grad_W_case1"], dtype=grad.dtype), rtol=1e-5, atol=1e-8),
+                "the gradient of your loss w.r.t. W differs from the reference's (on case 1)",
                 "the gradient reaches W and is right")
         x = C.hidden_inputs(3, 4, C.H_S, C.H_T, 3, 6, 100.0, seed=11, teacher_grad=True)
         _teacher_detached(g, lambda: loss_total(module(x)), [x.teacher_cls_hidden])
@@ -151,10 +169,11 @@ def check_annealed_temperature(fn, *, require_implemented: bool = False, verbose
     """Grade fn(step, t_start, t_end, anneal_steps) -> T_n, the linear schedule of assignment 3a."""
     g = Grader("temperature schedule", fn, require_implemented, verbose)
     with g:
+        stored = expected("schedule", C.SCHEDULE_CASES)
+        g.describe_cases([f"step n={n}, T_0={t0:g}, T_end={t1:g}, N={N}" for n, t0, t1, N in C.SCHEDULE_CASES])
         values = [float(g.call(fn, *args, case=i)) for i, args in enumerate(C.SCHEDULE_CASES)]
-        reference = [annealed_temperature_solution(*args) for args in C.SCHEDULE_CASES]
-        g.compare(values, reference,
-                  _variants(mistakes.SCHEDULE_MISTAKES, mistakes.temperature_variant, C.SCHEDULE_CASES))
+        g.compare(values, [c["reference"] for c in stored["cases"]],
+                  _mistake_values(stored, mistakes.SCHEDULE_MISTAKES))
     return g.result
 
 
@@ -180,17 +199,17 @@ def check_annealed_kd(cls, *, require_implemented: bool = False, verbose: bool =
                 "a Python int attribute would restart the schedule at T_0 after --resume",
                 "the step counter is a buffer in state_dict() (survives --resume)")
         module.train()
-        inputs = [C.logit_inputs(B, Cn, C.ANNEAL_T0, a, red, seed)
-                  for seed, (B, Cn, a, red) in enumerate(C.ANNEAL_STEPS)]
+        inputs = C.annealed_cases()
+        stored = expected("annealed", inputs)
+        reference = [c["reference"] for c in stored["cases"]]
+        g.describe_cases([f"training call n={n}: {C.describe(x)}, T_end={T_end:g}, N={N}"
+                          for n, x in enumerate(inputs)])
         values, snapshot = [], None
         for n, x in enumerate(inputs):
             if n == 3:
                 snapshot = copy.deepcopy(module.state_dict())
             values.append(_num(loss_total(g.call(module, x, case=n), "your loss")))
-        ref = AnnealedKDSolution(8, 8, t_end=T_end, anneal_steps=N)
-        reference = [_num(ref(x).total) for x in inputs]
-        g.compare(values, reference, _variants(mistakes.ANNEALED_MISTAKES, mistakes.annealed_kd_variant,
-                                               [(x, n, T_end, N) for n, x in enumerate(inputs)]))
+        g.compare(values, reference, _mistake_values(stored, mistakes.ANNEALED_MISTAKES))
         n_seen = int(module.state_dict()["step"])
         g.check(n_seen == len(inputs), f"after {len(inputs)} calls in training mode your step counter is {n_seen}; "
                                        f"advance it by exactly 1 per training call")
@@ -205,7 +224,7 @@ def check_annealed_kd(cls, *, require_implemented: bool = False, verbose: bool =
         g.check(int(module.state_dict()["step"]) == len(inputs), "your counter advanced in eval mode: count a call "
                 "only when self.training is True (evaluation must not move the schedule)",
                 "eval mode does not advance the counter")
-        g.check(close(at_end, mistakes.annealed_kd_variant(inputs[0], len(inputs), T_end, N)),
+        g.check(close(at_end, stored["eval_after_all_calls"]),
                 "in eval mode your loss does not use the current T_n (it should use T_end once n >= N)")
         x = C.logit_inputs(4, 3, C.ANNEAL_T0, 0.7, "batchmean", seed=20, teacher_grad=True)
         _teacher_detached(g, lambda: loss_total(module(x)), [x.teacher_logits])
@@ -233,16 +252,18 @@ def check_info_nce(fn, *, require_implemented: bool = False, verbose: bool = Tru
     """Grade fn(h_s, h_t, tau) -> scalar tensor, the InfoNCE of assignment 4."""
     g = Grader("InfoNCE", fn, require_implemented, verbose)
     with g:
-        pairs = [(*C.cls_pairs(B, H, noise, seed), tau) for seed, (B, H, noise, tau) in enumerate(C.NCE_CASES)]
+        pairs = C.info_nce_cases()
+        stored = expected("info_nce", pairs)
+        g.describe_cases([C.describe(p) for p in pairs])
         values = [_num(_scalar(g.call(fn, *p, case=i))) for i, p in enumerate(pairs)]
-        reference = [float(info_nce_solution(*p)) for p in pairs]
-        g.compare(values, reference, _variants(mistakes.INFO_NCE_MISTAKES, mistakes.info_nce_variant, pairs))
-        h_s, h_t = C.cls_pairs(8, 16, 0.05, seed=30, dtype=torch.float32)  # cos ~ 1, so cos / tau ~ 100
+        g.compare(values, [c["reference"] for c in stored["cases"]],
+                  _mistake_values(stored, mistakes.INFO_NCE_MISTAKES))
+        h_s, h_t = C.info_nce_hot_case()  # cos ~ 1, so cos / tau ~ 100
         hot = _num(_scalar(g.call(fn, h_s, h_t, 0.01)))
         g.check(math.isfinite(hot), f"your loss is {hot} for tau = 0.01 in float32: exp(cos / tau) = exp(100) "
                 "overflows float32 (max ~ e^88). Use torch.logsumexp or F.cross_entropy on S (log-softmax) "
                 "instead of log(sum(exp(S))).")
-        g.check(close(hot, float(info_nce_solution(h_s, h_t, 0.01)), 1e-3, 1e-5),
+        g.check(close(hot, stored["hot_float32_tau_0.01"], 1e-3, 1e-5),
                 "your loss is inaccurate for tau = 0.01 in float32", "stable for small tau in float32 (no overflow)")
         h_s, h_t = C.cls_pairs(4, 8, 1.0, seed=31)
         h_t.requires_grad_()

@@ -19,7 +19,9 @@ notebook keeps running; pass require_implemented=True (autograding) to make it a
 from __future__ import annotations
 
 import math
+import traceback
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 import torch
@@ -105,15 +107,20 @@ def loss_total(out, what: str = "your loss") -> torch.Tensor:
     return total
 
 
-def diagnose(values: Sequence[float], reference: Sequence[float], mistakes: dict) -> str:
+def diagnose(values: Sequence[float], reference: Sequence[float], mistakes: dict,
+             cases: Optional[Sequence[str]] = None) -> str:
     """Explain why `values` (the student's, one per case) differ from `reference`.
 
     mistakes: {message: [value per case]} of known-wrong variants; the first one matching every case is reported.
-    Otherwise: NaN, a sign flip or a constant factor, then the worst case.
+    Otherwise: NaN, a sign flip or a constant factor, then the worst case. cases: a description of each case's
+    inputs, shown for the failing case.
     """
+    def case(i: int) -> str:
+        return f"case {i} ({cases[i]})" if cases else f"case {i}"
+
     if not all(math.isfinite(v) for v in values):
         bad = next(i for i, v in enumerate(values) if not math.isfinite(v))
-        return (f"your loss is {values[bad]} on case {bad}. Padded positions have probability exactly 0 and "
+        return (f"your loss is {values[bad]} on {case(bad)}. Padded positions have probability exactly 0 and "
                 f"0 * log 0 = nan in PyTorch, and exp() of a large logit overflows: use torch.xlogy, clamp "
                 f"probabilities before log, or log_softmax / logsumexp instead of log(exp(...)).")
     for message, wrong in mistakes.items():
@@ -128,7 +135,7 @@ def diagnose(values: Sequence[float], reference: Sequence[float], mistakes: dict
         return (f"your loss is {size} on every case (a constant factor): check the scaling factors "
                 f"(T^2, beta, 1/tau) and what you divide by (batch, heads, tokens, layers, hidden size).")
     worst = max(range(len(values)), key=lambda i: rel_err(values[i], reference[i]))
-    return (f"your loss does not match the reference: on case {worst} it is {values[worst]:.6g}, expected "
+    return (f"your loss does not match the reference: on {case(worst)} it is {values[worst]:.6g}, expected "
             f"{reference[worst]:.6g} (relative error {rel_err(values[worst], reference[worst]):.2g}). None of the "
             f"typical mistakes explains it; compare your code with the equation term by term.")
 
@@ -140,6 +147,11 @@ class Grader:
         self.fn_name = getattr(fn, "__name__", type(fn).__name__)
         self.result = CheckResult(assignment)
         self.require_implemented, self.verbose = require_implemented, verbose
+        self.cases: Optional[list] = None
+
+    def describe_cases(self, descriptions: list) -> None:
+        """One line per case saying what its inputs are; failure messages name the failing case with it."""
+        self.cases = descriptions
 
     def call(self, fn: Callable, *args, case: int = 0, **kwargs):
         """fn(*args) with the student's exceptions turned into a helpful failure (or the not-implemented signal)."""
@@ -149,8 +161,11 @@ class Grader:
             raise _NotImplementedYet() from None
         except AssertionError:
             raise
-        except Exception as err:  # the student's bug: say where, keep it one line
-            raise AssertionError(f"{self.fn_name} raised {type(err).__name__} on case {case}: {err}") from err
+        except Exception as err:  # the student's bug: say where (their line of code), keep it one message
+            where = traceback.extract_tb(err.__traceback__)[-1]
+            on = f"case {case} ({self.cases[case]})" if self.cases and case < len(self.cases) else f"case {case}"
+            raise AssertionError(f"{self.fn_name} raised {type(err).__name__} on {on}: {err}\n  at "
+                                 f"{Path(where.filename).name}, line {where.lineno}: {where.line}") from err
 
     def compare(self, values: Sequence[float], reference: Sequence[float], mistakes: dict) -> None:
         """Fail with the diagnosis unless every value matches its reference."""
@@ -159,7 +174,7 @@ class Grader:
             self.result.max_rel_err = max(rel_err(v, r) for v, r in zip(values, reference))
             self.result.checks.append("values match the reference")
             return
-        raise AssertionError(diagnose(values, reference, mistakes))
+        raise AssertionError(diagnose(values, reference, mistakes, self.cases))
 
     def check(self, ok: bool, message: str, passed_note: Optional[str] = None) -> None:
         if not ok:
@@ -174,6 +189,15 @@ class Grader:
             raise AssertionError("your loss is not connected to the student's tensors (no gradient would reach the "
                                  "student): do not .detach() the student, call .item()/float() or build a new "
                                  "torch.tensor from the value")
+        grads = torch.autograd.grad(out, [t for t in tensors if t.requires_grad], allow_unused=True)
+        bad = sum(int((~torch.isfinite(gr)).sum()) for gr in grads if gr is not None)
+        if bad:
+            total = sum(gr.numel() for gr in grads if gr is not None)
+            raise AssertionError(
+                f"your loss is finite but its gradient is NaN/inf in {bad} of {total} entries: a 0/0 or log(0) in the "
+                f"backward pass. Typical: torch.xlogy(a_t, a_s) or a_t * log(a_s) where a_s = 0 at padded keys, whose "
+                f"gradient a_t / a_s is 0/0 = NaN (xlogy guards the value, not the gradient w.r.t. a_s). Clamp "
+                f"before the log, log(a_s.clamp_min(1e-12)), or compute log-probabilities with log_softmax.")
         try:
             ok = torch.autograd.gradcheck(closure, tensors, eps=1e-6, atol=1e-5, rtol=1e-4, raise_exception=False)
         except Exception as err:  # e.g. the closure fails only when perturbed
@@ -205,8 +229,7 @@ class Grader:
             return True
         if exc_type is not None and issubclass(exc_type, AssertionError):
             r.status, r.message = "failed", str(exc)
-            self._print()
-            raise _failure(r) from exc
+            raise _failure(r) from None  # shown once, by the exception, without the chained traceback
         if exc_type is None:
             self._print()
         return False

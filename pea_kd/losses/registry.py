@@ -37,7 +37,7 @@ class LossConfig:
     layer_map: [(student hidden_states index, teacher cls_hidden index), ...], e.g. pkd_layer_map(12, 6).
     is_regression: True for STS-B (num_labels == 1): CE becomes MSE and KD its MSE analogue.
     weights: optional extra multiplier per spec component, w_i in L = sum_i w_i L_i (default 1.0). Losses whose
-        hyperparameters are not fields here (e.g. "attn_kd") are weighted only by this.
+        hyperparameters are not fields here (e.g. "attn_mse") are weighted only by this.
     """
 
     alpha: float = 0.7
@@ -182,7 +182,9 @@ def parse_loss_spec(spec: str) -> list[str]:
     for name in names:
         if name not in _REGISTRY:
             shown = repr(name) if name else "an empty component"
-            raise ValueError(f"unknown loss {shown} in spec {spec!r}; available: {', '.join(_REGISTRY)}")
+            raise ValueError(f"unknown loss {shown} in spec {spec!r}; available: {', '.join(_REGISTRY)}. A loss "
+                             f"you registered yourself exists only once its module is imported: on the command "
+                             f"line, python -m pea_kd --plugin MODULE_OR_FILE.py distill --loss ...")
     repeated = sorted({n for n in names if names.count(n) > 1})
     if repeated:
         raise ValueError(f"loss spec {spec!r} names {repeated} more than once; use LossConfig.weights to scale a term")
@@ -252,7 +254,7 @@ def _to_floats(parts: dict) -> dict[str, float]:
 
 
 def build_loss(spec: str, student_hidden: Optional[int] = None, teacher_hidden: Optional[int] = None) -> LossModule:
-    """Build the combined loss for `spec` ("ce", "kd", "kd+pkd", "kd+hidden_mse_proj", ...).
+    """Build the combined loss for `spec` ("ce", "kd", "kd+pkd", "kd+attn_mse", ...).
 
     student_hidden / teacher_hidden (H_s, H_t) are needed only when a component has learnable parameters.
     """

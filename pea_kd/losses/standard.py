@@ -146,12 +146,13 @@ def pkd_loss(inputs: LossInputs) -> LossResult:
 
     L_pt = beta / (B M H) sum_b sum_{(s,t) in layer_map} sum_d (h_s[b,s,d]/||h_s[b,s]|| - h_t[b,t,d]/||h_t[b,t]||)^2
     with h the [CLS] vectors (not pooled) and ||.|| the L2 norm over the hidden dim (the authors' F.mse_loss mean,
-    normalize_patience=True). Needs H_s == H_t; use "hidden_mse_proj" when they differ. Parts: {"pkd": L_pt}.
+    normalize_patience=True). Needs H_s == H_t (a learned projection removes that: assignment 2). Parts: {"pkd": L_pt}.
     """
     h_s, h_t = cls_pairs(inputs, "pkd")
     if h_s.shape[-1] != h_t.shape[-1]:
         raise ValueError(f"loss 'pkd': student hidden size {h_s.shape[-1]} != teacher hidden size {h_t.shape[-1]}; "
-                         f"use the learned projection loss 'hidden_mse_proj' instead of 'pkd'")
+                         f"PKD compares [CLS] vectors directly; a loss with a learned projection W (course assignment 2) "
+                         f"handles different sizes")
     loss = inputs.config.beta * normalized_mse(h_s, h_t)  # beta * MSE(norm(h_s), norm(h_t))
     return LossResult(loss, {"pkd": loss.detach()})
 

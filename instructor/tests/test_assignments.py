@@ -1,6 +1,7 @@
-"""Tests for pea_kd.assignments: the model answers are right (checked against the built-in losses and explicit
-loops), every checker accepts them, and each rejects typical wrong answers, written here the way a student would
-write them, with the message that names the mistake."""
+"""INSTRUCTOR ONLY (it writes correct answers). Tests for pea_kd.assignments: the model answers are right (checked
+against explicit loops and the built-in "kd"), the stored expected values are the ones they give, every checker
+accepts them, and each rejects typical wrong answers, written here the way a student would write them, with the
+message that names the mistake."""
 
 import math
 
@@ -12,12 +13,14 @@ from torch import nn
 from pea_kd.assignments import (AssignmentFailure, check_annealed_kd, check_annealed_temperature, check_attention_kd,
                                 check_hidden_projection, check_info_nce)
 from pea_kd.assignments import cases as C
-from pea_kd.assignments import mistakes
-from pea_kd.assignments import solutions as S
+from pea_kd.assignments.checker import EXPECTED_FILE
 from pea_kd.assignments.grading import close, diagnose
 from pea_kd.losses import LossConfig, LossInputs, LossResult, build_loss, kd_loss, register_loss
 from pea_kd.losses import registry as losses_registry
-from pea_kd.losses.examples import HiddenMSEProjection, attn_kd_loss
+
+from instructor import make_fixtures
+from instructor import solutions as S
+from instructor import variants as mistakes
 
 
 def rejects(check, student, *phrases):
@@ -39,8 +42,15 @@ def attention_cases():
 
 
 def test_attention_solution_matches_builtin_and_explicit_loops():
-    for x in attention_cases():
-        assert float(S.attention_kd_solution(x).total) == pytest.approx(float(attn_kd_loss(x).total), rel=1e-10)
+    for x in attention_cases():  # an independent formula: F.kl_div per row, masked mean, mean over layers
+        per_layer = []
+        for s, t in x.config.layer_map:
+            a_s, a_t = x.student_attentions[s - 1], x.teacher_attentions[t - 1]
+            rows = F.kl_div(a_s.clamp_min(1e-300).log(), a_t, reduction="none").sum(-1)  # (B, A, T)
+            m = x.attention_mask[:, None, :].double()
+            per_layer.append((rows * m).sum() / (m.sum() * rows.shape[1]))
+        assert float(S.attention_kd_solution(x).total) == pytest.approx(float(sum(per_layer) / len(per_layer)),
+                                                                         rel=1e-10)
     x = attention_cases()[0]  # explicit sums over layers, batch, heads, real queries and keys
     total = 0.0
     for s, t in x.config.layer_map:
@@ -55,12 +65,27 @@ def test_attention_solution_matches_builtin_and_explicit_loops():
     assert float(S.attention_kd_solution(x).total) == pytest.approx(total / len(x.config.layer_map), rel=1e-10)
 
 
-def test_projection_solution_matches_builtin():
-    ours, builtin = S.HiddenProjectionSolution(C.H_S, C.H_T).double(), HiddenMSEProjection(C.H_S, C.H_T).double()
-    builtin.load_state_dict(ours.state_dict())
-    for seed, (B, T, Ls, Lt, beta) in enumerate(C.HIDDEN_SHAPES):
+def test_projection_solution_matches_explicit_loops():
+    ours = S.HiddenProjectionSolution(C.H_S, C.H_T).double()
+    W, bias = ours.proj.weight.tolist(), ours.proj.bias.tolist()
+    for seed, (B, T, Ls, Lt, beta) in enumerate(C.HIDDEN_SHAPES[:2]):
         x = C.hidden_inputs(B, T, C.H_S, C.H_T, Ls, Lt, beta, seed)
-        assert float(ours(x).total.detach()) == pytest.approx(float(builtin(x).total.detach()), rel=1e-10)
+        total = 0.0
+        for s, t in x.config.layer_map:
+            for b in range(B):
+                h = x.student_hidden_states[s][b, 0].tolist()
+                u = [sum(W[i][j] * h[j] for j in range(C.H_S)) + bias[i] for i in range(C.H_T)]
+                v = x.teacher_cls_hidden[b, t].tolist()
+                nu, nv = math.sqrt(sum(a * a for a in u)), math.sqrt(sum(a * a for a in v))
+                total += sum((a / nu - c / nv) ** 2 for a, c in zip(u, v))
+        expected = beta * total / (B * len(x.config.layer_map) * C.H_T)
+        assert float(ours(x).total.detach()) == pytest.approx(expected, rel=1e-10)
+
+
+def test_stored_expected_values_are_the_model_answers():
+    """pea_kd/assignments/expected.json is what instructor/make_fixtures.py writes from the answers today."""
+    assert EXPECTED_FILE.read_text(encoding="utf-8") == make_fixtures.render(make_fixtures.build()), \
+        "expected.json is out of date: run python -m instructor.make_fixtures"
 
 
 def test_schedule_and_annealed_kd_solution_match_hand_values_and_builtin_kd():
@@ -140,8 +165,7 @@ def test_diagnose_falls_back_to_nan_sign_scale_and_worst_case():
 # ---------------------------------------------------------------- every checker accepts the model answer
 
 @pytest.mark.parametrize("check, answer", [
-    (check_attention_kd, S.attention_kd_solution), (check_attention_kd, attn_kd_loss),
-    (check_hidden_projection, S.HiddenProjectionSolution), (check_hidden_projection, HiddenMSEProjection),
+    (check_attention_kd, S.attention_kd_solution), (check_hidden_projection, S.HiddenProjectionSolution),
     (check_annealed_temperature, S.annealed_temperature_solution), (check_annealed_kd, S.AnnealedKDSolution),
     (check_info_nce, S.info_nce_solution)])
 def test_checker_accepts_the_model_answer(check, answer, capsys):
@@ -191,6 +215,38 @@ def test_attention_checker_rejects_typical_mistakes():
         v = _attention(x, good_rows, masked_mean).total.detach()
         return LossResult(v, {"a": v})
     rejects(check_attention_kd, no_graph, "not connected")
+
+
+def test_attention_checker_names_textbook_kl_div_missing_heads_and_nan_gradients():
+    def textbook(x):  # F.kl_div(log A_s, A_t, "batchmean") per layer: every row and head summed, / B
+        losses = [F.kl_div(x.student_attentions[s - 1].clamp_min(1e-12).log(), x.teacher_attentions[t - 1].detach(),
+                           reduction="batchmean") for s, t in x.config.layer_map]
+        loss = sum(losses) / len(losses)
+        return LossResult(loss, {"a": loss.detach()})
+    rejects(check_attention_kd, textbook, "f.kl_div", "batchmean", "mask.sum() * a")
+    rejects(check_attention_kd, lambda x: _attention(x, good_rows, lambda rows, m: (rows * m).sum() / m.sum()),
+            "number of heads", "times too large")
+    # xlogy guards the value (0 * log 0 = 0) but its gradient a_t / a_s is 0/0 at padded keys
+    xlogy_rows = lambda a_s, a_t: (torch.xlogy(a_t, a_t) - torch.xlogy(a_t, a_s)).sum(-1)  # noqa: E731
+    message = rejects(check_attention_kd, lambda x: _attention(x, xlogy_rows, masked_mean), "gradient is nan", "0/0",
+                      "clamp")
+    assert "float32" not in message and "in-place" not in message
+
+
+def test_a_failure_is_raised_once_without_a_chained_traceback_and_names_the_case(capsys):
+    def crashes(x):
+        if x.attention_mask.shape[0] == 3:
+            raise IndexError("index 9 is out of bounds")
+        return S.attention_kd_solution(x)
+    with pytest.raises(AssignmentFailure) as info:
+        check_attention_kd(crashes)
+    assert capsys.readouterr().out == ""  # not printed, then raised: shown once
+    assert info.value.__cause__ is None and info.value.__suppress_context__
+    message = str(info.value)
+    assert "IndexError on case 1 (B=3, T=6, heads A=2, L_s=4, L_t=8, layer_map=[(1, 2), (2, 4), (3, 6)]" in message
+    assert "test_assignments.py, line" in message and "raise IndexError" in message
+    message = rejects(check_annealed_kd, lambda *a, **k: _Anneal(*a, **k, t2=False))
+    assert "t^2" in message
 
 
 class _Proj(nn.Module):
@@ -330,7 +386,7 @@ def test_answers_plug_into_the_registry_by_name(registered):
     x = attention_cases()[0]
     loss = build_loss("test_asg_attention")
     assert loss.requires == {"student_attentions", "teacher_attentions", "attention_mask"}
-    assert float(loss(x).total) == pytest.approx(float(attn_kd_loss(x).total), rel=1e-9)
+    assert float(loss(x).total) == pytest.approx(float(S.attention_kd_solution(x).total), rel=1e-9)
     # the annealing counter lives in LossModule.state_dict(): what the trainer saves in checkpoint.pt
     anneal = build_loss("test_asg_anneal", student_hidden=8, teacher_hidden=8)
     y = C.logit_inputs(4, 3, 10.0, 0.7, "batchmean", seed=0)

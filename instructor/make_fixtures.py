@@ -1,0 +1,89 @@
+"""Write pea_kd/assignments/expected.json: the values the checkers compare a student's answer with.
+
+    python -m instructor.make_fixtures            # rewrite the file
+    python -m instructor.make_fixtures --check    # exit 1 if the committed file differs from what it would write
+
+For every checker's fixed cases (pea_kd.assignments.cases) it stores a fingerprint of the inputs, the model answer's
+value (instructor/solutions.py) and the value of every known mistake (instructor/variants.py), plus the few extra
+numbers a checker needs (the gradient w.r.t. W of assignment 2, the eval-mode value of assignment 3b, the float32
+value for a small tau of assignment 4). Run it once after changing a solution, a variant or a case; the checkers
+themselves never import this directory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import torch
+
+from pea_kd.assignments import cases as C
+from pea_kd.assignments.checker import EXPECTED_FILE
+
+from . import solutions as S
+from .variants import CATALOGUES
+
+
+def _case(inputs, args: tuple, reference: float, name: str) -> dict:
+    messages, variant = CATALOGUES[name]
+    return {"fingerprint": C.fingerprint(inputs), "reference": reference,
+            "mistakes": {knob: variant(*args, **{knob: True}) for knob in messages}}
+
+
+def build() -> dict:
+    """Every stored value, computed from the model answers and the wrong variants."""
+    _, att = C.attention_cases()
+    out = {"attention": {"cases": [_case(x, (x,), float(S.attention_kd_solution(x).total), "attention")
+                                   for x in att]}}
+
+    ref = S.HiddenProjectionSolution(C.H_S, C.H_T).double()
+    Wm, b = C.projection_weights()
+    with torch.no_grad():
+        ref.proj.weight.copy_(Wm)
+        ref.proj.bias.copy_(b)
+    hid = C.projection_cases()
+    out["projection"] = {"cases": [_case(x, (x, Wm, b), float(ref(x).total.detach()), "projection") for x in hid]}
+    ref.zero_grad()
+    ref(hid[1]).total.backward()
+    out["projection"]["grad_W_case1"] = ref.proj.weight.grad.tolist()
+
+    out["schedule"] = {"cases": [_case(args, args, S.annealed_temperature_solution(*args), "schedule")
+                                 for args in C.SCHEDULE_CASES]}
+
+    module = S.AnnealedKDSolution(8, 8, t_end=C.ANNEAL_T_END, anneal_steps=C.ANNEAL_N).train()
+    ann = C.annealed_cases()
+    out["annealed"] = {"cases": [_case(x, (x, n, C.ANNEAL_T_END, C.ANNEAL_N), float(module(x).total), "annealed")
+                                 for n, x in enumerate(ann)]}
+    out["annealed"]["eval_after_all_calls"] = float(module.eval()(ann[0]).total)
+
+    pairs = C.info_nce_cases()
+    out["info_nce"] = {"cases": [_case(p, p, float(S.info_nce_solution(*p)), "info_nce") for p in pairs]}
+    out["info_nce"]["hot_float32_tau_0.01"] = float(S.info_nce_solution(*C.info_nce_hot_case(), 0.01))
+    return out
+
+
+def render(values: dict) -> str:
+    header = {"written_by": "python -m instructor.make_fixtures (from instructor/solutions.py and variants.py)",
+              "dtype": "float64 inputs; values compared with rtol 1e-5"}
+    return json.dumps({"_about": header, **values}, indent=1) + "\n"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true", help="compare with the committed file instead of writing")
+    args = parser.parse_args(argv)
+    text = render(build())
+    if args.check:
+        same = EXPECTED_FILE.is_file() and EXPECTED_FILE.read_text(encoding="utf-8") == text
+        print(f"{EXPECTED_FILE}: {'up to date' if same else 'OUT OF DATE: run python -m instructor.make_fixtures'}")
+        return 0 if same else 1
+    tmp = EXPECTED_FILE.with_suffix(".json.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(EXPECTED_FILE)  # atomic: a checker never reads half a file
+    print(f"wrote {EXPECTED_FILE}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
