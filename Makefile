@@ -14,7 +14,7 @@ JOBS ?=
 SMOKE ?=
 ESTIMATE ?=
 
-.PHONY: help setup test bench data reproduce clean-venv
+.PHONY: help setup test bench data reproduce notebooks clean-venv
 
 help:  ## list targets and their variables
 	@echo "make reproduce TASK=mrpc   run the paper's comparison for one GLUE task -> runs/<task>/results.md"
@@ -25,6 +25,7 @@ help:  ## list targets and their variables
 	@echo "    SMOKE=1                    a few dozen examples, 1 epoch, 1 seed: checks every stage in ~1 min"
 	@echo "    ESTIMATE=1                 train nothing: FLOPs per stage and the least time on this machine"
 	@echo "make test                  run the test suite (notebooks included)"
+	@echo "make notebooks             open the notebooks in JupyterLab (installs it into .venv on first use)"
 	@echo "make bench                 bert_mini speed/memory benchmark on CPU (or CUDA when present)"
 	@echo "make data TASK=mrpc        download GLUE data into data/glue/ (TASK=all for every task)"
 	@echo "make setup                 create .venv and install requirements"
@@ -39,7 +40,11 @@ $(STAMP): requirements.txt requirements-model.txt
 setup: $(STAMP)
 
 test: $(STAMP)
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q tests $(wildcard instructor/tests)
+
+notebooks: $(STAMP)
+	$(PY) -c "import jupyterlab" 2>/dev/null || $(PY) -m pip install --quiet "jupyterlab>=4"
+	$(VENV)/bin/jupyter lab notebooks/
 
 bench: $(STAMP)
 	$(PY) -m bert_mini.bench
@@ -54,3 +59,11 @@ reproduce: $(STAMP)
 
 clean-venv:
 	rm -rf $(VENV)
+
+# BEGIN INSTRUCTOR (not in the student copy)
+# make student-copy DEST=../pea-kd-student   the repository without instructor/ (model answers, fixtures writer)
+DEST ?= ../pea-kd-student
+.PHONY: student-copy
+student-copy: $(STAMP)
+	$(PY) scripts/make_student_copy.py $(DEST)
+# END INSTRUCTOR
