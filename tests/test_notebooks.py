@@ -8,7 +8,12 @@ executed with nbclient:
 * on an in-memory copy: the committed file and its outputs are never rewritten by the tests;
 * with cwd = the notebook's folder, PEA_KD_FAST=1 (the notebooks' short setting), $GLUE_DIR defaulting to the shared
   GLUE copy next to the repository, and the features cache in a temporary directory;
-* with a 300 s limit per cell. A failure names the notebook, the cell number, the cell's source and the error.
+* with a 600 s limit per cell. A failure names the notebook, the cell number, the cell's source and the error.
+
+After the run, the stored outputs are compared with the fresh ones (a stale output is one the current code no longer
+prints): the text of every code cell's stdout, results and displays (not stderr, not images), with timings, temporary
+paths, memory addresses and the fast-mode flag normalised. Cells tagged `fast-mode-differs` (their output depends on
+PEA_KD_FAST: fewer examples, fewer methods) or `timing` (they print measured times or speeds) are not compared.
 
 Notebooks that read GLUE (metadata `pea_kd.needs_glue`, or a call to load_examples / load_features) are skipped when
 no GLUE data is found. The structure tests check that each notebook ends with an "Exercises" markdown cell, asserts
@@ -17,6 +22,7 @@ its outputs (which the documentation site renders), free of stored errors and re
 """
 from __future__ import annotations
 
+import difflib
 import json
 import os
 import re
@@ -34,11 +40,19 @@ ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOK_DIR = ROOT / "notebooks"
 NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("*.ipynb")) + sorted((NOTEBOOK_DIR / "assignments").glob("*.ipynb"))
 IDS = [p.relative_to(NOTEBOOK_DIR).as_posix() for p in NOTEBOOKS]
-CELL_TIMEOUT_S = 300
+CELL_TIMEOUT_S = 600
 MAX_SIZE_KB = 500
 KERNEL_NAME = "pea-kd-test-python"
 ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 GLUE_CALL = re.compile(r"\b(load_examples|load_features)\s*\(")
+UNCOMPARED_TAGS = {"fast-mode-differs", "timing"}
+NORMALISE = [  # (pattern, replacement): what may differ between two runs of the same code
+    (re.compile(r"\b\d+(\.\d+)?(e[+-]?\d+)?\s*(s|ms|µs|us|sec|seconds|min)\b"), "<time>"),
+    (re.compile(r"/tmp/[\w./-]+"), "<tmp>"),
+    (re.compile(r"0x[0-9a-fA-F]+"), "<addr>"),
+    (re.compile(r"fast mode: (True|False)"), "fast mode: <fast>"),
+    (re.compile(r"\b\d+(\.\d+)? ?(KB|MB|kB)\b"), "<size>"),
+]
 
 
 def glue_dir() -> Path:
@@ -97,6 +111,42 @@ def failure_report(name: str, nb, err: Exception) -> str:
     return f"{name}: {type(err).__name__}: {ANSI.sub('', str(err))[-4000:]}"
 
 
+def output_text(cell) -> str:
+    """The deterministic text of a code cell's outputs: stdout, results, displays (text/plain or markdown), normalised."""
+    parts = []
+    for out in cell.get("outputs", []):
+        if out.get("output_type") == "stream":
+            if out.get("name") == "stdout":
+                parts.append(out.get("text", ""))
+        elif out.get("output_type") in ("execute_result", "display_data"):
+            data = out.get("data", {})
+            if "image/png" not in data:  # a figure's text/plain is only "<Figure size ...>"
+                parts.append(data.get("text/markdown") or data.get("text/plain", ""))
+    text = ANSI.sub("", "".join(parts))
+    for pattern, replacement in NORMALISE:
+        text = pattern.sub(replacement, text)
+    return text
+
+
+def stale_outputs(name: str, committed, executed) -> list[str]:
+    """One message per compared code cell whose committed text output differs from what the code prints now."""
+    problems, compared = [], 0
+    for index, (old, new) in enumerate(zip(committed.cells, executed.cells)):
+        if old.cell_type != "code" or UNCOMPARED_TAGS & set(old.get("metadata", {}).get("tags", [])):
+            continue
+        compared += 1
+        before, now = output_text(old), output_text(new)
+        if before != now:
+            diff = "\n".join(difflib.unified_diff(before.splitlines(), now.splitlines(), "committed", "now",
+                                                 lineterm="", n=1))
+            problems.append(f"{name}: cell {index} has stale outputs (re-execute and save the notebook):\n"
+                            f"{diff[:2000]}")
+    if not compared:
+        problems.append(f"{name}: no code cell was compared; tag only the cells whose output depends on "
+                        f"PEA_KD_FAST or on timing")
+    return problems
+
+
 def test_kernel_runs_this_python(kernel_env):
     nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(
         "import os, sys\nprint(sys.executable)\nprint(os.environ['PEA_KD_FAST'])")])
@@ -120,6 +170,8 @@ def test_notebook_executes(path, kernel_env):
     except (CellExecutionError, CellTimeoutError, DeadKernelError) as err:
         pytest.fail(failure_report(name, nb, err), pytrace=False)
     print(f"{name}: executed in {seconds:.1f} s (PEA_KD_FAST=1)")
+    problems = stale_outputs(name, nbformat.read(path, as_version=4), nb)
+    assert not problems, "\n\n".join(problems)
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
@@ -141,3 +193,19 @@ def test_notebook_structure(path):
     assert not stored_errors, f"{name}: cells {stored_errors} were saved with an error output"
     size_kb = path.stat().st_size / 1024
     assert size_kb < MAX_SIZE_KB, f"{name}: {size_kb:.0f} KB > {MAX_SIZE_KB} KB; lower the figure dpi or trim outputs"
+
+
+def test_stale_output_check_normalises_timings_and_catches_changed_text():
+    def cell(text, tags=()):
+        return nbformat.v4.new_code_cell("print()", outputs=[nbformat.v4.new_output("stream", name="stdout", text=text)],
+                                         metadata={"tags": list(tags)})
+
+    def notebook(*cells):
+        return nbformat.v4.new_notebook(cells=list(cells))
+    old = notebook(cell("took 54.5 s in /tmp/pea-kd-x1/run, fast mode: False\n"), cell("acc 0.70\n"),
+                   cell("acc 0.10\n", tags=["fast-mode-differs"]))
+    new = notebook(cell("took 2.7 s in /tmp/pea-kd-y2/run, fast mode: True\n"), cell("acc 0.70\n"), cell("acc 0.20\n"))
+    assert stale_outputs("nb", old, new) == []
+    new.cells[1] = cell("acc_and_f1 0.75\n")
+    [problem] = stale_outputs("nb", old, new)
+    assert "cell 1 has stale outputs" in problem and "-acc 0.70" in problem and "+acc_and_f1 0.75" in problem
