@@ -13,7 +13,8 @@ executed with nbclient:
 After the run, the stored outputs are compared with the fresh ones (a stale output is one the current code no longer
 prints): the text of every code cell's stdout, results and displays (not stderr, not images), with timings, temporary
 paths, memory addresses and the fast-mode flag normalised. Cells tagged `fast-mode-differs` (their output depends on
-PEA_KD_FAST: fewer examples, fewer methods) or `timing` (they print measured times or speeds) are not compared.
+PEA_KD_FAST: fewer examples) or `varies-between-runs` (they print measured speeds or memory addresses) are not
+compared.
 
 Notebooks that read GLUE (metadata `pea_kd.needs_glue`, or a call to load_examples / load_features) are skipped when
 no GLUE data is found. The structure tests check that each notebook ends with an "Exercises" markdown cell, asserts
@@ -45,7 +46,7 @@ MAX_SIZE_KB = 500
 KERNEL_NAME = "pea-kd-test-python"
 ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 GLUE_CALL = re.compile(r"\b(load_examples|load_features)\s*\(")
-UNCOMPARED_TAGS = {"fast-mode-differs", "timing"}
+UNCOMPARED_TAGS = {"fast-mode-differs", "varies-between-runs"}
 NORMALISE = [  # (pattern, replacement): what may differ between two runs of the same code
     (re.compile(r"\b\d+(\.\d+)?(e[+-]?\d+)?\s*(s|ms|µs|us|sec|seconds|min)\b"), "<time>"),
     (re.compile(r"/tmp/[\w./-]+"), "<tmp>"),
@@ -143,7 +144,7 @@ def stale_outputs(name: str, committed, executed) -> list[str]:
                             f"{diff[:2000]}")
     if not compared:
         problems.append(f"{name}: no code cell was compared; tag only the cells whose output depends on "
-                        f"PEA_KD_FAST or on timing")
+                        f"PEA_KD_FAST or varies between runs")
     return problems
 
 
