@@ -52,8 +52,9 @@ def golden():
 
 @pytest.mark.parametrize("kernel", ["explicit", "sdpa"])
 def test_bf16_forward_of_the_golden_batch_stays_close_to_fp32(golden, kernel, monkeypatch):
-    """Under bf16 autocast (8-bit mantissa: relative rounding 2^-8 = 0.4%) MiniLM's pooled output stays within 0.05
-    of the fp32 reference and the last hidden states within 0.25 (their entries reach |x| ~ 10); far from 1e-5."""
+    """Under bf16 autocast (8 mantissa bits: one rounding is up to 2^-9 = 0.2% relative) MiniLM's last hidden states
+    stay within 0.05 of the fp32 reference (|x| reaches 5.7; measured 0.017 explicit, 0.013 SDPA) and the pooled
+    output within 0.01 (measured 0.0017, 0.0018): about 3x the measured error, far above fp32's 1e-5."""
     monkeypatch.setattr(modeling, "ATTENTION_KERNEL", kernel)
     model = load_pretrained("minilm-l6").eval()
     batch = {k: torch.from_numpy(golden[k]) for k in ("input_ids", "token_type_ids", "attention_mask")}
@@ -62,7 +63,7 @@ def test_bf16_forward_of_the_golden_batch_stays_close_to_fp32(golden, kernel, mo
     real = golden["attention_mask"].astype(bool)
     hidden = np.abs(out.last_hidden_state.float().numpy()[real] - golden["last_hidden_state"][real]).max()
     pooled = np.abs(out.pooler_output.float().numpy() - golden["pooler_output"]).max()
-    assert hidden < 0.25 and pooled < 0.05
+    assert hidden < 0.05 and pooled < 0.01
     assert pooled > 1e-4  # bf16 really ran: an fp32 forward matches the reference to 1e-5
 
 
