@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import shutil
+import tempfile
 from pathlib import Path
 from typing import Optional
 
@@ -161,8 +162,8 @@ def save_student(
     save_pretrained(model, staging, vocab_file=vocab_file)
     write_atomic(staging / STUDENT_FILE, json.dumps(meta, indent=2, sort_keys=True) + "\n")
     if out_dir.exists():  # swap: rename the old dir away, the new one in, then delete the old one
-        old = out_dir.with_name(f".{out_dir.name}.old.{os.getpid()}")
-        os.replace(out_dir, old)
+        old = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.old."))  # unique: never blocked
+        os.replace(out_dir, old)  # onto the empty dir just made
         os.replace(staging, out_dir)
         shutil.rmtree(old)
     else:
