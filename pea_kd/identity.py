@@ -5,6 +5,7 @@
              + loss spec and LossConfig weights                                        alpha, temperature, beta, ...
              + data: digests of the model inputs and labels, example counts            data files, max_train_examples,
                                                                                         tokenizer, max_length
+             + architecture: model config digest and execution plan                    SPS variant, layers
              + starting weights: sha256 of the model's (and the loss's) initial tensors pre-trained or PTP encoder,
                                                                                         new head (seeded)
              + teacher targets: sha256 of the teacher rows the loss reads             which teacher, which cache
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 from typing import Optional
 
 import numpy as np
@@ -85,16 +87,27 @@ def data_digest(features) -> str:
     return h.hexdigest()[:16]
 
 
-def run_identity(config, loss: str, loss_config, train_data, dev_data, start_weights: str,
-                 teacher_targets: Optional[str], precision: str) -> dict:
-    """The flat dict that identifies a training run (see the module docstring). All values are JSON-serialisable."""
+def run_identity(config, model, loss_fn, loss_config, train_data, dev_data, teacher_targets: Optional[dict],
+                 amp_dtype: Optional[torch.dtype]) -> dict:
+    """The flat dict that identifies a training run (see the module docstring); call it before the first step.
+
+    model: a bert_mini BertForSequenceClassification with its starting weights (its config and execution plan, e.g.
+    SPS, are part of the identity); loss_fn: the built loss (its spec and initial parameters, e.g. projections);
+    teacher_targets: the teacher rows (or live teacher's state_dict) the loss reads, None without a teacher.
+    """
     settings = {k: v for k, v in dataclasses.asdict(config).items() if k not in RUNTIME_FIELDS}
-    losses = {k: v for k, v in dataclasses.asdict(loss_config).items()}
+    losses = dataclasses.asdict(loss_config)
     losses["layer_map"] = [list(p) for p in losses["layer_map"]]
-    return {**settings, "loss": loss, **losses,
+    architecture = json.dumps(model.config.to_dict(), sort_keys=True).encode()
+    start = {**{f"model.{k}": v for k, v in model.state_dict().items()},
+             **{f"loss.{k}": v for k, v in loss_fn.state_dict().items()}}
+    return {**settings, "loss": getattr(loss_fn, "spec", type(loss_fn).__name__), **losses,
             "train_examples": len(train_data), "train_data": data_digest(train_data),
             "dev_examples": len(dev_data), "dev_data": data_digest(dev_data),
-            "start_weights": start_weights, "teacher_targets": teacher_targets, "precision": precision}
+            "model_config": hashlib.sha256(architecture).hexdigest()[:16],
+            "plan": [[int(i), bool(swap)] for i, swap in model.bert.encoder.plan],
+            "start_weights": tensors_digest(start), "teacher_targets": teacher_targets and tensors_digest(teacher_targets),
+            "precision": precision_name(amp_dtype)}
 
 
 def differences(stored: dict, current: dict) -> list[str]:

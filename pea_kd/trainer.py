@@ -39,7 +39,7 @@ from tqdm.auto import tqdm
 
 from .features import Features, collate, make_batches
 from .glue import get_task
-from .identity import check_same_run, precision_name, run_identity, tensors_digest
+from .identity import check_same_run, run_identity
 from .losses import LossConfig, LossInputs, build_loss, task_loss
 from .runtime import resolve_amp, resolve_device, rng_state, set_rng_state, set_seed
 from .storage import directory_lock, storage_error, write_atomic
@@ -235,11 +235,8 @@ class Trainer:
         self.teacher_rows, self.live_teacher = self._teacher_inputs(teacher, live_teacher)
         # what this run is (pea_kd.identity): a checkpoint or result is reused only when all of it matches
         targets = self.teacher_rows or (live_teacher.state_dict() if live_teacher is not None else None)
-        self.identity = run_identity(
-            config, self.loss_name, self.loss_config, train_data, dev_data,
-            start_weights=tensors_digest({**{f"model.{k}": v for k, v in model.state_dict().items()},
-                                          **{f"loss.{k}": v for k, v in self.loss_fn.state_dict().items()}}),
-            teacher_targets=targets and tensors_digest(targets), precision=precision_name(self.amp_dtype))
+        self.identity = run_identity(config, model, self.loss_fn, self.loss_config, train_data, dev_data, targets,
+                                     self.amp_dtype)
         model.to(self.device)
         self.loss_fn.to(self.device)
         # fused=True: one kernel updates every tensor (CPU and CUDA); an FT epoch on MRPC, 2 CPU threads: -2.5% time
@@ -274,11 +271,8 @@ class Trainer:
 
     # ------------------------------------------------------------------ the loop
     def fit(self, resume: bool = False, overwrite: bool = False) -> TrainResult:
-        """Train for config.epochs (from checkpoint.pt when resuming), write final/ and result.json.
-
-        The run directory is locked (pea_kd.storage.directory_lock) for the whole run: a second process asking for
-        it is refused with the first one's pid. A full disk or read-only directory is a one-line StorageError.
-        """
+        """Train for config.epochs (from checkpoint.pt when resuming), write final/ and result.json. out_dir is
+        locked meanwhile (storage.directory_lock); a full disk or read-only directory is a one-line StorageError."""
         with directory_lock(self.out_dir):
             try:
                 return self._fit(resume, overwrite)
@@ -440,8 +434,7 @@ class Trainer:
     def save_checkpoint(self) -> None:
         """Everything needed to continue bit for bit, written atomically (pea_kd.storage.write_atomic)."""
         payload = {"version": 1, "config": dataclasses.asdict(self.config), "identity": self.identity,
-                   "model": self.model.state_dict(),
-                   "loss_fn": self.loss_fn.state_dict(), "optimizer": self.optimizer.state_dict(),
+                   "model": self.model.state_dict(), "loss_fn": self.loss_fn.state_dict(), "optimizer": self.optimizer.state_dict(),
                    "scheduler": self.scheduler.state_dict(),
                    "scaler": self.scaler.state_dict() if self.scaler else None,
                    "rng": rng_state(), "state": dataclasses.asdict(self.state)}

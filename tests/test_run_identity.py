@@ -105,6 +105,7 @@ def test_reproduce_rerun_with_other_settings_is_refused_not_relabelled(tiny_env,
 @pytest.mark.parametrize("change, named", [
     ({"loss": "kd"}, "loss 'kd\\+pkd' -> 'kd'"), ({"alpha": 0.1}, "alpha 0.7 -> 0.1"),
     ({"temperature": 2.0}, "temperature 10.0 -> 2.0"), ({"max_train_examples": 16}, "train_examples 64 -> 16"),
+    ({"variant": "sps_no_shuffle"}, r"plan \[\[0, False\], \[0, True\]\] -> \[\[0, False\], \[0, False\]\]"),
 ])
 def test_resume_with_other_loss_weights_or_data_is_refused(tiny_env, tmp_path, change, named):
     teacher = tmp_path / "teacher"
