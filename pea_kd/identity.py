@@ -56,9 +56,9 @@ def tensors_digest(tensors: dict) -> str:
         t = tensors[name]
         if t is None:
             continue
-        t = t.detach().cpu().contiguous()
         h.update(f"{name}|{t.dtype}|{tuple(t.shape)};".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        flat = t.detach().cpu().contiguous().reshape(-1)  # 1-D: view(uint8) also works on a 0-dim tensor
+        h.update(flat.view(torch.uint8).numpy() if flat.numel() else b"")  # the buffer itself: no copy
     return h.hexdigest()[:16]
 
 

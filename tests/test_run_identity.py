@@ -275,3 +275,14 @@ def test_device_cuda_without_cuda_is_one_line(capsys, tiny_env, tmp_path):
     code, _, err = run_cli(capsys, "finetune-teacher", "--task", "mrpc", "--model", checkpoint,
                            "--out-dir", tmp_path / "t", "--device", "cuda")
     assert code == 1 and "device 'cuda': this machine has no CUDA GPU" in one_line_error(err)
+
+
+def test_tensors_digest_sees_names_dtypes_shapes_and_values():
+    from pea_kd.identity import tensors_digest
+    base = {"w": torch.arange(6.0).reshape(2, 3), "s": torch.tensor(1.0)}
+    same = {"s": torch.tensor(1.0), "w": torch.arange(6.0).reshape(2, 3)}  # order does not matter
+    assert tensors_digest(base) == tensors_digest(same)
+    for other in ({**base, "w": base["w"].reshape(3, 2)}, {**base, "w": base["w"].double()},
+                  {**base, "s": torch.tensor(1.0 + 1e-7)}, {"v": base["w"], "s": base["s"]},
+                  {**base, "w": base["w"].bfloat16()}):
+        assert tensors_digest(other) != tensors_digest(base)
