@@ -122,10 +122,9 @@ def positive_int(text: str) -> int:
 def train_config_from_args(args: argparse.Namespace, lr: float) -> TrainConfig:
     """TrainConfig from the flags of add_training_args (`lr` is used when --lr was not given)."""
     return TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=lr if args.lr is None else args.lr,
-                       warmup=args.warmup,
-                       weight_decay=args.weight_decay, max_grad_norm=args.max_grad_norm, seed=args.seed,
-                       eval_every=args.eval_every, checkpoint_every=args.checkpoint_every, keep_best=args.keep_best,
-                       select=args.select, device=args.device, amp=args.amp,
+                       warmup=args.warmup, weight_decay=args.weight_decay, max_grad_norm=args.max_grad_norm,
+                       seed=args.seed, eval_every=args.eval_every, checkpoint_every=args.checkpoint_every,
+                       keep_best=args.keep_best, select=args.select, device=args.device, amp=args.amp,
                        progress=False if args.no_progress else None)
 
 

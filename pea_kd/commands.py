@@ -90,9 +90,8 @@ def _run_pea_kd(args, parser):
     from .ptp_stage import ptp_encoder_dir, run_ptp
     _check_plan(args, parser)
     root = run_root(args.task) if args.out_dir is None else Path(args.out_dir)
-    ptp_config = dataclasses.replace(train_config_from_args(args, default_lr(args.student_model)),
-                                     epochs=args.ptp_epochs)  # validated (>= 1) before any work
     config = train_config_from_args(args, default_lr(args.student_model))
+    ptp_config = dataclasses.replace(config, epochs=args.ptp_epochs)  # checked (>= 1) before any work
     ptp_dir = root / f"ptp-{args.variant}" / f"seed{args.seed}"
     run_ptp(args.task, out_dir=ptp_dir, teacher_dir=args.teacher_dir, student_model=args.student_model,
             num_layers=args.student_layers, variant=args.variant, t1=args.t1, t2=args.t2, holdout=args.holdout,

@@ -106,7 +106,8 @@ def run_identity(config, model, loss_fn, loss_config, train_data, dev_data, teac
             "dev_examples": len(dev_data), "dev_data": data_digest(dev_data),
             "model_config": hashlib.sha256(architecture).hexdigest()[:16],
             "plan": [[int(i), bool(swap)] for i, swap in model.bert.encoder.plan],
-            "start_weights": tensors_digest(start), "teacher_targets": teacher_targets and tensors_digest(teacher_targets),
+            "start_weights": tensors_digest(start),
+            "teacher_targets": None if teacher_targets is None else tensors_digest(teacher_targets),
             "precision": precision_name(amp_dtype)}
 
 

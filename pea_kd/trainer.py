@@ -434,7 +434,8 @@ class Trainer:
     def save_checkpoint(self) -> None:
         """Everything needed to continue bit for bit, written atomically (pea_kd.storage.write_atomic)."""
         payload = {"version": 1, "config": dataclasses.asdict(self.config), "identity": self.identity,
-                   "model": self.model.state_dict(), "loss_fn": self.loss_fn.state_dict(), "optimizer": self.optimizer.state_dict(),
+                   "model": self.model.state_dict(), "loss_fn": self.loss_fn.state_dict(),
+                   "optimizer": self.optimizer.state_dict(),
                    "scheduler": self.scheduler.state_dict(),
                    "scaler": self.scaler.state_dict() if self.scaler else None,
                    "rng": rng_state(), "state": dataclasses.asdict(self.state)}
