@@ -17,6 +17,7 @@ import logging
 import os
 import pickle
 import re
+import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -201,13 +202,11 @@ def save_pretrained(model: BertModel | BertForSequenceClassification, out_dir: s
     save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, tmp / "model.safetensors")
     if vocab_file is not None:
         (tmp / "vocab.txt").write_bytes(Path(vocab_file).read_bytes())
-    if out_dir.exists():
-        old = out_dir.with_name(f".{out_dir.name}.old")
-        os.replace(out_dir, old)
+    if out_dir.exists():  # swap via a uniquely named dir: a leftover of a killed save never blocks this one
+        old = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.old."))
+        os.replace(out_dir, old)  # onto the empty dir just made
         os.replace(tmp, out_dir)
-        for f in old.iterdir():
-            f.unlink()
-        old.rmdir()
+        shutil.rmtree(old)
     else:
         os.replace(tmp, out_dir)
     return out_dir

@@ -73,6 +73,7 @@ class TaskSpec:
     split_aliases: extra split names, e.g. MNLI "dev" -> "dev_matched".
     skip_malformed_rows: splits in which rows with a wrong column count are a known quirk of the original data:
         they are counted, skipped and reported in one log line instead of raising.
+    score_range: (low, high) of a regression task's scores; a score outside it is a format error.
     """
 
     name: str
@@ -85,6 +86,7 @@ class TaskSpec:
     split_aliases: dict[str, str] = field(default_factory=dict)
     aliases: tuple[str, ...] = ()
     skip_malformed_rows: tuple[str, ...] = ()
+    score_range: tuple[float, float] | None = None
 
     def __post_init__(self):
         if not self.directory:
@@ -155,7 +157,7 @@ TASKS: dict[str, TaskSpec] = {spec.name: spec for spec in [
         Layout(("id", "question1", "question2"), "question1", "question2")), skip_malformed_rows=("train",)),
     TaskSpec("STS-B", None, ("pearson", "spearman", "corr"), "pearson", _standard_files(
         Layout(_STSB + ("score",), "sentence1", "sentence2", "score"),
-        Layout(_STSB, "sentence1", "sentence2"))),
+        Layout(_STSB, "sentence1", "sentence2")), score_range=(0.0, 5.0)),
     # MNLI: evaluated separately on the matched and mismatched dev sets; "MNLI-MM" is the same data with
     # dev/test defaulting to the mismatched files.
     TaskSpec("MNLI", _MNLI_LABELS, ("acc",), "acc", _MNLI_FILES, dev_split="dev_matched",
@@ -276,7 +278,8 @@ def _read_lines(path: Path) -> list[str]:
 
 
 def _parse_label(spec: TaskSpec, raw: str, path: Path, line_no: int) -> int | float:
-    """A class id (position of `raw` in spec.labels), or a finite float score for regression."""
+    """A class id (position of `raw` in spec.labels), or a finite float score (within spec.score_range) for
+    regression."""
     if spec.labels is None:
         try:
             score = float(raw)
@@ -284,6 +287,9 @@ def _parse_label(spec: TaskSpec, raw: str, path: Path, line_no: int) -> int | fl
             score = math.nan
         if not math.isfinite(score):
             raise _error(path, line_no, "a numeric score", _show(raw))
+        if spec.score_range and not spec.score_range[0] <= score <= spec.score_range[1]:
+            low, high = spec.score_range
+            raise _error(path, line_no, f"a score in [{low:g}, {high:g}]", _show(raw))
         return score
     if raw not in spec.labels:
         raise _error(path, line_no, f"a label in {{{', '.join(spec.labels)}}}", _show(raw))

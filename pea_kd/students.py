@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import shutil
+import tempfile
 from pathlib import Path
 from typing import Optional
 
@@ -29,6 +30,7 @@ from torch import nn
 from bert_mini import BertForSequenceClassification, load_pretrained, save_pretrained
 
 from .sps import Plan, apply_plan, get_encoder, make_plan
+from .storage import write_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -125,12 +127,6 @@ def count_parameters(model: nn.Module, include_head: bool = True) -> int:
     return total
 
 
-def _write_json_atomic(path: Path, value: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(value, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def save_student(
     model: BertForSequenceClassification,
     out_dir: str | os.PathLike,
@@ -164,10 +160,10 @@ def save_student(
     if staging.exists():
         shutil.rmtree(staging)
     save_pretrained(model, staging, vocab_file=vocab_file)
-    _write_json_atomic(staging / STUDENT_FILE, meta)
+    write_atomic(staging / STUDENT_FILE, json.dumps(meta, indent=2, sort_keys=True) + "\n")
     if out_dir.exists():  # swap: rename the old dir away, the new one in, then delete the old one
-        old = out_dir.with_name(f".{out_dir.name}.old.{os.getpid()}")
-        os.replace(out_dir, old)
+        old = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.old."))  # unique: never blocked
+        os.replace(out_dir, old)  # onto the empty dir just made
         os.replace(staging, out_dir)
         shutil.rmtree(old)
     else:
