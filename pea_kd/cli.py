@@ -34,7 +34,7 @@ from typing import Callable
 
 from .trainer import NonFiniteLossError, TrainConfig
 
-PLUGIN_MODULES = ("pea_kd.commands",)  # may register more commands
+PLUGIN_MODULES = ("pea_kd.commands", "pea_kd.export")  # may register more commands
 STAGE_DEFAULTS = {"teacher": {"epochs": 3, "batch_size": 32, "keep_best": True},  # best/ for --teacher-checkpoint best
                   "distill": {"epochs": 6, "batch_size": 32, "keep_best": False},
                   "ptp": {"epochs": 2, "batch_size": 32, "keep_best": True}}
