@@ -38,7 +38,7 @@ from safetensors import safe_open
 from . import __version__
 from .cli import default_lr
 from .distill import distill_student
-from .glue import PROJECT_ROOT, get_task, split_path
+from .glue import PROJECT_ROOT, ensure_task_data, get_task, split_path
 from .parallel import executor, is_sps, next_unit, peak_rss_mb, resolve_jobs, start_order
 from .ptp_stage import ptp_encoder_dir, run_ptp
 from .report import write_report
@@ -163,6 +163,7 @@ def run_all(cfg: ReproduceConfig) -> dict:
     started = time.perf_counter()
     root = cfg.run_root
     root.mkdir(parents=True, exist_ok=True)
+    ensure_task_data(cfg.task, cfg.data_dir, progress=cfg.progress is not False)  # downloads a missing task
     data_dir = smoke_data_dir(cfg.task, cfg.data_dir, root / "glue", cfg.smoke_examples) if cfg.smoke else cfg.data_dir
     teacher_dir = root / "teacher"
     jobs, threads = resolve_jobs(cfg.jobs)
