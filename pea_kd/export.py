@@ -33,7 +33,8 @@ EXPORT_TOLERANCE = 1e-5  # max |logit difference| allowed between the source and
 
 
 def unroll(model: BertForSequenceClassification) -> BertForSequenceClassification:
-    """A plain BERT with one real layer per step of `model`'s plan (Q/K exchanged where the plan swaps them)."""
+    """A plain BERT with one real layer per step of `model`'s plan (Q/K exchanged where the plan swaps them), in the
+    same train/eval mode as `model`."""
     plan = get_encoder(model).plan
     config = BertConfig(**{**model.config.to_dict(), "num_hidden_layers": len(plan)})
     plain = BertForSequenceClassification(config, model.num_labels)
@@ -50,7 +51,7 @@ def unroll(model: BertForSequenceClassification) -> BertForSequenceClassificatio
                             "attention.self.key.bias": "attention.self.query.bias"}.get(name, name)
                 state[f"bert.encoder.layer.{effective}.{name}"] = tensor.clone()
     plain.load_state_dict(state, strict=True)
-    return plain
+    return plain.train(model.training)
 
 
 def _label_names(src: Path, num_labels: int, meta: dict | None):
@@ -97,7 +98,7 @@ def export_hf(src: str | os.PathLike, out_dir: str | os.PathLike, overwrite: boo
     else:
         model = load_pretrained(src, num_labels=_num_labels(src))
     model.eval()
-    plain = unroll(model).eval()
+    plain = unroll(model)
 
     generator = torch.Generator().manual_seed(0)  # a fixed batch: 2 rows, padding in the second one
     vocab = model.config.vocab_size
