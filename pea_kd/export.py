@@ -25,11 +25,15 @@ from bert_mini import BertConfig, BertForSequenceClassification, load_pretrained
 from bert_mini.loading import read_state_dict
 
 from .cli import register_command
+from .glue import get_task
 from .sps import get_encoder
 from .students import STUDENT_FILE, load_student
 
 log = logging.getLogger(__name__)
 EXPORT_TOLERANCE = 1e-5  # max |logit difference| allowed between the source and the export (fp32)
+# Layer'_j: Q = x W_k + b_k, K = x W_q + b_q, so the copy of a swapped step stores W_k, b_k as its query and vice versa.
+_SWAP_QK = {f"attention.self.{a}.{p}": f"attention.self.{b}.{p}"
+            for a, b in (("query", "key"), ("key", "query")) for p in ("weight", "bias")}
 
 
 def unroll(model: BertForSequenceClassification) -> BertForSequenceClassification:
@@ -44,11 +48,8 @@ def unroll(model: BertForSequenceClassification) -> BertForSequenceClassificatio
         for key, tensor in model.state_dict().items():
             if key.startswith(source):
                 name = key[len(source):]
-                if swap:  # Layer'_j: Q = x W_k + b_k, K = x W_q + b_q
-                    name = {"attention.self.query.weight": "attention.self.key.weight",
-                            "attention.self.query.bias": "attention.self.key.bias",
-                            "attention.self.key.weight": "attention.self.query.weight",
-                            "attention.self.key.bias": "attention.self.query.bias"}.get(name, name)
+                if swap:
+                    name = _SWAP_QK.get(name, name)
                 state[f"bert.encoder.layer.{effective}.{name}"] = tensor.clone()
     plain.load_state_dict(state, strict=True)
     return plain.train(model.training)
@@ -61,7 +62,6 @@ def _label_names(src: Path, num_labels: int, meta: dict | None):
         return [config["id2label"][str(i)] for i in range(num_labels)]
     task = ((meta or {}).get("extra") or {}).get("task")
     if task:
-        from .glue import get_task
         labels = get_task(task).labels
         if labels is not None and len(labels) == num_labels:
             return list(labels)
