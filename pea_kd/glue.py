@@ -28,7 +28,10 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+# Where runs/, data/glue/ and data/cache/ go: the repository in a source checkout; the current directory when pea_kd
+# is installed as a package (never site-packages).
+_SOURCE_ROOT = Path(__file__).resolve().parent.parent
+PROJECT_ROOT = _SOURCE_ROOT if (_SOURCE_ROOT / "pyproject.toml").is_file() else Path.cwd()
 DEFAULT_DATA_DIR = PROJECT_ROOT / "data" / "glue"
 
 
@@ -222,7 +225,7 @@ def ensure_task_data(task: str | TaskSpec, data_dir: str | os.PathLike | None = 
         return root
     how = (f"set GLUE_DIR to a directory holding {spec.directory}/, or run `make data TASK={spec.directory.lower()}` "
            "on a machine with a network")
-    downloader = PROJECT_ROOT / "data" / "download_glue.py"
+    downloader = _SOURCE_ROOT / "data" / "download_glue.py"
     if not downloader.is_file():
         raise FileNotFoundError(f"GLUE {spec.name} is not in {root} (data dir from {source}) and {downloader} is "
                                 f"missing; {how}")

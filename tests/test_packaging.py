@@ -1,4 +1,5 @@
 """pyproject.toml is the one list of dependencies; `pip install .` gives the packages and the `pea-kd` command."""
+import json
 import os
 import re
 import shutil
@@ -62,9 +63,11 @@ def test_pip_install_gives_the_pea_kd_command(tmp_path):
     out = subprocess.run([venv / "bin" / "pea-kd", "--help"], check=True, capture_output=True, text=True,
                          cwd=tmp_path, env=env).stdout
     assert "export-hf" in out and "reproduce" in out and "distill" in out
-    where = subprocess.run([python, "-c", "import pea_kd, bert_mini; print(pea_kd.__file__, bert_mini.__file__)"],
-                           check=True, capture_output=True, text=True, cwd=tmp_path).stdout
-    assert where.count(purelib) == 2, where  # imported from the installed copy, not from the repository
-    version = subprocess.run([python, "-m", "pip", "show", "pea-kd"], check=True, capture_output=True, text=True,
-                             env=env).stdout
-    assert f"\nVersion: {pea_kd.__version__}\n" in version
+    probe = ("import json, importlib.metadata, pea_kd, bert_mini; from pea_kd.glue import PROJECT_ROOT; "
+             "print(json.dumps([pea_kd.__file__, bert_mini.__file__, str(PROJECT_ROOT), "
+             "importlib.metadata.version('pea-kd')]))")
+    installed = json.loads(subprocess.run([python, "-c", probe], check=True, capture_output=True, text=True,
+                                          cwd=tmp_path).stdout)
+    assert all(f.startswith(purelib) for f in installed[:2]), installed  # the installed copy, not the repository
+    assert Path(installed[2]) == tmp_path.resolve()  # installed, runs/ and data/ go under the current directory
+    assert installed[3] == pea_kd.__version__
