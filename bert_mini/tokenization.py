@@ -1,4 +1,4 @@
-"""BERT's WordPiece tokenizer, assembled from `vocab.txt` with the `tokenizers` library.
+"""BERT's WordPiece tokenizer, assembled from `vocab.txt` (or a WordPiece `tokenizer.json`) with `tokenizers`.
 
 The pipeline is the one BERT was trained with:
 
@@ -107,7 +107,8 @@ class BertTokenizer:
         """Write vocab.txt, tokenizer_config.json and special_tokens_map.json: what `AutoTokenizer` and we read back.
 
         tokenizer_config.json says `do_lower_case` (uncased: lower-case and strip accents) and the class,
-        BertTokenizer; `model_max_length` is the model's max_position_embeddings.
+        BertTokenizer; `model_max_length` is the model's max_position_embeddings. `directory` must exist; the files
+        are written in place (`save_pretrained` calls this inside its staging directory, which it renames atomically).
         """
         directory = Path(directory)
         special = {"unk_token": "[UNK]", "sep_token": "[SEP]", "pad_token": "[PAD]", "cls_token": "[CLS]",
