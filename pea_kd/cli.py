@@ -36,7 +36,7 @@ from typing import Callable
 from .storage import DirectoryInUse, StorageError
 from .trainer import NonFiniteLossError, TrainConfig
 
-PLUGIN_MODULES = ("pea_kd.commands",)  # may register more commands
+PLUGIN_MODULES = ("pea_kd.commands", "pea_kd.export")  # may register more commands
 # argparse (< 3.13) reads "-1e-5" as an option, so `--lr -1e-5` said "expected one argument"; with every number
 # recognised as one, the value reaches its check and the error names what is wrong with it.
 NEGATIVE_NUMBER = re.compile(r"^-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")

@@ -159,6 +159,8 @@ def _run_reproduce(args, parser):
                           device=args.device, amp=args.amp, progress=False if args.no_progress else None, **extra)
     if args.estimate:
         from .budget import estimate
+        from .glue import ensure_task_data
+        ensure_task_data(cfg.task, cfg.data_dir, progress=not args.no_progress)
         print(estimate(cfg))
         return None
     results = run_all(cfg)

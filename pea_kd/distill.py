@@ -14,7 +14,7 @@ import dataclasses
 import logging
 from typing import Optional
 
-from bert_mini import load_pretrained, load_tokenizer, resolve_model_dir
+from bert_mini import load_pretrained, load_tokenizer
 
 from .features import load_features
 from .glue import get_task
@@ -90,11 +90,10 @@ def distill_student(task, *, out_dir, teacher_dir=None, student_model: str = "mi
             "beta": beta, "kl_reduction": kl_reduction, "layer_map": layer_map,
             "init_from": init_from and str(init_from),
             "max_length": max_length, "train_examples": len(train_data), "dev_examples": len(dev_data)}
-    vocab = resolve_model_dir(student_model) / "vocab.txt"
 
     def save_fn(model, path):
-        save_student(model, path, variant, vocab_file=vocab, extra_meta={"stage": "distill", "task": spec.name,
-                                                                         "loss": loss})
+        save_student(model, path, variant, tokenizer=tokenizer, label_names=spec.labels,
+                     extra_meta={"stage": "distill", "task": spec.name, "loss": loss})
     return train(student, train_data, dev_data, task=spec, out_dir=out_dir, config=config, loss=loss,
                  loss_config=loss_config, teacher=teacher, live_teacher=live_teacher, save_fn=save_fn, resume=resume,
                  overwrite=overwrite, meta=meta)

@@ -28,7 +28,10 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+# Where runs/, data/glue/ and data/cache/ go: the repository in a source checkout; the current directory when pea_kd
+# is installed as a package (never site-packages).
+_SOURCE_ROOT = Path(__file__).resolve().parent.parent
+PROJECT_ROOT = _SOURCE_ROOT if (_SOURCE_ROOT / "pyproject.toml").is_file() else Path.cwd()
 DEFAULT_DATA_DIR = PROJECT_ROOT / "data" / "glue"
 
 
@@ -209,6 +212,40 @@ def split_path(task: str | TaskSpec, split: str, data_dir: str | os.PathLike | N
     spec = get_task(task)
     file_name = spec.files[spec.resolve_split(split)][0]
     return _data_dir(data_dir)[0] / spec.directory / file_name
+
+
+def ensure_task_data(task: str | TaskSpec, data_dir: str | os.PathLike | None = None, progress: bool = True) -> Path:
+    """Make sure the task's train and dev files exist, downloading the task when they do not; returns the GLUE root.
+
+    The download goes through data/download_glue.py (official sources, or the mirror in $PEA_KD_GLUE_URL) into the
+    data dir the reader uses (the argument, else $GLUE_DIR, else data/glue). Without a network, or without the
+    downloader (an installed package), it raises FileNotFoundError in one line naming GLUE_DIR and `make data`.
+    """
+    spec = get_task(task)
+    root, source = _data_dir(data_dir)
+    if all(split_path(spec, split, data_dir).is_file() for split in ("train", spec.dev_split)):
+        return root
+    how = (f"set GLUE_DIR to a directory holding {spec.directory}/, or run `make data TASK={spec.directory.lower()}` "
+           "on a machine with a network")
+    downloader = _SOURCE_ROOT / "data" / "download_glue.py"
+    if not downloader.is_file():
+        raise FileNotFoundError(f"GLUE {spec.name} is not in {root} (data dir from {source}) and {downloader} is "
+                                f"missing; {how}")
+    import importlib.util
+    module_spec = importlib.util.spec_from_file_location("download_glue", downloader)
+    download_glue = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(download_glue)
+    log.info("GLUE %s is not in %s (data dir from %s): downloading it", spec.name, root, source)
+    try:
+        download_glue.download_task(spec.directory, root, base_url=os.environ.get("PEA_KD_GLUE_URL"),
+                                    progress=progress)
+    except (RuntimeError, OSError) as err:  # DownloadError, GlueDownloadError, a read-only or full disk
+        from bert_mini.download import NoNetworkError
+        reason = ("no network connection" if isinstance(err, NoNetworkError)
+                  else f"the download failed: {(str(err).strip().splitlines() or [type(err).__name__])[0]}")
+        raise FileNotFoundError(f"GLUE {spec.name} is not in {root} (data dir from {source}) and cannot be "
+                                f"downloaded ({reason}); {how}") from None
+    return root
 
 
 def load_examples(task: str | TaskSpec, split: str, data_dir: str | os.PathLike | None = None) -> list[Example]:

@@ -20,7 +20,7 @@ from typing import Optional
 
 import numpy as np
 
-from bert_mini import load_tokenizer, resolve_model_dir
+from bert_mini import load_tokenizer
 
 from .features import load_features, split_holdout
 from .glue import get_task
@@ -75,12 +75,11 @@ def run_ptp(task, *, out_dir, teacher_dir, student_model: str = "minilm-l6", num
 
     set_seed(config.seed)  # the 4-way head's initial weights depend on the seed only
     model = build_ptp_student(student_model, num_layers, variant)
-    vocab = resolve_model_dir(student_model) / "vocab.txt"
     ptp_meta = {"stage": "ptp", "task": spec.name, "t1": fit.t1, "t2": fit.t2,
                 "histogram_fit": fit.histogram, "histogram_heldout": held.histogram}
 
     def save_fn(m, path):
-        save_student(m, path, variant, vocab_file=vocab, extra_meta=ptp_meta)
+        save_student(m, path, variant, tokenizer=tokenizer, label_names=PTP_CLASSES, extra_meta=ptp_meta)
 
     meta = {**ptp_meta, "teacher_dir": str(teacher_dir), "student_model": str(student_model),
             "num_layers": num_layers, "variant": variant, "holdout": holdout, "max_length": max_length,

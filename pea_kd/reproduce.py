@@ -43,7 +43,7 @@ from bert_mini import BertConfig, resolve_model_dir
 from . import __version__
 from .cli import default_lr
 from .distill import distill_student
-from .glue import PROJECT_ROOT, get_task, split_path
+from .glue import PROJECT_ROOT, ensure_task_data, get_task, split_path
 from .identity import RunMismatch
 from .losses import LossConfig
 from .parallel import executor, is_sps, next_unit, peak_rss_mb, resolve_jobs, start_order
@@ -191,6 +191,7 @@ def run_all(cfg: ReproduceConfig) -> dict:
     started = time.perf_counter()
     root = cfg.run_root
     root.mkdir(parents=True, exist_ok=True)
+    ensure_task_data(cfg.task, cfg.data_dir, progress=cfg.progress is not False)  # downloads a missing task
     data_dir = smoke_data_dir(cfg.task, cfg.data_dir, root / "glue", cfg.smoke_examples) if cfg.smoke else cfg.data_dir
     teacher_dir = root / "teacher"
     jobs, threads = resolve_jobs(cfg.jobs)

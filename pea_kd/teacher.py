@@ -15,14 +15,13 @@ Rows are in example order, so a training batch's `index` selects its teacher row
 from __future__ import annotations
 
 import logging
-import shutil
 import time
 from pathlib import Path
 from typing import Optional
 
 import torch
 
-from bert_mini import load_pretrained, load_tokenizer, resolve_model_dir, save_pretrained
+from bert_mini import load_pretrained, load_tokenizer, save_pretrained
 
 from .features import Features, collate, load_features, make_batches, split_holdout
 from .glue import get_task
@@ -40,14 +39,10 @@ class StaleTeacherCache(ValueError):
     """teacher_outputs.pt is missing, unreadable or was computed for other data, tokenizer, task or max_length."""
 
 
-def checkpoint_saver(model_name):
-    """save_fn for the trainer: an HF-layout dir (bert_mini.save_pretrained) + tokenizer files of `model_name`."""
-    source = resolve_model_dir(model_name)
-
+def checkpoint_saver(tokenizer, label_names):
+    """save_fn for the trainer: an HF-layout dir (bert_mini.save_pretrained) with the tokenizer files and labels."""
     def save(model, path):
-        save_pretrained(model, path, vocab_file=source / "vocab.txt")
-        if (source / "tokenizer_config.json").is_file():  # keeps the casing (do_lower_case) with the weights
-            shutil.copyfile(source / "tokenizer_config.json", Path(path) / "tokenizer_config.json")
+        save_pretrained(model, path, tokenizer=tokenizer, label_names=label_names)
     return save
 
 
@@ -78,7 +73,7 @@ def finetune_teacher(task, *, out_dir, model_name: str = "minilm-l6", config: Op
             "hidden_size": model.config.hidden_size, "train_examples": len(train_data), "eval_split": eval_split,
             "holdout": holdout, "dev_examples": len(eval_data)}
     return train(model, train_data, eval_data, task=spec, out_dir=out_dir, config=config, loss="ce",
-                 save_fn=checkpoint_saver(model_name), resume=resume, overwrite=overwrite, meta=meta)
+                 save_fn=checkpoint_saver(tokenizer, spec.labels), resume=resume, overwrite=overwrite, meta=meta)
 
 
 def teacher_model_dir(teacher_dir, which: str = "final") -> Path:

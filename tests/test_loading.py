@@ -59,7 +59,7 @@ def test_tokenizer_of_bundled_model_is_uncased():
 def test_save_and_reload_round_trip(tmp_path):
     torch.manual_seed(0)
     model = BertForSequenceClassification(BertConfig(**TINY), num_labels=3)
-    save_pretrained(model, tmp_path / "ckpt", vocab_file=None)
+    save_pretrained(model, tmp_path / "ckpt")
     (tmp_path / "ckpt" / "vocab.txt").write_text("\n".join(VOCAB))
     again = load_pretrained(tmp_path / "ckpt", num_labels=3)
     assert again.load_report.newly_initialized == []

@@ -38,7 +38,8 @@ def tiny_run(tiny_env, out_dir, task="mrpc", loss="ce", model=None, resume=False
 
 
 def weights(directory):
-    return load_file(Path(directory) / "model.safetensors")
+    (path,) = Path(directory).glob("*.safetensors")  # model.safetensors, or pea_kd_sps.safetensors for SPS students
+    return load_file(path)
 
 
 def assert_same_weights(a, b):
