@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from . import distributed
 from .trainer import NonFiniteLossError, TrainConfig
 
 PLUGIN_MODULES = ("pea_kd.commands",)  # may register more commands
@@ -270,6 +271,7 @@ def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     configure_logging(logging.DEBUG if args.verbose else logging.INFO)
+    distributed.init_from_env()  # under torchrun: join the other processes (a plain run has no process group)
     try:
         for plugin in args.plugin:
             import_plugin(plugin)
@@ -278,7 +280,7 @@ def main(argv=None) -> int:
         if args.traceback:
             raise
         args._parser.exit(1, f"{args._parser.prog}: error: {err}\n")
-    if result is not None:
+    if result is not None and distributed.is_main():  # under torchrun: printed once
         payload = result.to_dict() if hasattr(result, "to_dict") else result
         if isinstance(payload, dict) and "history" in payload:  # keep stdout short: the history is in result.json
             payload = {k: v for k, v in payload.items() if k != "history"}

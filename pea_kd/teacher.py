@@ -26,6 +26,7 @@ import torch
 
 from bert_mini import load_pretrained, load_tokenizer, resolve_model_dir, save_pretrained
 
+from . import distributed
 from .features import Features, collate, load_features, make_batches, split_holdout
 from .glue import get_task
 from .runtime import resolve_amp, resolve_device, set_seed
@@ -197,12 +198,13 @@ def ensure_teacher_outputs(teacher_dir, task, splits=("train", "dev"), max_lengt
     path = Path(teacher_dir) / CACHE_FILE
     args = (task, max_length, tokenizer.fingerprint, {s: len(f) for s, f in features.items()},
             {s: features_digest(f) for s, f in features.items()}, str(model_dir))
-    try:
+    with distributed.main_process_first():  # under torchrun: rank 0 checks (or recomputes) it, the others then read
+        try:
+            return load_teacher_outputs(path, *args)
+        except StaleTeacherCache as err:
+            if path.is_file():  # a cache that exists but no longer matches is worth a warning; a first run is not
+                log.warning("%s; recomputing it", err)
+            else:
+                log.info("computing the teacher cache %s", path)
+        cache_teacher_outputs(teacher_dir, task, tuple(splits), max_length, data_dir, which=which, device=device)
         return load_teacher_outputs(path, *args)
-    except StaleTeacherCache as err:
-        if path.is_file():  # a cache that exists but no longer matches is worth a warning; a first run is not
-            log.warning("%s; recomputing it", err)
-        else:
-            log.info("computing the teacher cache %s", path)
-    cache_teacher_outputs(teacher_dir, task, tuple(splits), max_length, data_dir, which=which, device=device)
-    return load_teacher_outputs(path, *args)

@@ -21,6 +21,9 @@ computed on dev data (C1/C2 logged the last training batch's loss).
 Resume: batches of epoch e depend only on (seed, e), so a run restored from checkpoint.pt skips the batches of its
 epoch it had already trained, restores optimiser, schedule, GradScaler and RNG states, and on CPU reaches bit-identical
 weights and metrics to an uninterrupted run.
+
+Under torchrun the same loop runs in every process; the lines marked `distributed.` are no-ops in a plain run
+(pea_kd.distributed explains how a global batch is shared and why only rank 0 evaluates and writes).
 """
 from __future__ import annotations
 
@@ -38,6 +41,7 @@ from typing import Callable, Optional
 import torch
 from tqdm.auto import tqdm
 
+from . import distributed
 from .features import Features, collate, make_batches
 from .glue import get_task
 from .losses import LossConfig, LossInputs, build_loss, task_loss
@@ -235,6 +239,7 @@ class Trainer:
         self.teacher_rows, self.live_teacher = self._teacher_inputs(teacher, live_teacher)
         model.to(self.device)
         self.loss_fn.to(self.device)
+        self.train_model = distributed.wrap(model)  # under torchrun: DDP (averages gradients over ranks), else model
         # fused=True: one kernel updates every tensor (CPU and CUDA); an FT epoch on MRPC, 2 CPU threads: -2.5% time
         self.optimizer = torch.optim.AdamW(param_groups([model, self.loss_fn], config.weight_decay), lr=config.lr,
                                            fused=True)
@@ -285,9 +290,10 @@ class Trainer:
                 log.info("%s: no checkpoint.pt to resume from; starting from scratch", self.out_dir)
                 self.log_path.unlink(missing_ok=True)
             set_seed(config.seed)  # dropout draws depend on the seed only, not on how the model was built
+            distributed.seed_per_rank(config.seed)
         state = self.state
         self.model.train()
-        self.show = config.progress if config.progress is not None else sys.stderr.isatty()
+        self.show = (config.progress if config.progress is not None else sys.stderr.isatty()) and distributed.is_main()
         bar = tqdm(total=self.total_steps, initial=state.step, disable=not self.show, unit="step",
                    desc=f"train {self.out_dir.name}")
         for epoch in range(state.epoch, config.epochs):
@@ -300,46 +306,52 @@ class Trainer:
                                 ex_s=f"{state.examples / state.train_seconds:.1f}",
                                 tok_s=f"{state.tokens / state.train_seconds:.0f}")
                 evaluated = b + 1 == len(batches) or (config.eval_every and state.step % config.eval_every == 0)
-                if evaluated:
+                if evaluated and distributed.is_main():  # evaluated once, by rank 0
                     self.evaluate(bar)
                 every = config.checkpoint_every
                 if (every is None and evaluated) or (every and state.step % every == 0):
                     self.save_checkpoint()
         bar.close()
+        if not distributed.is_main():  # the other ranks wait for rank 0's files and return its result
+            distributed.barrier()
+            return TrainResult.load(self.result_path)
         self.save_fn(self.model, self.out_dir / "final")
         result = self.result()
         write_atomic(self.result_path, json.dumps(result.to_dict(), indent=2) + "\n")
         if not config.keep_checkpoint:
             self.ckpt_path.unlink(missing_ok=True)
+        distributed.barrier()
         return result
 
     def step(self, indices, where: str = "") -> None:
         """One optimiser step on the examples at `indices`; raises NonFiniteLossError before touching the weights."""
         t0, state, model = time.perf_counter(), self.state, self.model
+        examples, (indices, weight) = len(indices), distributed.share(indices)  # this rank's share, w_r = W n_r / N
         batch = collate(self.train_data, indices, pad_token_id=model.config.pad_token_id)
         tokens = int(batch["attention_mask"].sum())
         batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
         with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
-            out = model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"],
-                        output_hidden_states="student_hidden_states" in self.requires,  # plain FT: none
-                        output_attentions="student_attentions" in self.requires)
+            out = self.train_model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"],
+                                   output_hidden_states="student_hidden_states" in self.requires,  # plain FT: none
+                                   output_attentions="student_attentions" in self.requires)
             teacher = {f: rows.index_select(0, batch["index"]) for f, rows in self.teacher_rows.items()}
             if self.live_teacher is not None:
                 teacher.update(_run_live_teacher(self.live_teacher, batch, self.requires))
             result = self.loss_fn(LossInputs(
                 student_logits=out.logits, student_hidden_states=out.hidden_states, student_attentions=out.attentions,
                 labels=batch["labels"], config=self.loss_config, attention_mask=batch["attention_mask"], **teacher))
-        value = float(result.total.detach())
+        value, parts, tokens = distributed.reduce_batch(result.total.detach(), result.parts, tokens, weight)
         if not math.isfinite(value):
             kept = self.ckpt_path if self.ckpt_path.is_file() else "no checkpoint"
             raise NonFiniteLossError(f"loss is {value} at global step {state.step + 1} ({where}); stopped. {kept} "
                                      "holds the last good state; try a lower --lr or check the data")
         self.optimizer.zero_grad(set_to_none=True)
         if self.scaler is not None:  # fp16: scale the loss so that small gradients do not underflow
-            self.scaler.scale(result.total).backward()
+            self.scaler.scale(result.total * weight).backward()
             self.scaler.unscale_(self.optimizer)
         else:
-            result.total.backward()
+            (result.total * weight).backward()  # weight 1 in a plain run
+        distributed.average_gradients(self.loss_fn)
         if self.config.max_grad_norm > 0:  # g <- g * min(1, max_norm / ||g||_2) over all parameters together
             params = [p for group in self.optimizer.param_groups for p in group["params"]]
             torch.nn.utils.clip_grad_norm_(params, self.config.max_grad_norm)
@@ -352,9 +364,9 @@ class Trainer:
         state.step += 1
         state.loss_sum += value
         state.loss_count += 1
-        for k, v in result.parts.items():
+        for k, v in parts.items():
             state.part_sums[k] = state.part_sums.get(k, 0.0) + float(v)
-        state.examples += len(indices)
+        state.examples += examples
         state.tokens += tokens
         state.train_seconds += time.perf_counter() - t0
 
@@ -424,13 +436,17 @@ class Trainer:
                    "loss_fn": self.loss_fn.state_dict(), "optimizer": self.optimizer.state_dict(),
                    "scheduler": self.scheduler.state_dict(),
                    "scaler": self.scaler.state_dict() if self.scaler else None,
-                   "rng": rng_state(), "state": dataclasses.asdict(self.state)}
+                   "rng": rng_state(), "state": dataclasses.asdict(self.state),
+                   **distributed.checkpoint_fields()}  # under torchrun: world size, every rank's RNG (all ranks call)
+        if not distributed.is_main():
+            return
         tmp = self.ckpt_path.with_name(f".{CHECKPOINT}.tmp")
         torch.save(payload, tmp)
         os.replace(tmp, self.ckpt_path)
 
     def load_checkpoint(self) -> None:
         ckpt = torch.load(self.ckpt_path, map_location="cpu", weights_only=True)
+        distributed.check_resume(ckpt, self.ckpt_path)  # the same number of processes as the run that wrote it
         changed = [k for k in _RESUME_KEYS if ckpt["config"][k] != getattr(self.config, k)]
         if changed:
             raise ValueError(f"{self.ckpt_path}: cannot resume, settings changed: " + ", ".join(
@@ -442,7 +458,9 @@ class Trainer:
         if self.scaler is not None and ckpt["scaler"]:
             self.scaler.load_state_dict(ckpt["scaler"])
         self.state = _State(**ckpt["state"])
-        set_rng_state(ckpt["rng"])
+        set_rng_state(distributed.rank_rng(ckpt))
+        if not distributed.is_main():  # rank 0 alone trims log.jsonl
+            return
         kept = [r for r in _read_log(self.log_path) if r["step"] <= self.state.step]  # drop evals after the checkpoint
         write_atomic(self.log_path, "".join(json.dumps(r) + "\n" for r in kept))
         log.info("%s: resuming at step %d (epoch %d, batch %d)", self.out_dir, self.state.step, self.state.epoch,
