@@ -39,7 +39,7 @@ from . import __version__
 from .cli import default_lr
 from .distill import distill_student
 from .glue import PROJECT_ROOT, get_task, split_path
-from .parallel import executor, is_sps, next_unit, peak_rss_mb, resolve_jobs, start_order
+from .parallel import executor, is_sps, next_unit, peak_rss_mb, resolve_jobs, start_order, worker_devices
 from .ptp_stage import ptp_encoder_dir, run_ptp
 from .report import write_report
 from .teacher import ensure_teacher_outputs, finetune_teacher
@@ -169,10 +169,15 @@ def run_all(cfg: ReproduceConfig) -> dict:
     if jobs > 1:  # interleaved progress bars from several processes are unreadable: log lines instead
         cfg = dataclasses.replace(cfg, progress=False)
         log.info("running %d training processes at a time, %d torch thread(s) each", jobs, threads)
+    devices = worker_devices(jobs, cfg.device) if jobs > 1 else [cfg.device]  # CUDA: one GPU per worker slot
+    if devices != [cfg.device] * jobs:
+        log.info("worker devices (round-robin over %d visible GPUs): %s", torch.cuda.device_count(),
+                 ", ".join(f"slot {i} -> {d}" for i, d in enumerate(devices)))
+    free_slots = list(range(jobs))
     units = [(seed, m) for seed in cfg.seeds for m in METHODS if m.slug in cfg.methods]  # seed-major table order
     order = {(seed, m.name): i for i, (seed, m) in enumerate(units)}
     queue = start_order(units)
-    runs, running = [], {}  # running: future -> is it an SPS stage
+    runs, running, slots = [], {}, {}  # running: future -> is it an SPS stage; slots: future -> worker slot
 
     def report(teacher, cache_seconds, peak_mb):
         runs.sort(key=lambda r: order[(r["seed"], r["method"])])
@@ -182,7 +187,7 @@ def run_all(cfg: ReproduceConfig) -> dict:
             "summary": summarize(runs, get_task(cfg.task).metrics),
             "environment": {"torch": torch.__version__, "python": platform.python_version(),
                             "machine": platform.machine(), "cpu_count": os.cpu_count(), "jobs": jobs,
-                            "torch_threads": threads, "device": teacher.meta.get("device"),
+                            "torch_threads": threads, "device": teacher.meta.get("device"), "worker_devices": devices,
                             "peak_rss_mb": peak_mb},
             "complete": len(runs) == len(units),
             "wall_seconds_this_invocation": time.perf_counter() - started,
@@ -198,10 +203,16 @@ def run_all(cfg: ReproduceConfig) -> dict:
                 if unit is None:
                     break
                 queue.remove(unit)
-                running[pool.submit(_student_stage, cfg, unit[1], unit[0], teacher_dir, data_dir)] = is_sps(unit[1])
+                slot = free_slots.pop(0)
+                if devices[slot] != cfg.device:
+                    log.info("%s seed %d: worker slot %d on %s", unit[1].name, unit[0], slot, devices[slot])
+                future = pool.submit(_student_stage, dataclasses.replace(cfg, device=devices[slot]), unit[1], unit[0],
+                                     teacher_dir, data_dir)
+                running[future], slots[future] = is_sps(unit[1]), slot
             done, _ = wait(running, return_when=FIRST_COMPLETED)
             for future in done:
                 del running[future]
+                free_slots.append(slots.pop(future))
                 runs.append(future.result())  # a failed stage raises here and stops the rest
             results = report(teacher, cache_seconds, peak_rss_mb())
     if jobs > 1:  # the workers have exited: their peak memory is known now
