@@ -153,9 +153,13 @@ def _configure_cache(p):
 
 
 def _run_cache(args, parser):
-    from .teacher import cache_teacher_outputs
+    from .teacher import CACHE_FILE, cache_teacher_outputs
+    if not distributed.is_main():  # under torchrun: rank 0 alone computes it; the others wait for it
+        distributed.barrier()
+        return {"teacher_outputs": str(Path(args.teacher_dir) / CACHE_FILE)}
     path = cache_teacher_outputs(args.teacher_dir, args.task, tuple(s for s in args.splits.split(",") if s),
                                  args.max_length, args.data_dir, args.batch_size, args.checkpoint, args.device)
+    distributed.barrier()
     return {"teacher_outputs": str(path)}
 
 

@@ -35,7 +35,7 @@ from typing import Optional
 import torch
 from safetensors import safe_open
 
-from . import __version__
+from . import __version__, distributed
 from .cli import default_lr
 from .distill import distill_student
 from .glue import PROJECT_ROOT, get_task, split_path
@@ -163,9 +163,16 @@ def run_all(cfg: ReproduceConfig) -> dict:
     started = time.perf_counter()
     root = cfg.run_root
     root.mkdir(parents=True, exist_ok=True)
-    data_dir = smoke_data_dir(cfg.task, cfg.data_dir, root / "glue", cfg.smoke_examples) if cfg.smoke else cfg.data_dir
+    data_dir = cfg.data_dir
+    if cfg.smoke:
+        with distributed.main_process_first():  # under torchrun: rank 0 writes the smoke data, the others read it
+            data_dir = smoke_data_dir(cfg.task, cfg.data_dir, root / "glue", cfg.smoke_examples) \
+                if distributed.is_main() else root / "glue"
     teacher_dir = root / "teacher"
     jobs, threads = resolve_jobs(cfg.jobs)
+    if jobs > 1 and distributed.is_distributed():
+        raise ValueError("reproduce: --jobs > 1 under torchrun; the torchrun processes already share every stage: "
+                         "use --jobs 1 (the default)")
     if jobs > 1:  # interleaved progress bars from several processes are unreadable: log lines instead
         cfg = dataclasses.replace(cfg, progress=False)
         log.info("running %d training processes at a time, %d torch thread(s) each", jobs, threads)
@@ -192,7 +199,8 @@ def run_all(cfg: ReproduceConfig) -> dict:
             "complete": len(runs) == len(units),
             "wall_seconds_this_invocation": time.perf_counter() - started,
         }
-        write_report(results, root)  # after every run, so a partial table is always on disk
+        if distributed.is_main():  # under torchrun: rank 0 writes it
+            write_report(results, root)  # after every run, so a partial table is always on disk
         return results
 
     with executor(jobs, threads) as pool:

@@ -157,22 +157,31 @@ def test_two_processes_follow_the_one_process_run(tmp_path, monkeypatch, capsys)
 
 
 def test_kill_one_rank_then_resume_with_the_same_world_size(tiny_env, tmp_path, monkeypatch, capsys):
-    """torchrun run vs. a run whose rank 1 is SIGKILLed after a checkpoint: a plain resume is refused; resumed
-    with 2 processes it ends with the same weights, bit for bit, and one log line per evaluation."""
+    """KD under torchrun (rank 0 computes the missing teacher cache, logged once; rank 1 reads it) vs. a run whose
+    rank 1 is SIGKILLed after a checkpoint: a plain resume is refused; resumed with 2 processes it ends with the
+    same weights, bit for bit, and one log line per evaluation."""
+    from pea_kd.teacher import CACHE_FILE, finetune_teacher
+    from pea_kd.trainer import TrainConfig
+
     checkpoint, _ = tiny_env
+    teacher = tmp_path / "teacher"
+    finetune_teacher("mrpc", out_dir=teacher, model_name=str(checkpoint),
+                     config=TrainConfig(epochs=1, batch_size=16, lr=1e-3, progress=False))
     (tmp_path / "slow.py").write_text(SLOW_PLUGIN)
 
     def command(out_dir, *extra, slow=True):
         return ["--plugin", "slow.py"] * slow + [
-            "distill", "--task", "mrpc", "--student-model", str(checkpoint), "--student-layers", "1", "--variant",
-            "original", "--loss", "ce+slow" if slow else "ce", "--max-length", "32", "--epochs", "2", "--batch-size",
-            "8", "--lr", "1e-3", "--eval-every", "3", "--out-dir", str(out_dir), "--no-progress", *extra]
+            "distill", "--task", "mrpc", "--teacher-dir", str(teacher), "--student-model", str(checkpoint),
+            "--student-layers", "1", "--variant", "original", "--loss", "kd+slow" if slow else "kd", "--max-length",
+            "32", "--epochs", "2", "--batch-size", "8", "--lr", "1e-3", "--eval-every", "3", "--out-dir",
+            str(out_dir), "--no-progress", *extra]
 
     full = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                            "-m", "pea_kd", *command(tmp_path / "full")], cwd=tmp_path, env=environment(),
                           capture_output=True, text=True, timeout=180)
     assert full.returncode == 0, full.stderr
     assert json.loads(full.stdout)["final_step"] == 16  # the JSON result printed once, by rank 0
+    assert full.stderr.count("computing the teacher cache") == 1 and (teacher / CACHE_FILE).is_file()
 
     procs = launch(["-m", "pea_kd", *command(tmp_path / "cut")], cwd=tmp_path)
     ckpt = tmp_path / "cut" / "checkpoint.pt"
