@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from . import distributed
 from .cli import add_data_args, add_training_args, default_lr, register_command, run_root, train_config_from_args
 from .ptp_stage import PTP_HOLDOUT
 from .sps import VARIANTS
@@ -159,7 +160,8 @@ def _run_reproduce(args, parser):
         print(estimate(cfg))
         return None
     results = run_all(cfg)
-    print((cfg.run_root / "results.md").read_text(encoding="utf-8"))
+    if distributed.is_main():  # under torchrun: rank 0 wrote it and prints it
+        print((cfg.run_root / "results.md").read_text(encoding="utf-8"))
     return {"results": str(cfg.run_root / "results.md"), "complete": results.get("complete")}
 
 
@@ -192,7 +194,8 @@ def _run_teacher_search(args, parser):
     report = search_teacher_recipe(args.task, out_dir=out_dir, model_name=args.model, lrs=args.lrs,
                                    epochs=args.epochs, seeds=args.seeds, holdout=args.holdout, config=config,
                                    max_length=args.max_length, data_dir=args.data_dir, keep_models=args.keep_models)
-    print((out_dir / SEARCH_MD).read_text(encoding="utf-8"))
+    if distributed.is_main():  # under torchrun: rank 0 wrote it and prints it
+        print((out_dir / SEARCH_MD).read_text(encoding="utf-8"))
     return {"search": str(out_dir / SEARCH_MD), "best": report["best"]}
 
 

@@ -21,6 +21,7 @@ A plain `python -m pea_kd ...` has no process group: every function here is then
 from __future__ import annotations
 
 import atexit
+import datetime
 import logging
 import os
 from contextlib import contextmanager
@@ -40,7 +41,9 @@ def init_from_env() -> bool:
         return False
     if torch.cuda.is_available():
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))  # "cuda" now means this rank's own GPU
-    dist.init_process_group("cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo")
+    # timeout: the other ranks may wait this long while rank 0 alone computes the teacher cache or evaluates
+    dist.init_process_group("cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo",
+                            timeout=datetime.timedelta(hours=1))
     atexit.register(_leave)
     if rank() > 0:  # the ranks do the same thing: rank 0's log lines are enough
         logging.getLogger().setLevel(logging.WARNING)

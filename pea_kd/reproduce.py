@@ -195,6 +195,7 @@ def run_all(cfg: ReproduceConfig) -> dict:
             "environment": {"torch": torch.__version__, "python": platform.python_version(),
                             "machine": platform.machine(), "cpu_count": os.cpu_count(), "jobs": jobs,
                             "torch_threads": threads, "device": teacher.meta.get("device"), "worker_devices": devices,
+                            "data_parallel_processes": distributed.world_size(),
                             "peak_rss_mb": peak_mb},
             "complete": len(runs) == len(units),
             "wall_seconds_this_invocation": time.perf_counter() - started,
