@@ -20,7 +20,7 @@ from safetensors.torch import load_file
 
 from pea_kd import distributed
 from pea_kd.cli import main
-from pea_kd.features import Features, make_batches
+from pea_kd.features import make_batches
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 ROOT = Path(__file__).resolve().parent.parent
@@ -32,7 +32,6 @@ import sys, numpy as np, torch
 from pathlib import Path
 from bert_mini import BertConfig, BertForSequenceClassification
 from pea_kd import distributed
-from pea_kd.cli import main
 from pea_kd.features import Features
 from pea_kd.losses import LossConfig
 from pea_kd.trainer import TrainConfig, train
