@@ -89,13 +89,16 @@ def main_process_first():
         barrier()
 
 
-def wrap(model: torch.nn.Module) -> torch.nn.Module:
+def wrap(model: torch.nn.Module, loss_fn: torch.nn.Module) -> torch.nn.Module:
     """`model` in DistributedDataParallel (its backward averages the gradients over ranks), or itself when alone.
 
     The raw model stays the one to evaluate, save and load; DDP shares its parameters and sends rank 0's at start.
+    A loss's own parameters (a projection; outside DDP, see average_gradients) are sent from rank 0 here.
     """
     if not is_distributed():
         return model
+    for p in loss_fn.parameters():
+        dist.broadcast(p.data, src=0)
     device = next(model.parameters()).device
     if device.type == "cuda" and device.index != torch.cuda.current_device():
         raise ValueError(f"under torchrun every process uses its own GPU (LOCAL_RANK); got device {device} on rank "

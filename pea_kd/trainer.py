@@ -239,7 +239,7 @@ class Trainer:
         self.teacher_rows, self.live_teacher = self._teacher_inputs(teacher, live_teacher)
         model.to(self.device)
         self.loss_fn.to(self.device)
-        self.train_model = distributed.wrap(model)  # under torchrun: DDP (averages gradients over ranks), else model
+        self.train_model = distributed.wrap(model, self.loss_fn)  # under torchrun: DDP (averages gradients), else model
         # fused=True: one kernel updates every tensor (CPU and CUDA); an FT epoch on MRPC, 2 CPU threads: -2.5% time
         self.optimizer = torch.optim.AdamW(param_groups([model, self.loss_fn], config.weight_decay), lr=config.lr,
                                            fused=True)

@@ -52,6 +52,7 @@ torch.manual_seed(0)
 model = BertForSequenceClassification(BertConfig(
     vocab_size=40, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
     max_position_embeddings=32, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0), num_labels=2)
+torch.manual_seed(100 + distributed.rank())  # the projection's initial weights differ on rank 1: rank 0's must win
 result = train(model, train_data, dev_data, task="mrpc", out_dir=out, loss="kd+hidden_mse_proj", teacher=teacher,
                loss_config=LossConfig(layer_map=[(1, 1), (2, 2)], beta=10.0),
                config=TrainConfig(epochs=2, batch_size=batch_size, lr=3e-3, eval_every=2, progress=False))
@@ -188,10 +189,7 @@ def test_kill_one_rank_then_resume_with_the_same_world_size(tiny_env, tmp_path, 
     while not ckpt.exists() and procs[1].poll() is None and time.time() < deadline:
         time.sleep(0.005)
     procs[1].send_signal(signal.SIGKILL)
-    try:
-        procs[0].wait(timeout=30)  # gloo sees its peer gone; torchrun would stop it too
-    except subprocess.TimeoutExpired:
-        procs[0].kill()
+    procs[0].kill()  # what torchrun does to the other workers when one dies
     for p in procs:
         p.communicate()
     assert procs[1].returncode == -signal.SIGKILL, "the run ended before it could be killed"
