@@ -160,7 +160,7 @@ def test_jobs_on_a_cuda_machine_get_one_gpu_each_round_robin(monkeypatch, tmp_pa
     monkeypatch.setattr(reproduce, "_teacher_stage", lambda *a: (SimpleNamespace(meta={"device": "cuda"}), None))
     monkeypatch.setattr(reproduce, "_student_stage", student_stage)
     monkeypatch.setattr(reproduce, "executor", lambda jobs, threads: ThreadPoolExecutor(jobs))
-    for name in ("_teacher_record", "summarize", "write_report"):
+    for name in ("_teacher_record", "summarize", "write_report", "_precision"):
         monkeypatch.setattr(reproduce, name, lambda *a: None)
     caplog.set_level("INFO", logger="pea_kd.reproduce")
     results = reproduce.run_all(ReproduceConfig(task="mrpc", seeds=(0, 1), methods=("ft", "kd", "pkd"), lr=5e-5,
