@@ -155,7 +155,7 @@ def test_jobs_on_a_cuda_machine_get_one_gpu_each_round_robin(monkeypatch, tmp_pa
         time.sleep(0.02)
         with lock:
             busy.remove(cfg.device)
-        return {"seed": seed, "method": method.name}
+        return {"seed": seed, "method": method.name, "result": {"meta": {}}}
 
     monkeypatch.setattr(reproduce, "_teacher_stage", lambda *a: (SimpleNamespace(meta={"device": "cuda"}), None))
     monkeypatch.setattr(reproduce, "_student_stage", student_stage)
