@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from . import distributed
 from .storage import DirectoryInUse, StorageError
 from .trainer import NonFiniteLossError, TrainConfig
 
@@ -176,9 +177,13 @@ def _configure_cache(p):
 
 
 def _run_cache(args, parser):
-    from .teacher import cache_teacher_outputs
+    from .teacher import CACHE_FILE, cache_teacher_outputs
+    if not distributed.is_main():  # under torchrun: rank 0 alone computes it; the others wait for it
+        distributed.barrier()
+        return {"teacher_outputs": str(Path(args.teacher_dir) / CACHE_FILE)}
     path = cache_teacher_outputs(args.teacher_dir, args.task, tuple(s for s in args.splits.split(",") if s),
                                  args.max_length, args.data_dir, args.batch_size, args.checkpoint, args.device)
+    distributed.barrier()
     return {"teacher_outputs": str(path)}
 
 
@@ -295,6 +300,7 @@ def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     configure_logging(logging.DEBUG if args.verbose else logging.INFO)
+    distributed.init_from_env()  # under torchrun: join the other processes (a plain run has no process group)
     try:
         for plugin in args.plugin:
             import_plugin(plugin)
@@ -303,7 +309,7 @@ def main(argv=None) -> int:
         if args.traceback:
             raise
         args._parser.exit(1, f"{args._parser.prog}: error: {err}\n")
-    if result is not None:
+    if result is not None and distributed.is_main():  # under torchrun: printed once
         payload = result.to_dict() if hasattr(result, "to_dict") else result
         if isinstance(payload, dict) and "history" in payload:  # keep stdout short: the history is in result.json
             payload = {k: v for k, v in payload.items() if k != "history"}

@@ -12,6 +12,7 @@ import argparse
 import dataclasses
 from pathlib import Path
 
+from . import distributed
 from .cli import (add_amp_arg, add_data_args, add_training_args, default_lr, register_command, run_root,
                   train_config_from_args)
 from .ptp_stage import PTP_HOLDOUT
@@ -164,7 +165,8 @@ def _run_reproduce(args, parser):
         print(estimate(cfg))
         return None
     results = run_all(cfg)
-    print((cfg.run_root / "results.md").read_text(encoding="utf-8"))
+    if distributed.is_main():  # under torchrun: rank 0 wrote it and prints it
+        print((cfg.run_root / "results.md").read_text(encoding="utf-8"))
     return {"results": str(cfg.run_root / "results.md"), "complete": results.get("complete")}
 
 
@@ -197,7 +199,8 @@ def _run_teacher_search(args, parser):
     report = search_teacher_recipe(args.task, out_dir=out_dir, model_name=args.model, lrs=args.lrs,
                                    epochs=args.epochs, seeds=args.seeds, holdout=args.holdout, config=config,
                                    max_length=args.max_length, data_dir=args.data_dir, keep_models=args.keep_models)
-    print((out_dir / SEARCH_MD).read_text(encoding="utf-8"))
+    if distributed.is_main():  # under torchrun: rank 0 wrote it and prints it
+        print((out_dir / SEARCH_MD).read_text(encoding="utf-8"))
     return {"search": str(out_dir / SEARCH_MD), "best": report["best"]}
 
 

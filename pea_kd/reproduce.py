@@ -40,13 +40,13 @@ from safetensors import safe_open
 
 from bert_mini import BertConfig, resolve_model_dir
 
-from . import __version__
+from . import __version__, distributed
 from .cli import default_lr
 from .distill import distill_student
 from .glue import PROJECT_ROOT, ensure_task_data, get_task, split_path
 from .identity import RunMismatch
 from .losses import LossConfig
-from .parallel import executor, is_sps, next_unit, peak_rss_mb, resolve_jobs, start_order
+from .parallel import executor, is_sps, next_unit, peak_rss_mb, resolve_jobs, start_order, worker_devices
 from .ptp_stage import ptp_encoder_dir, run_ptp
 from .report import write_report
 from .sps import make_plan
@@ -191,17 +191,30 @@ def run_all(cfg: ReproduceConfig) -> dict:
     started = time.perf_counter()
     root = cfg.run_root
     root.mkdir(parents=True, exist_ok=True)
-    ensure_task_data(cfg.task, cfg.data_dir, progress=cfg.progress is not False)  # downloads a missing task
-    data_dir = smoke_data_dir(cfg.task, cfg.data_dir, root / "glue", cfg.smoke_examples) if cfg.smoke else cfg.data_dir
+    data_dir = cfg.data_dir
+    with distributed.main_process_first():  # under torchrun: rank 0 fetches/writes the data, the others then read it
+        if distributed.is_main():
+            ensure_task_data(cfg.task, cfg.data_dir, progress=cfg.progress is not False)  # downloads a missing task
+        if cfg.smoke:
+            data_dir = smoke_data_dir(cfg.task, cfg.data_dir, root / "glue", cfg.smoke_examples) \
+                if distributed.is_main() else root / "glue"
     teacher_dir = root / "teacher"
     jobs, threads = resolve_jobs(cfg.jobs)
+    if jobs > 1 and distributed.is_distributed():
+        raise ValueError("reproduce: --jobs > 1 under torchrun; the torchrun processes already share every stage: "
+                         "use --jobs 1 (the default)")
     if jobs > 1:  # interleaved progress bars from several processes are unreadable: log lines instead
         cfg = dataclasses.replace(cfg, progress=False)
         log.info("running %d training processes at a time, %d torch thread(s) each", jobs, threads)
+    devices = worker_devices(jobs, cfg.device) if jobs > 1 else [cfg.device]  # CUDA: one GPU per worker slot
+    if devices != [cfg.device] * jobs:
+        log.info("worker devices (round-robin over %d visible GPUs): %s", torch.cuda.device_count(),
+                 ", ".join(f"slot {i} -> {d}" for i, d in enumerate(devices)))
+    free_slots = list(range(jobs))
     units = [(seed, m) for seed in cfg.seeds for m in METHODS if m.slug in cfg.methods]  # seed-major table order
     order = {(seed, m.name): i for i, (seed, m) in enumerate(units)}
     queue = start_order(units)
-    runs, running = [], {}  # running: future -> is it an SPS stage
+    runs, running, slots = [], {}, {}  # running: future -> is it an SPS stage; slots: future -> worker slot
 
     def report(teacher, cache_seconds, peak_mb):
         runs.sort(key=lambda r: order[(r["seed"], r["method"])])
@@ -211,13 +224,15 @@ def run_all(cfg: ReproduceConfig) -> dict:
             "summary": summarize(runs, get_task(cfg.task).metrics),
             "environment": {"torch": torch.__version__, "python": platform.python_version(),
                             "machine": platform.machine(), "cpu_count": os.cpu_count(), "jobs": jobs,
-                            "torch_threads": threads, "device": teacher.meta.get("device"),
+                            "torch_threads": threads, "device": teacher.meta.get("device"), "worker_devices": devices,
+                            "data_parallel_processes": distributed.world_size(),
                             "precision": _precision([teacher.meta] + [r["result"]["meta"] for r in runs]),
                             "peak_rss_mb": peak_mb},
             "complete": len(runs) == len(units),
             "wall_seconds_this_invocation": time.perf_counter() - started,
         }
-        write_report(results, root)  # after every run, so a partial table is always on disk
+        if distributed.is_main():  # under torchrun: rank 0 writes it
+            write_report(results, root)  # after every run, so a partial table is always on disk
         return results
 
     with executor(jobs, threads) as pool, _fresh_start_hint(root):
@@ -228,10 +243,16 @@ def run_all(cfg: ReproduceConfig) -> dict:
                 if unit is None:
                     break
                 queue.remove(unit)
-                running[pool.submit(_student_stage, cfg, unit[1], unit[0], teacher_dir, data_dir)] = is_sps(unit[1])
+                slot = free_slots.pop(0)
+                if devices[slot] != cfg.device:
+                    log.info("%s seed %d: worker slot %d on %s", unit[1].name, unit[0], slot, devices[slot])
+                future = pool.submit(_student_stage, dataclasses.replace(cfg, device=devices[slot]), unit[1], unit[0],
+                                     teacher_dir, data_dir)
+                running[future], slots[future] = is_sps(unit[1]), slot
             done, _ = wait(running, return_when=FIRST_COMPLETED)
             for future in done:
                 del running[future]
+                free_slots.append(slots.pop(future))
                 runs.append(future.result())  # a failed stage raises here and stops the rest
             results = report(teacher, cache_seconds, peak_rss_mb())
     if jobs > 1:  # the workers have exited: their peak memory is known now

@@ -23,6 +23,7 @@ import torch
 
 from bert_mini import load_pretrained, load_tokenizer, save_pretrained
 
+from . import distributed
 from .features import Features, collate, load_features, make_batches, split_holdout
 from .glue import get_task
 from .identity import features_digest, file_digest
@@ -192,17 +193,18 @@ def ensure_teacher_outputs(teacher_dir, task, splits=("train", "dev"), max_lengt
     args = (task, max_length, tokenizer.fingerprint, {s: len(f) for s, f in features.items()},
             {s: features_digest(f) for s, f in features.items()}, file_digest(model_dir / "model.safetensors"),
             precision_name(resolve_amp(amp, resolve_device(device))))
-    try:
-        return load_teacher_outputs(path, *args)
-    except StaleTeacherCache as err:
-        if path.is_file():  # a cache that exists but no longer matches is worth a warning; a first run is not
-            log.warning("%s; recomputing it", err)
-        else:
-            log.info("computing the teacher cache %s", path)
-    with directory_lock(teacher_dir, wait=True):
-        try:  # another process may have computed it while this one waited
+    with distributed.main_process_first():  # under torchrun: rank 0 checks (or recomputes) it, the others then read
+        try:
             return load_teacher_outputs(path, *args)
-        except StaleTeacherCache:
-            cache_teacher_outputs(teacher_dir, task, tuple(splits), max_length, data_dir, which=which, device=device,
-                                  amp=amp)
-    return load_teacher_outputs(path, *args)
+        except StaleTeacherCache as err:
+            if path.is_file():  # a cache that exists but no longer matches is worth a warning; a first run is not
+                log.warning("%s; recomputing it", err)
+            else:
+                log.info("computing the teacher cache %s", path)
+        with directory_lock(teacher_dir, wait=True):
+            try:  # another process may have computed it while this one waited
+                return load_teacher_outputs(path, *args)
+            except StaleTeacherCache:
+                cache_teacher_outputs(teacher_dir, task, tuple(splits), max_length, data_dir, which=which,
+                                      device=device, amp=amp)
+        return load_teacher_outputs(path, *args)
