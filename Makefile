@@ -6,11 +6,12 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 TASK ?= mrpc
 # reproduce overrides (empty = the documented default):
-#   TEACHER=bert-base-uncased SEEDS=0,1,2 EPOCHS=3 JOBS=2 SMOKE=1 ESTIMATE=1
+#   TEACHER=bert-base-uncased SEEDS=0,1,2 EPOCHS=3 JOBS=2 AMP=bf16 SMOKE=1 ESTIMATE=1
 TEACHER ?=
 SEEDS ?=
 EPOCHS ?=
 JOBS ?=
+AMP ?=
 SMOKE ?=
 ESTIMATE ?=
 
@@ -22,6 +23,7 @@ help:  ## list targets and their variables
 	@echo "    SEEDS=0,1,2                student seeds (default 0,1,2)"
 	@echo "    EPOCHS=3                   student epochs (default 3; PTP 2; teacher 3 or the task's searched recipe)"
 	@echo "    JOBS=2                     students trained at a time in worker processes (default 1)"
+	@echo "    AMP=bf16                   precision: auto (bf16 where the CPU/GPU has native bf16, else fp32), bf16, off"
 	@echo "    SMOKE=1                    a few dozen examples, 1 epoch, 1 seed: checks every stage in ~1 min"
 	@echo "    ESTIMATE=1                 train nothing: FLOPs per stage and the least time on this machine"
 	@echo "make test                  run the test suite (notebooks included)"
@@ -49,7 +51,7 @@ data: $(STAMP)
 
 reproduce: $(STAMP)
 	$(PY) -m pea_kd reproduce --task $(TASK) $(if $(TEACHER),--teacher $(TEACHER)) \
-		$(if $(SEEDS),--seeds $(SEEDS)) $(if $(EPOCHS),--student-epochs $(EPOCHS)) $(if $(JOBS),--jobs $(JOBS)) \
+		$(if $(SEEDS),--seeds $(SEEDS)) $(if $(EPOCHS),--student-epochs $(EPOCHS)) $(if $(JOBS),--jobs $(JOBS)) $(if $(AMP),--amp $(AMP)) \
 		$(if $(filter 1,$(SMOKE)),--smoke) $(if $(filter 1,$(ESTIMATE)),--estimate)
 
 clean-venv:

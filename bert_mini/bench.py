@@ -1,15 +1,20 @@
 """Speed and memory of bert_mini, next to the reference implementation and next to this machine's matmul ceiling.
 
-    python -m bert_mini.bench [--device auto|cpu|cuda] [--iters 5] [--warmup 1] [--batch-size 32] [--seq-len 128]
-                              [--threads N] [--model minilm-l6] [--json PATH] [--no-reference]
+    python -m bert_mini.bench [--device auto|cpu|cuda] [--precision auto|fp32|bf16|fp32,bf16] [--iters 5]
+                              [--warmup 1] [--batch-size 32] [--seq-len 128] [--threads N] [--model minilm-l6]
+                              [--json PATH] [--no-reference]
 
 Measured for `BertForSequenceClassification(num_labels=2)` on a B x T batch of real (unpadded) tokens:
   training step  forward + cross-entropy + backward + AdamW step; train mode, so dropout is on (p from config.json)
   inference      one forward under `torch.inference_mode()`, eval mode
 Each time is the median of `--iters` timed steps after `--warmup` untimed ones; tokens/s = B * T / median.
+Precisions: fp32, and bf16 = the same step under `torch.autocast(dtype=torch.bfloat16)` (fp32 weights, AdamW state
+and loss), each next to the matmul ceiling *in that precision*. `--precision auto` (the default) measures bf16 only
+where the device has it natively (CUDA Ampere+, a CPU with AVX512-BF16 or AMX): elsewhere it is emulated and slower.
 
-The reference is Hugging Face `transformers.BertForSequenceClassification` with attn_implementation="sdpa" (its
-default), loaded from the same checkpoint directory (`resolve_model_dir`). This package never depends on
+The reference is Hugging Face `transformers.BertForSequenceClassification`, twice: with attn_implementation="sdpa"
+(its default) and "eager" (explicit softmax(Q K^T / sqrt(d) + M) V), loaded from the same checkpoint directory
+(`resolve_model_dir`). The speed ratio compares bert_mini with the faster of the two. This package never depends on
 `transformers`: it is imported only inside the reference worker, and only when importable. The project's .venv does
 not have it; for the comparison, run the benchmark with an interpreter that has torch 2.13.0 *and* transformers,
 with this repository on PYTHONPATH, so both implementations run on the same torch:
@@ -24,13 +29,13 @@ How the numbers are kept honest:
     own: on CPU the peak RSS VmHWM of /proc/self/status (not getrusage's ru_maxrss, which a spawned child inherits
     from its parent), "+work" = peak minus the RSS once model and batch are loaded; on CUDA
     torch.cuda.max_memory_allocated.
-  * The two implementations' processes are stepped in alternation (A B, B A, ...), with one timed fp32 matmul after
-    each pair, so all three see the same machine. Shared CPUs drift: on the 2-core development VM the 2048^3 matmul
+  * The implementations' processes are stepped in alternation (A B C, C B A, ...), with one timed matmul after
+    each round, so all of them see the same machine. Shared CPUs drift: on the 2-core development VM the 2048^3 matmul
     ran anywhere between 50 and 190 GFLOP/s within a minute. `ratio` is the median over rounds of t_ref / t_ours
     (> 1: bert_mini is faster); its per-round range is printed to show how much to trust it.
   * FLOPs of a forward: 2 * (weights of the linear maps) * tokens + 4 * B * T^2 * H per layer step (Q K^T and P V),
     plus pooler and classifier on the B [CLS] vectors; a training step counts 3x a forward (backward ~ 2x forward).
-    "% ceil" = achieved GFLOP/s / median matmul GFLOP/s of the same rounds.
+    "% ceil" = achieved GFLOP/s / median matmul GFLOP/s (same precision) of the same rounds.
 """
 from __future__ import annotations
 
@@ -52,6 +57,8 @@ import torch
 import torch.nn.functional as F
 
 MODES = {"train": "training", "infer": "inference"}
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+REFERENCES = {"reference": "sdpa", "reference-eager": "eager"}  # impl name -> transformers attn_implementation
 
 
 def reference_available() -> bool:
@@ -72,9 +79,9 @@ def forward_flops(config, batch: int, seq_len: int, steps: Optional[int] = None,
     return float(steps * per_step + 2 * (H * H + H * num_labels) * batch)
 
 
-def matmul_gflops(device: str, size: int, repeats: int = 1) -> float:
-    """Median GFLOP/s of `repeats` timed fp32 (size x size) @ (size x size) products: the practical ceiling."""
-    a, b = torch.randn(size, size, device=device), torch.randn(size, size, device=device)
+def matmul_gflops(device: str, size: int, repeats: int = 1, dtype: torch.dtype = torch.float32) -> float:
+    """Median GFLOP/s of `repeats` timed (size x size) @ (size x size) products in `dtype`: the practical ceiling."""
+    a, b = (torch.randn(size, size, device=device, dtype=dtype) for _ in range(2))
     a @ b  # the first product pays for allocation and kernel selection
     rates = []
     for _ in range(repeats):
@@ -120,6 +127,7 @@ class Runner:
             torch.set_num_threads(spec["threads"])
         torch.manual_seed(spec["seed"])
         self.model, self.label = self._build(spec["impl"], spec["model"])
+        self.amp = DTYPES[spec["precision"]] if spec["precision"] != "fp32" else None
         self.model.to(self.device).train(spec["mode"] == "train")
         batch, length, vocab = spec["batch_size"], spec["seq_len"], self.model.config.vocab_size
         gen = torch.Generator().manual_seed(spec["seed"])
@@ -149,21 +157,24 @@ class Runner:
         transformers.logging.set_verbosity_error()  # its "newly initialized classifier" warning is expected
         transformers.logging.disable_progress_bar()
         model = transformers.BertForSequenceClassification.from_pretrained(
-            str(resolve_model_dir(model_name)), num_labels=2, attn_implementation="sdpa"
+            str(resolve_model_dir(model_name)), num_labels=2, attn_implementation=REFERENCES[impl]
         )
-        return model, f"transformers {transformers.__version__} (sdpa)"
+        return model, f"transformers {transformers.__version__} ({REFERENCES[impl]})"
 
     def step(self) -> float:
         """Seconds for one training step or one inference forward."""
         _sync(self.device)
         start = time.perf_counter()
+        autocast = torch.autocast(self.device.split(":")[0], dtype=self.amp, enabled=self.amp is not None)
         if self.spec["mode"] == "train":
             self.optimizer.zero_grad(set_to_none=True)
-            loss = F.cross_entropy(self.model(**self.inputs).logits, self.labels)
+            with autocast:
+                logits = self.model(**self.inputs).logits
+            loss = F.cross_entropy(logits.float(), self.labels)  # the loss in fp32, as pea_kd's trainer
             loss.backward()
             self.optimizer.step()
         else:
-            with torch.inference_mode():
+            with torch.inference_mode(), autocast:
                 self.model(**self.inputs).logits
         _sync(self.device)
         return time.perf_counter() - start
@@ -245,7 +256,7 @@ def bench_mode(mode: str, impls: list[str], opts: dict, isolate: bool = True) ->
         for round_ in range(opts["warmup"] + opts["iters"]):
             order = impls if round_ % 2 == 0 else impls[::-1]  # neither side always goes first
             seconds = {impl: runners[impl].step() for impl in order}
-            rate = matmul_gflops(opts["device"], opts["matmul_size"])
+            rate = matmul_gflops(opts["device"], opts["matmul_size"], dtype=DTYPES[opts["precision"]])
             if round_ >= opts["warmup"]:
                 ceiling.append(rate)
                 for impl in impls:
@@ -253,8 +264,9 @@ def bench_mode(mode: str, impls: list[str], opts: dict, isolate: bool = True) ->
         result = {"ceiling_samples": ceiling}
         for impl in impls:
             result[impl] = {"label": runners[impl].label, "times_s": times[impl], **runners[impl].memory()}
-        if "reference" in impls:
-            ratios = [ref / ours for ours, ref in zip(times["ours"], times["reference"])]
+        references = [impl for impl in impls if impl in REFERENCES]
+        if references:  # against the faster reference of each round
+            ratios = [min(times[r][i] for r in references) / ours for i, ours in enumerate(times["ours"])]
             result["ratio_ours_over_ref"] = statistics.median(ratios)
             result["ratio_range"] = [min(ratios), max(ratios)]
         return result
@@ -264,24 +276,61 @@ def bench_mode(mode: str, impls: list[str], opts: dict, isolate: bool = True) ->
                 runner.close()
 
 
+def native_bf16(device) -> bool:
+    """True when `device` (a torch.device or its name) computes bf16 matrix products in hardware.
+
+    CUDA: torch.cuda.is_bf16_supported() (Ampere and later). CPU: oneDNN's own check for AVX512-BF16, AMX or Arm
+    BF16 (torch.ops.mkldnn._is_mkldnn_bf16_supported). Without them bf16 is emulated and slower than fp32: on an
+    AVX2-only AMD EPYC a bf16 training step ran 6x slower than fp32 (README, "Mixed precision").
+    """
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    return False
+
+
+def resolve_precisions(spec: str, device: str) -> list[str]:
+    """`--precision` -> the list to measure: "auto" = fp32, plus bf16 where native; else comma-separated names."""
+    if spec == "auto":
+        return ["fp32", "bf16"] if native_bf16(device) else ["fp32"]
+    names = [p.strip() for p in spec.split(",") if p.strip()]
+    bad = [p for p in names if p not in DTYPES]
+    if bad or not names:
+        raise ValueError(f"bench: --precision {spec!r}: expected auto or a comma-separated list of {', '.join(DTYPES)}")
+    return names
+
+
+def default_matmul_size(device: str, precision: str) -> int:
+    """The ceiling's product size: 8192 on CUDA, 2048 on CPU, 512 for emulated bf16 (a 2048^3 one takes minutes)."""
+    if device.startswith("cuda"):
+        return 8192
+    return 2048 if precision == "fp32" or native_bf16(device) else 512
+
+
 def run_benchmark(model: str = "minilm-l6", device: str = "cpu", batch_size: int = 32, seq_len: int = 128,
                   iters: int = 5, warmup: int = 1, threads: Optional[int] = None, reference: bool = True,
-                  matmul_size: Optional[int] = None, isolate: bool = True, seed: int = 0) -> dict:
-    """Both modes for bert_mini (and the reference when asked for and importable); returns the report dict."""
+                  matmul_size: Optional[int] = None, isolate: bool = True, seed: int = 0,
+                  precision: str = "fp32") -> dict:
+    """Both modes for bert_mini (and the references when asked for and importable) in one precision ("fp32",
+    "bf16"); returns the report dict."""
     from .config import BertConfig
     from .loading import resolve_model_dir
 
     if iters < 1 or warmup < 0 or batch_size < 1 or seq_len < 1:
         raise ValueError(f"bench: need iters >= 1, warmup >= 0, batch_size and seq_len >= 1; got iters={iters}, "
                          f"warmup={warmup}, batch_size={batch_size}, seq_len={seq_len}")
+    if precision not in DTYPES:
+        raise ValueError(f"bench: precision must be one of {', '.join(DTYPES)}, got {precision!r}")
     if threads:
         torch.set_num_threads(threads)
     config = BertConfig.from_json(resolve_model_dir(model) / "config.json")
-    matmul_size = matmul_size or (8192 if device.startswith("cuda") else 2048)
+    matmul_size = matmul_size or default_matmul_size(device, precision)
     opts = dict(model=model, device=device, batch_size=batch_size, seq_len=seq_len, iters=iters, warmup=warmup,
-                threads=threads, matmul_size=matmul_size, seed=seed)
-    impls = ["ours", "reference"] if reference and reference_available() else ["ours"]
-    status = ("measured" if len(impls) == 2 else "skipped (--no-reference)" if not reference
+                threads=threads, matmul_size=matmul_size, seed=seed, precision=precision)
+    impls = ["ours", *REFERENCES] if reference and reference_available() else ["ours"]
+    status = ("measured" if len(impls) > 1 else "skipped (--no-reference)" if not reference
               else f"unavailable: transformers is not importable by {sys.executable} (see bert_mini/bench.py)")
     forward = forward_flops(config, batch_size, seq_len)
     report = {
@@ -289,6 +338,7 @@ def run_benchmark(model: str = "minilm-l6", device: str = "cpu", batch_size: int
         "batch_size": batch_size, "seq_len": seq_len, "iters": iters, "warmup": warmup,
         "threads": torch.get_num_threads(), "torch": torch.__version__, "python": sys.executable,
         "isolated": isolate, "reference": status, "flops": {"infer": forward, "train": 3 * forward}, "modes": {},
+        "precision": precision, "native_bf16": native_bf16(device),
     }
     rates = []
     for mode in MODES:
@@ -317,8 +367,10 @@ def format_report(report: dict) -> str:
         f"batch {report['batch_size']} x {report['seq_len']} tokens",
         f"device {report['device']} ({report['device_name']}), torch {report['torch']}; median of {report['iters']} "
         f"alternating rounds after {report['warmup']} warm-up{'' if report['isolated'] else ', one process'}",
-        f"fp32 matmul ceiling ({mm['size']}^3): {mm['gflops']:.1f} GFLOP/s, median during the rounds "
-        f"(min {mm['gflops_min']:.1f}, max {mm['gflops_max']:.1f})",
+        f"precision {report['precision']}" + (" (autocast; fp32 weights, optimiser and loss)"
+                                               if report["precision"] != "fp32" else "")
+        + f"; {report['precision']} matmul ceiling ({mm['size']}^3): {mm['gflops']:.1f} GFLOP/s, median during the "
+        f"rounds (min {mm['gflops_min']:.1f}, max {mm['gflops_max']:.1f})",
         f"FLOPs: forward {report['flops']['infer'] / 1e9:.1f} G, training step {report['flops']['train'] / 1e9:.1f} G"
         f" (3x forward); reference: {report['reference']}",
         "",
@@ -327,7 +379,7 @@ def format_report(report: dict) -> str:
     ]
     for mode, result in report["modes"].items():
         title = MODES[mode]
-        for impl in ("ours", "reference"):
+        for impl in ("ours", *REFERENCES):
             if impl in result:
                 e = result[impl]
                 work = e["peak_mib"] - e["loaded_mib"] if e["loaded_mib"] is not None else float("nan")
@@ -336,7 +388,7 @@ def format_report(report: dict) -> str:
                 title = ""
         if "ratio_ours_over_ref" in result:
             low, high = result["ratio_range"]
-            lines.append(f"{'':10} {'speed ratio ours/reference':30} {result['ratio_ours_over_ref']:8.2f}x "
+            lines.append(f"{'':10} {'speed ratio ours/best reference':30} {result['ratio_ours_over_ref']:8.2f}x "
                          f"(rounds {low:.2f}-{high:.2f})")
     lines += ["", "memory: " + ("torch.cuda.max_memory_allocated; +work = peak minus allocated once loaded" if cuda
                                 else "peak RSS of each implementation's own process (imports + model + steps); "
@@ -362,7 +414,10 @@ def main(argv=None) -> dict:
     parser.add_argument("--iters", type=int, default=5, help="timed steps per implementation and mode (default 5)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps before them (default 1)")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
-    parser.add_argument("--matmul-size", type=int, default=None, help="ceiling matmul size (2048 CPU, 8192 CUDA)")
+    parser.add_argument("--precision", default="auto",
+                        help="auto (fp32, plus bf16 where the device has native bf16), fp32, bf16 or fp32,bf16")
+    parser.add_argument("--matmul-size", type=int, default=None,
+                        help="ceiling matmul size (2048 CPU, 512 for emulated bf16, 8192 CUDA)")
     parser.add_argument("--no-reference", action="store_true", help="skip transformers even when importable")
     parser.add_argument("--json", default=None, metavar="PATH", help="also write the numbers to PATH as JSON")
     args = parser.parse_args(argv)
@@ -370,15 +425,20 @@ def main(argv=None) -> dict:
     if device.startswith("cuda") and not torch.cuda.is_available():
         parser.error(f"--device {args.device}: CUDA is not available to this torch ({torch.__version__})")
     try:
-        report = run_benchmark(args.model, device, args.batch_size, args.seq_len, args.iters, args.warmup,
-                               args.threads, reference=not args.no_reference, matmul_size=args.matmul_size)
+        reports = {}
+        for precision in resolve_precisions(args.precision, device):
+            reports[precision] = run_benchmark(
+                args.model, device, args.batch_size, args.seq_len, args.iters, args.warmup, args.threads,
+                reference=not args.no_reference, matmul_size=args.matmul_size, precision=precision)
+            print(format_report(reports[precision]) + "\n", flush=True)
     except (ValueError, FileNotFoundError) as err:
         parser.error(str(err))
-    print(format_report(report))
+    if "bf16" not in reports:
+        print(f"bf16: not measured, {device} has no native bf16 (it would be emulated); --precision bf16 forces it")
     if args.json:
-        write_json(report, args.json)
+        write_json(reports, args.json)
         print(f"wrote {args.json}")
-    return report
+    return reports
 
 
 if __name__ == "__main__":

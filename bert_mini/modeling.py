@@ -57,6 +57,20 @@ class BertEmbeddings(nn.Module):
         return self.dropout(self.LayerNorm(x))
 
 
+# Which kernel computes softmax(Q K^T / sqrt(d_k) + M) V, by (device type, dtype of Q): the one `python -m
+# bert_mini.bench` measured faster. SDPA's fused kernel wins in fp32 (CPU, CUDA) and under CUDA autocast; under CPU
+# bf16 autocast the explicit matmul-softmax-matmul was faster (README, "Speed"). "sdpa" everywhere else.
+EXPLICIT_ATTENTION = {("cpu", torch.bfloat16)}
+ATTENTION_KERNEL = "auto"  # "auto" (the table above), "sdpa" or "explicit": set by the benchmark to compare both
+
+
+def attention_kernel(q: torch.Tensor) -> str:
+    """ "explicit" or "sdpa": the attention kernel used for queries `q` (ATTENTION_KERNEL, else the measured table)."""
+    if ATTENTION_KERNEL != "auto":
+        return ATTENTION_KERNEL
+    return "explicit" if (q.device.type, q.dtype) in EXPLICIT_ATTENTION else "sdpa"
+
+
 class BertSelfAttention(nn.Module):
     """Multi-head scaled dot-product attention with separate `query`, `key`, `value` projections.
 
@@ -85,12 +99,12 @@ class BertSelfAttention(nn.Module):
         q = self._split_heads(query_proj(x))  # Q = x W_q + b_q   (B, A, T, d_k)
         k = self._split_heads(key_proj(x))  # K = x W_k + b_k
         v = self._split_heads(self.value(x))  # V = x W_v + b_v
-        if output_attentions:
+        if output_attentions or attention_kernel(q) == "explicit":
             scores = q @ k.transpose(-1, -2) / math.sqrt(self.head_size) + additive_mask  # (B, A, T, T)
             probs = scores.softmax(dim=-1)  # P = softmax(Q K^T / sqrt(d_k) + M)
             context = self.dropout(probs) @ v  # P V
         else:
-            # The same equation through PyTorch's fused kernel; identical maths, less memory traffic.
+            # The same equation through PyTorch's fused kernel: identical maths, less memory traffic.
             probs = None
             context = F.scaled_dot_product_attention(
                 q, k, v, attn_mask=additive_mask, dropout_p=self.dropout_prob if self.training else 0.0

@@ -4,7 +4,8 @@
                     through an encoder plan of s layer steps (2 x linear weights x tokens + attention, plus the head)
     train(stage)  = sum over epochs, over the stage's length-bucketed batches b:  3 F(B_b, T_b, s)   (backward ~ 2F)
     eval(stage)   = (number of evaluations) x sum over the sorted dev batches:  F(B, T, s)
-    bound         = FLOPs / R,  R = this machine's fp32 matmul rate (a large square product, all threads)
+    bound         = FLOPs / R,  R = this machine's matmul rate in the run's precision (a large square product,
+                    all threads): bf16 where the run autocasts to bf16 (--amp, runtime.resolve_amp), else fp32
 
 No implementation can run the stage's matrix products faster than R, and dropout, GELU, LayerNorm, softmax and the
 optimiser come on top, so `bound` is a floor under the wall time. The batches are the trainer's own
@@ -24,14 +25,14 @@ import numpy as np
 import torch
 
 from bert_mini import BertConfig, load_tokenizer, resolve_model_dir
-from bert_mini.bench import forward_flops, matmul_gflops
+from bert_mini.bench import forward_flops, matmul_gflops, native_bf16
 
 from .features import load_features, make_batches, split_holdout
 from .glue import get_task
 from .ptp import PTP_CLASSES
 from .ptp_stage import PTP_HOLDOUT
 from .sps import make_plan
-from .runtime import resolve_device
+from .runtime import precision_name, resolve_amp, resolve_device
 from .trainer import TrainConfig
 
 # Settings that change how much work a run is: a results.json made with other values is not compared.
@@ -114,11 +115,13 @@ def reproduce_budget(cfg) -> list[StageBudget]:
     return rows
 
 
-def attach_measurements(rows: list[StageBudget], results: dict, cfg) -> bool:
-    """Fill `measured_seconds` from a reproduce results.json of the same setting; False when it does not match."""
+def attach_measurements(rows: list[StageBudget], results: dict, cfg, precision: str) -> bool:
+    """Fill `measured_seconds` from a reproduce results.json of the same setting and precision; False otherwise."""
     done = results.get("config", {})
     same_task = "task" in done and get_task(done["task"]).name == get_task(cfg.task).name
     if not same_task or any(done.get(k) != getattr(cfg, k) for k in WORK_SETTINGS):
+        return False
+    if results.get("environment", {}).get("precision", "fp32") != precision:
         return False
     teacher = results["teacher"]
     rows[0].measured_seconds, rows[1].measured_seconds = teacher["seconds"], teacher["cache_seconds"]
@@ -133,12 +136,14 @@ def _tflop(flops: float) -> str:
     return f"{tera:,.0f}" if tera >= 100 else f"{tera:.3g}"
 
 
-def format_budget(rows: list[StageBudget], gflops: float, where: str, title: str) -> str:
-    """The budget as a markdown table: TFLOP, share, bound at `gflops`, and measured seconds where known."""
+def format_budget(rows: list[StageBudget], rates: dict, precision: str, where: str, title: str) -> str:
+    """The budget as a markdown table: TFLOP, share, bound at the run's rate R = rates[precision], and measured
+    seconds where known; then the total bound at the other precision's rate. rates: matmul_rates()."""
+    size, gflops = rates[precision]
     total = sum(r.flops for r in rows)
     lines = [f"# Compute budget: {title}", "",
-             f"fp32 matmul rate R of this machine ({where}; a 2048^3 product, measured now, so low when the machine "
-             f"is busy): {gflops:.0f} GFLOP/s", "",
+             f"The stages run in {precision}. Matmul rate R of this machine in {precision} ({where}; a large square "
+             f"product {size}^3, measured now, so low when the machine is busy): {gflops:.0f} GFLOP/s", "",
              "| stage | runs | eff. layers | TFLOP | share | bound at R (s) | measured (s) | of R |",
              "|---|---|---|---|---|---|---|---|"]
     for r in rows:
@@ -153,27 +158,43 @@ def format_budget(rows: list[StageBudget], gflops: float, where: str, title: str
     lines.append(f"| **total** | | | {_tflop(total)} | 100% | {bound:.0f} ({bound / 60:.0f} min) | "
                  + (f"{measured:.0f} ({measured / 60:.0f} min{partial}) | "
                     f"{sum(r.flops for r in seen) / (gflops * 1e9) / measured:.0%} |" if seen else "- | - |"))
-    lines += ["", "- **bound**: FLOPs / R, the time the matrix products alone would take at the rate of one large "
+    lines.append("")
+    lines += [f"- In {other} (matmul rate {rate:.1f} GFLOP/s on {n}^3) the same FLOPs would take at least "
+              f"{total / (rate * 1e9):.0f} s ({total / (rate * 1e9) / 60:.0f} min)."
+              for other, (n, rate) in rates.items() if other != precision]
+    lines += ["- **bound**: FLOPs / R, the time the matrix products alone would take at the rate of one large "
               "product; elementwise work (dropout, GELU, LayerNorm, softmax, optimiser) comes on top.",
               "- **measured**: training + evaluation seconds recorded in results.json (all seeds), where present; "
               "**of R** = bound / measured."]
     return "\n".join(lines)
 
 
+def matmul_rates(device: torch.device, repeats: int = 5) -> dict:
+    """{"fp32": (n, R), "bf16": (n, R)}: GFLOP/s of an n^3 product on `device` in each precision.
+
+    n = 2048, except for bf16 where the device only emulates it (no AVX512-BF16/AMX): there one 2048^3 product takes
+    minutes, so R is measured on 512^3 (it is far below the fp32 rate either way).
+    """
+    bf16_size = 2048 if native_bf16(device) else 512
+    return {"fp32": (2048, matmul_gflops(str(device), 2048, repeats)),
+            "bf16": (bf16_size, matmul_gflops(str(device), bf16_size, repeats, torch.bfloat16))}
+
+
 def estimate(cfg, repeats: int = 5) -> str:
     """The budget table of `cfg` (a ReproduceConfig) on this machine; measurements from results.json if they match."""
     rows = reproduce_budget(cfg)
     device = resolve_device(cfg.device)
-    gflops = matmul_gflops(str(device), 2048, repeats)
+    precision = precision_name(resolve_amp(cfg.amp, device))
+    rates = matmul_rates(device, repeats)
     path = cfg.run_root / "results.json"
     note = ""
-    if path.is_file() and not attach_measurements(rows, json.loads(path.read_text(encoding="utf-8")), cfg):
-        note = f"\n- {path} was made with other settings; its times are not compared."
+    if path.is_file() and not attach_measurements(rows, json.loads(path.read_text(encoding="utf-8")), cfg, precision):
+        note = f"\n- {path} was made with other settings or in another precision; its times are not compared."
     title = f"reproduce --task {get_task(cfg.task).name}, seeds {','.join(map(str, cfg.seeds))}"
     threads = torch.get_num_threads()
     where = f"{device}, {threads} thread{'s' * (threads > 1)}" if device.type == "cpu" else str(device)
-    return format_budget(rows, gflops, where, title) + note
+    return format_budget(rows, rates, precision, where, title) + note
 
 
 __all__ = ["StageBudget", "count_evaluations", "run_flops", "inference_flops", "reproduce_budget",
-           "attach_measurements", "format_budget", "estimate"]
+           "attach_measurements", "format_budget", "matmul_rates", "estimate"]

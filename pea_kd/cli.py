@@ -99,13 +99,20 @@ def add_training_args(p: argparse.ArgumentParser, stage: str) -> None:
                    help="also save the best-on-dev model in <out-dir>/best/ "
                         f"(default {'on' if d['keep_best'] else 'off'})")
     g.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:N (default auto)")
-    g.add_argument("--amp", default="auto", choices=("auto", "bf16", "fp16", "off"),
-                   help="mixed precision on CUDA: auto = bf16 if supported else fp16; ignored on CPU")
+    add_amp_arg(g)
     g.add_argument("--max-train-examples", type=positive_int, default=None,
                    help="train on the first N examples (smoke runs; N >= 1)")
     g.add_argument("--resume", action="store_true", help="continue the run in --out-dir from its checkpoint.pt")
     g.add_argument("--overwrite", action="store_true", help="replace a run already in --out-dir")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def add_amp_arg(parser) -> None:
+    """--amp, shared by every training command and reproduce."""
+    parser.add_argument("--amp", default="auto", choices=("auto", "bf16", "fp16", "off"),
+                        help="mixed precision: auto = bf16 autocast where the device has native bf16 (CUDA Ampere+, "
+                             "CPUs with AVX512-BF16/AMX), else fp16 on CUDA and fp32 on CPU; bf16; fp16 (CUDA); "
+                             "off = fp32 (default auto)")
 
 
 def positive_int(text: str) -> int:

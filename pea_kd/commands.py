@@ -12,7 +12,8 @@ import argparse
 import dataclasses
 from pathlib import Path
 
-from .cli import add_data_args, add_training_args, default_lr, register_command, run_root, train_config_from_args
+from .cli import (add_amp_arg, add_data_args, add_training_args, default_lr, register_command, run_root,
+                  train_config_from_args)
 from .ptp_stage import PTP_HOLDOUT
 from .sps import VARIANTS
 
@@ -139,6 +140,7 @@ def _configure_reproduce(p):
                    help="train nothing: print the compute budget (FLOPs per stage, the least time on this machine)")
     p.add_argument("--out-root", default=None, help="where runs/<task>/ goes (default: <project>/runs)")
     p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda (default auto)")
+    add_amp_arg(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
@@ -154,7 +156,7 @@ def _run_reproduce(args, parser):
                           batch_size=args.batch_size,
                           max_length=args.max_length, alpha=args.alpha, temperature=args.temperature, beta=args.beta,
                           eval_every=args.eval_every, jobs=args.jobs, smoke=args.smoke, data_dir=args.data_dir,
-                          device=args.device, progress=False if args.no_progress else None, **extra)
+                          device=args.device, amp=args.amp, progress=False if args.no_progress else None, **extra)
     if args.estimate:
         from .budget import estimate
         print(estimate(cfg))

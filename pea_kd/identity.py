@@ -27,9 +27,10 @@ from typing import Optional
 import numpy as np
 import torch
 
+from .runtime import precision_name
+
 # TrainConfig fields that change how a run is executed or watched, not what it computes.
 RUNTIME_FIELDS = ("device", "amp", "progress", "checkpoint_every", "keep_checkpoint")
-PRECISIONS = {None: "fp32", torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
 
 
 START_FRESH = "pass --overwrite to start fresh, or use another output directory"
@@ -45,11 +46,6 @@ class RunMismatch(ValueError):
 
     def __str__(self) -> str:
         return "{}: {}; {}".format(*self.args)
-
-
-def precision_name(dtype: Optional[torch.dtype]) -> str:
-    """The autocast dtype of pea_kd.runtime.resolve_amp as a name: None (no autocast) -> "fp32"."""
-    return PRECISIONS[dtype]
 
 
 def tensors_digest(tensors: dict) -> str:

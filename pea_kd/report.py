@@ -49,6 +49,14 @@ def _epochs(n: int) -> str:
     return f"{n} epoch" + ("" if n == 1 else "s")
 
 
+def _precision(env: dict) -> str:
+    """How the stages computed, in words (results.json written before precision was recorded: fp32 on CPU)."""
+    precision = env.get("precision", "fp32")
+    if precision == "fp32":
+        return "fp32"
+    return f"{precision} autocast (fp32 weights, optimiser and loss; teacher targets cached in fp32)"
+
+
 def format_markdown(results: dict) -> str:
     """results.md: the setting in words, the table, and how to read it."""
     cfg, env = results["config"], results["environment"]
@@ -62,6 +70,7 @@ def format_markdown(results: dict) -> str:
         f"checkpoint, {_epochs(cfg['student_epochs'])}; PTP {_epochs(cfg['ptp_epochs'])}; learning rate {cfg['lr']} "
         f"for students and PTP; batch {cfg['batch_size']}, max length {cfg['max_length']}; KD alpha {cfg['alpha']}, "
         f"T {cfg['temperature']}, PKD beta {cfg['beta']}. Seeds: {seeds}. Device: {env['device']}, "
+        f"precision {_precision(env)}, "
         f"torch {env['torch']}, {env.get('jobs', 1)} training process(es) at a time with {env['torch_threads']} thread(s) each.",
         "",
         format_table(results),

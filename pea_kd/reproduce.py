@@ -111,6 +111,7 @@ class ReproduceConfig:
     out_root: str = str(PROJECT_ROOT / "runs")
     data_dir: Optional[str] = None
     device: str = "auto"
+    amp: str = "auto"  # runtime.resolve_amp: bf16 autocast where the device has native bf16, else fp32 (fp16 on CUDA)
     progress: Optional[bool] = None
 
     def __post_init__(self):
@@ -176,7 +177,7 @@ def smoke_data_dir(task, data_dir, dest: Path, n: int) -> Path:
 
 def _train_config(cfg: ReproduceConfig, epochs: int, lr: float, seed: int) -> TrainConfig:
     return TrainConfig(epochs=epochs, lr=lr, batch_size=cfg.batch_size, seed=seed, eval_every=cfg.eval_every,
-                       device=cfg.device, progress=cfg.progress)
+                       device=cfg.device, amp=cfg.amp, progress=cfg.progress)
 
 
 def run_all(cfg: ReproduceConfig) -> dict:
@@ -210,6 +211,7 @@ def run_all(cfg: ReproduceConfig) -> dict:
             "environment": {"torch": torch.__version__, "python": platform.python_version(),
                             "machine": platform.machine(), "cpu_count": os.cpu_count(), "jobs": jobs,
                             "torch_threads": threads, "device": teacher.meta.get("device"),
+                            "precision": _precision([teacher.meta] + [r["result"]["meta"] for r in runs]),
                             "peak_rss_mb": peak_mb},
             "complete": len(runs) == len(units),
             "wall_seconds_this_invocation": time.perf_counter() - started,
@@ -234,6 +236,11 @@ def run_all(cfg: ReproduceConfig) -> dict:
     if jobs > 1:  # the workers have exited: their peak memory is known now
         results = report(teacher, cache_seconds, peak_rss_mb())
     return results
+
+
+def _precision(metas: list[dict]) -> str:
+    """The precision the stages trained in ("fp32", "bf16", ...); several joined by "+" if they differ."""
+    return "+".join(sorted({m["precision"] for m in metas}))
 
 
 @contextlib.contextmanager

@@ -11,6 +11,8 @@ from typing import Optional
 import numpy as np
 import torch
 
+from bert_mini.bench import native_bf16
+
 log = logging.getLogger(__name__)
 
 
@@ -39,14 +41,37 @@ def resolve_device(name: str = "auto") -> torch.device:
 
 
 def resolve_amp(amp: str, device: torch.device) -> Optional[torch.dtype]:
-    """The autocast dtype: bf16/fp16 on CUDA ("auto": bf16 when supported), None (fp32) on CPU or with "off"."""
-    if device.type != "cuda" or amp == "off":
-        if amp in ("bf16", "fp16"):
-            log.warning("amp=%s ignored on %s: training in float32", amp, device)
+    """The autocast dtype of a run, or None for float32 throughout.
+
+    "auto": bf16 where the device runs it natively (native_bf16); else fp16 on CUDA (with a GradScaler), fp32 on CPU.
+    "bf16": bf16 autocast on CPU or CUDA (a warning where it is only emulated).  "fp16": CUDA only.  "off": fp32.
+    Under autocast the master weights and the optimiser state stay fp32; only the matrix products run in 16 bits.
+    """
+    if amp == "off":
         return None
     if amp == "auto":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.bfloat16 if amp == "bf16" else torch.float16
+        if native_bf16(device):
+            return torch.bfloat16
+        return torch.float16 if device.type == "cuda" else None
+    if amp == "fp16":
+        if device.type != "cuda":
+            raise ValueError(f"--amp fp16 needs a CUDA device (it trains with a GradScaler); on {device} use "
+                             "--amp bf16 or --amp off")
+        return torch.float16
+    if amp == "bf16":
+        if not native_bf16(device):
+            log.warning("amp=bf16 on %s: this device has no native bf16, so it is emulated and slower than fp32",
+                        device)
+        return torch.bfloat16
+    raise ValueError(f"amp must be auto, bf16, fp16 or off, got {amp!r}")
+
+
+PRECISION_NAMES = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
+
+
+def precision_name(amp_dtype: Optional[torch.dtype]) -> str:
+    """How a run computed: "fp32" (no autocast), "bf16" or "fp16" (autocast dtype; weights and loss in fp32)."""
+    return PRECISION_NAMES[amp_dtype]
 
 
 def rng_state() -> dict:

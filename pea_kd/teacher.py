@@ -26,8 +26,8 @@ from bert_mini import load_pretrained, load_tokenizer, resolve_model_dir, save_p
 
 from .features import Features, collate, load_features, make_batches, split_holdout
 from .glue import get_task
-from .identity import features_digest, file_digest, precision_name
-from .runtime import resolve_amp, resolve_device, set_seed
+from .identity import features_digest, file_digest
+from .runtime import precision_name, resolve_amp, resolve_device, set_seed
 from .storage import directory_lock, write_atomic
 from .trainer import TrainConfig, TrainResult, train
 

@@ -41,7 +41,7 @@ from .features import Features, collate, make_batches
 from .glue import get_task
 from .identity import check_same_run, run_identity
 from .losses import LossConfig, LossInputs, build_loss, task_loss
-from .runtime import resolve_amp, resolve_device, rng_state, set_rng_state, set_seed
+from .runtime import precision_name, resolve_amp, resolve_device, rng_state, set_rng_state, set_seed
 from .storage import directory_lock, storage_error, write_atomic
 
 log = logging.getLogger(__name__)
@@ -63,7 +63,8 @@ class TrainConfig:
     select: dev score that picks `best_dev_*`: "auto" (the task's primary metric, or the first key of metrics_fn),
         a metric name (higher is better), or "loss" (dev loss, lower is better; used by PTP).
     device: "auto" (cuda if available, else cpu), "cpu", "cuda", "cuda:1", ...
-    amp: "auto" (bf16 autocast on CUDA when supported, else fp16 with a GradScaler; off on CPU), "bf16", "fp16", "off".
+    amp: "auto" (bf16 autocast where the device has native bf16, CPU or CUDA; else fp16 with a GradScaler on CUDA,
+        fp32 on CPU), "bf16", "fp16" (CUDA), "off" (fp32). Weights, optimiser state and loss stay fp32 (runtime).
     progress: tqdm bar; None = only when stderr is a terminal.
     """
 
@@ -339,9 +340,12 @@ class Trainer:
             teacher = {f: rows.index_select(0, batch["index"]) for f, rows in self.teacher_rows.items()}
             if self.live_teacher is not None:
                 teacher.update(_run_live_teacher(self.live_teacher, batch, self.requires))
-            result = self.loss_fn(LossInputs(
-                student_logits=out.logits, student_hidden_states=out.hidden_states, student_attentions=out.attentions,
-                labels=batch["labels"], config=self.loss_config, attention_mask=batch["attention_mask"], **teacher))
+        # The loss outside autocast, on fp32 copies of the outputs: softmax(z/T), KL, the normalised MSE, CE (and a
+        # plug-in loss's own layers) run in fp32 even when the matrix products above ran in bf16/fp16.
+        result = self.loss_fn(LossInputs(
+            student_logits=_fp32(out.logits), student_hidden_states=_fp32(out.hidden_states),
+            student_attentions=_fp32(out.attentions), labels=batch["labels"], config=self.loss_config,
+            attention_mask=batch["attention_mask"], **{f: _fp32(t) for f, t in teacher.items()}))
         value = float(result.total.detach())
         if not math.isfinite(value):
             kept = self.ckpt_path if self.ckpt_path.is_file() else "no checkpoint"
@@ -425,7 +429,8 @@ class Trainer:
             best_dev_metrics=best["metrics"], best_dev_loss=best["dev_loss"], best_dev_step=best["step"],
             select=self.select_key(final["metrics"]), history=state.history, out_dir=str(self.out_dir),
             meta={**self.meta, "config": dataclasses.asdict(config), "loss": self.loss_name, "device": str(self.device),
-                  "amp": str(self.amp_dtype), "total_steps": self.total_steps, "identity": self.identity},
+                  "amp": str(self.amp_dtype), "precision": precision_name(self.amp_dtype),
+                  "total_steps": self.total_steps, "identity": self.identity},
             timing={"train_seconds": state.train_seconds, "eval_seconds": state.eval_seconds,
                     "seconds_per_epoch": state.train_seconds / config.epochs,
                     "examples_per_s": state.examples / seconds, "tokens_per_s": state.tokens / seconds})
@@ -461,6 +466,13 @@ class Trainer:
         write_atomic(self.log_path, "".join(json.dumps(r) + "\n" for r in kept))
         log.info("%s: resuming at step %d (epoch %d, batch %d)", self.out_dir, self.state.step, self.state.epoch,
                  self.state.batch_in_epoch)
+
+
+def _fp32(x):
+    """A tensor (or tuple of tensors, or None) in float32: what autocast produced in 16 bits, upcast for the loss."""
+    if isinstance(x, tuple):
+        return tuple(_fp32(t) for t in x)
+    return x.float() if x is not None and x.is_floating_point() else x
 
 
 def _teacher_hidden(teacher: Optional[dict]) -> Optional[int]:

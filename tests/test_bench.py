@@ -66,13 +66,29 @@ def test_cli_runs_workers_in_subprocesses_and_writes_json(tiny_dir, tmp_path, ca
     out = tmp_path / "bench.json"
     argv = ["--device", "cpu", "--model", str(tiny_dir), "--batch-size", "2", "--seq-len", "8", "--iters", "1",
             "--warmup", "0", "--matmul-size", "32", "--no-reference", "--json", str(out)]
-    report = bench.main(argv)
+    reports = bench.main(argv + ["--precision", "fp32"])
+    assert list(reports) == ["fp32"]
+    report = reports["fp32"]
     check_report(report, ["ours"])
-    assert json.loads(out.read_text()) == json.loads(json.dumps(report))
+    assert json.loads(out.read_text()) == json.loads(json.dumps(reports))
     for result in report["modes"].values():  # a fresh process: loaded RSS is known and the peak is above it
         e = result["ours"]
         assert e["loaded_mib"] is None or e["peak_mib"] >= e["loaded_mib"] > 0
     assert "speed ratio" not in capsys.readouterr().out
+
+
+def test_bf16_is_measured_under_autocast_next_to_a_bf16_ceiling(tiny_dir, monkeypatch):
+    products = []
+    real = bench.matmul_gflops
+    monkeypatch.setattr(bench, "matmul_gflops", lambda *a, **k: products.append(k.get("dtype")) or real(*a, **k))
+    report = bench.run_benchmark(str(tiny_dir), "cpu", isolate=False, reference=False, precision="bf16", **FAST)
+    check_report(report, ["ours"])
+    assert report["precision"] == "bf16" and set(products) == {torch.bfloat16}
+    assert "precision bf16 (autocast" in bench.format_report(report)
+    assert bench.resolve_precisions("fp32,bf16", "cpu") == ["fp32", "bf16"]
+    assert bench.resolve_precisions("auto", "cpu") == (["fp32", "bf16"] if bench.native_bf16("cpu") else ["fp32"])
+    with pytest.raises(ValueError, match="--precision 'fp8'"):
+        bench.resolve_precisions("fp8", "cpu")
 
 
 def test_reference_side_when_transformers_is_importable(tiny_dir):

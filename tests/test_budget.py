@@ -77,11 +77,16 @@ def test_measurements_are_attached_only_from_the_same_setting(tiny_env):
     results = {"config": {**dataclasses.asdict(cfg), "task": "MRPC"},
                "teacher": {"seconds": 10.0, "cache_seconds": 1.0},
                "runs": [{"method": "FT", "seed": 0, "seconds": 80.0}]}  # KD has not finished
-    assert attach_measurements(rows, results, cfg)
+    assert attach_measurements(rows, results, cfg, "fp32")
     assert [r.measured_seconds for r in rows] == [10.0, 1.0, 80.0, None]
-    table = format_budget(rows, gflops=1000.0, where="cpu", title="test")
+    table = format_budget(rows, {"fp32": (2048, 1000.0), "bf16": (512, 10.0)}, "fp32", where="cpu", title="test")
     assert "| teacher (2L) | 1 | 2 | 1 | 11.0% | 1 | 10 | 10% |" in table  # bound 1 s, measured 10 s
     assert "| FT | 1 | 2 | 4 | 44.0% | 4 | 80 | 5% |" in table
     assert "| **total** | | | 9.1 | 100% | 9 (0 min) | 91 (2 min, 3 of 4 stages) | 6% |" in table  # of R: 5.1 s / 91 s
     other = {**results, "config": {**results["config"], "student_epochs": 5}}
-    assert not attach_measurements(rows, other, cfg)
+    assert not attach_measurements(rows, other, cfg, "fp32")
+    assert not attach_measurements(rows, results, cfg, "bf16")  # made in fp32 (no precision recorded: before bf16)
+    bf16 = {**results, "environment": {"precision": "bf16"}}
+    assert attach_measurements(rows, bf16, cfg, "bf16") and not attach_measurements(rows, bf16, cfg, "fp32")
+    assert "In bf16 (matmul rate 10.0 GFLOP/s on 512^3) the same FLOPs would take at least 910 s (15 min)" in table
+    assert "The stages run in fp32" in table

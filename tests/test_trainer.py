@@ -16,15 +16,14 @@ from safetensors.torch import load_file
 from bert_mini import BertConfig, BertForSequenceClassification, load_pretrained, load_tokenizer
 from pea_kd.features import load_features
 from pea_kd.losses import LossResult
-from pea_kd.runtime import resolve_amp
 from pea_kd.trainer import NonFiniteLossError, TrainConfig, TrainResult, linear_schedule, param_groups, train
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def tiny_run(tiny_env, out_dir, task="mrpc", loss="ce", model=None, **config):
-    """Train the tiny checkpoint (+ a head) on the tiny task; returns (result, model)."""
+def tiny_run(tiny_env, out_dir, task="mrpc", loss="ce", model=None, resume=False, **config):
+    """Train the tiny checkpoint (+ a head) on the tiny task (or resume that run); returns (result, model)."""
     checkpoint, glue = tiny_env
     tok = load_tokenizer(checkpoint)
     train_data = load_features(task, "train", tok, 32)
@@ -33,7 +32,8 @@ def tiny_run(tiny_env, out_dir, task="mrpc", loss="ce", model=None, **config):
     model = model or load_pretrained(checkpoint, num_labels=1 if task == "stsb" else 2)
     settings = dict(epochs=2, batch_size=8, lr=1e-3, progress=False)
     settings.update(config)
-    result = train(model, train_data, dev_data, task=task, out_dir=out_dir, loss=loss, config=TrainConfig(**settings))
+    result = train(model, train_data, dev_data, task=task, out_dir=out_dir, loss=loss, config=TrainConfig(**settings),
+                   resume=resume)
     return result, model
 
 
@@ -63,11 +63,6 @@ def test_param_groups_exclude_bias_and_layernorm_and_dedup_shared():
     assert {names[id(p)] for p in no_decay["params"]} == {n for n, p in model.named_parameters() if p.dim() < 2}
     assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))  # classifier counted once
     assert (decay["weight_decay"], no_decay["weight_decay"]) == (0.01, 0.0)
-
-
-def test_amp_is_off_on_cpu():
-    for amp in ("auto", "bf16", "fp16", "off"):
-        assert resolve_amp(amp, torch.device("cpu")) is None
 
 
 def test_run_files_log_and_result(tiny_env, tmp_path):
