@@ -3,6 +3,7 @@
     resolve_jobs(N)            (N, torch threads // N): the threads are shared, not multiplied
     start_order(units)         seed-major, the costlier students of a seed first
     next_unit(queue, ...)      the next (seed, method) that may start: at most N // 2 SPS students at a time
+    worker_devices(N, device)  on a CUDA machine, one GPU per worker slot, round-robin over the visible GPUs
     executor(N, threads)       in-process for N = 1; else N spawned workers, a fresh process per stage
 
 A unit is a (seed, reproduce.Method) pair; students only read the teacher's cache, so units are independent.
@@ -53,6 +54,15 @@ def next_unit(queue: list[tuple], sps_running: int, jobs: int) -> Optional[tuple
     return next((u for u in queue if sps_slot or not is_sps(u[1])), None)
 
 
+def worker_devices(jobs: int, device: str = "auto") -> list[str]:
+    """The device of each of `jobs` worker slots: round-robin over the visible GPUs (cuda:0, cuda:1, ..., cuda:0, ...)
+    for device "auto" or "cuda" on a CUDA machine; else `device` for every slot (a GPU the user named is kept)."""
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if device not in ("auto", "cuda") or count == 0:
+        return [device] * jobs
+    return [f"cuda:{slot % count}" for slot in range(jobs)]
+
+
 def peak_rss_mb() -> float:
     """Largest resident set of this process and of its finished worker processes (not their sum), in MB."""
     return max(resource.getrusage(who).ru_maxrss for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)) / 1024
@@ -89,4 +99,4 @@ def _init_worker(threads: int, level: int) -> None:
     configure_logging(level)
 
 
-__all__ = ["resolve_jobs", "is_sps", "start_order", "next_unit", "peak_rss_mb", "executor"]
+__all__ = ["resolve_jobs", "is_sps", "start_order", "next_unit", "worker_devices", "peak_rss_mb", "executor"]

@@ -26,9 +26,10 @@ import shutil
 from pathlib import Path
 from typing import Optional
 
+from . import distributed
 from .glue import get_task
 from .teacher import finetune_teacher
-from .runtime import write_atomic
+from .storage import write_atomic
 from .trainer import TrainConfig
 
 SEARCH_JSON, SEARCH_MD = "search.json", "search.md"
@@ -55,7 +56,7 @@ def search_teacher_recipe(task, *, out_dir, model_name: str = "minilm-l6", lrs=(
         result = finetune_teacher(spec, out_dir=run_dir, model_name=model_name, max_length=max_length,
                                   data_dir=data_dir, holdout=holdout, resume=True,
                                   config=dataclasses.replace(base, lr=lr, epochs=n_epochs, seed=seed))
-        if not keep_models:
+        if not keep_models and distributed.is_main():  # under torchrun, rank 0 alone writes and removes files
             shutil.rmtree(run_dir / "final", ignore_errors=True)
         runs.append({"lr": lr, "epochs": n_epochs, "seed": seed, "heldout": result.final_metrics,
                      "heldout_loss": result.final_dev_loss, "heldout_examples": result.meta["dev_examples"],
@@ -67,8 +68,9 @@ def search_teacher_recipe(task, *, out_dir, model_name: str = "minilm-l6", lrs=(
                   "config": dataclasses.asdict(base), "runs": runs, "summary": summary,
                   "complete": len(runs) == len(lrs) * len(epochs) * len(seeds),
                   "best": {"lr": summary[0]["lr"], "epochs": summary[0]["epochs"]}}
-        write_atomic(out_dir / SEARCH_JSON, json.dumps(report, indent=2) + "\n")
-        write_atomic(out_dir / SEARCH_MD, format_search(report))
+        if distributed.is_main():
+            write_atomic(out_dir / SEARCH_JSON, json.dumps(report, indent=2) + "\n")
+            write_atomic(out_dir / SEARCH_MD, format_search(report))
     return report
 
 

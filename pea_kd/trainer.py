@@ -21,14 +21,17 @@ computed on dev data (C1/C2 logged the last training batch's loss).
 Resume: batches of epoch e depend only on (seed, e), so a run restored from checkpoint.pt skips the batches of its
 epoch it had already trained, restores optimiser, schedule, GradScaler and RNG states, and on CPU reaches bit-identical
 weights and metrics to an uninterrupted run.
+
+Under torchrun the same loop runs in every process; the lines marked `distributed.` are no-ops in a plain run
+(pea_kd.distributed explains how a global batch is shared and why only rank 0 evaluates and writes).
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
 import math
-import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -38,15 +41,16 @@ from typing import Callable, Optional
 import torch
 from tqdm.auto import tqdm
 
+from . import distributed
 from .features import Features, collate, make_batches
 from .glue import get_task
+from .identity import check_same_run, run_identity
 from .losses import LossConfig, LossInputs, build_loss, task_loss
-from .runtime import precision_name, resolve_amp, resolve_device, rng_state, set_rng_state, set_seed, write_atomic
+from .runtime import precision_name, resolve_amp, resolve_device, rng_state, set_rng_state, set_seed
+from .storage import directory_lock, storage_error, write_atomic
 
 log = logging.getLogger(__name__)
 CHECKPOINT, LOG, RESULT = "checkpoint.pt", "log.jsonl", "result.json"
-# Settings a resumed run must share with the run that wrote the checkpoint (others, e.g. device, may change).
-_RESUME_KEYS = ("epochs", "batch_size", "lr", "warmup", "weight_decay", "max_grad_norm", "seed", "eval_every", "select")
 
 
 class NonFiniteLossError(RuntimeError):
@@ -98,6 +102,7 @@ class TrainConfig:
             raise ValueError("TrainConfig: eval_every, checkpoint_every and seed must be >= 0")
         if self.amp not in ("auto", "bf16", "fp16", "off"):
             raise ValueError(f"TrainConfig: amp must be auto, bf16, fp16 or off, got {self.amp!r}")
+        resolve_device(self.device)  # an unknown or absent device is refused here, before any work
 
 
 @dataclass
@@ -217,7 +222,7 @@ class Trainer:
 
         self.config = config = config or TrainConfig()
         if config.select not in ("auto", "loss") and metrics_fn is None and config.select not in _task_metrics(task):
-            raise ValueError(f"train: select={config.select!r} is not a metric of {task}; "
+            raise ValueError(f"train: select={config.select!r} is not a metric of {get_task(task).name}; "
                              f"choose loss or one of {', '.join(_task_metrics(task))}")
         if train_data.labels is None or dev_data.labels is None:
             raise ValueError("train: train and dev features need labels")
@@ -234,8 +239,13 @@ class Trainer:
         self.loss_name = getattr(self.loss_fn, "spec", type(self.loss_fn).__name__)
         self.requires = getattr(self.loss_fn, "requires", frozenset({"labels"}))
         self.teacher_rows, self.live_teacher = self._teacher_inputs(teacher, live_teacher)
+        # what this run is (pea_kd.identity): a checkpoint or result is reused only when all of it matches
+        targets = self.teacher_rows or (live_teacher.state_dict() if live_teacher is not None else None)
+        self.identity = run_identity(config, model, self.loss_fn, self.loss_config, train_data, dev_data, targets,
+                                     self.amp_dtype)
         model.to(self.device)
         self.loss_fn.to(self.device)
+        self.train_model = distributed.wrap(model, self.loss_fn)  # under torchrun: DDP (averages gradients), else model
         # fused=True: one kernel updates every tensor (CPU and CUDA); an FT epoch on MRPC, 2 CPU threads: -2.5% time
         self.optimizer = torch.optim.AdamW(param_groups([model, self.loss_fn], config.weight_decay), lr=config.lr,
                                            fused=True)
@@ -268,17 +278,28 @@ class Trainer:
 
     # ------------------------------------------------------------------ the loop
     def fit(self, resume: bool = False, overwrite: bool = False) -> TrainResult:
-        """Train for config.epochs (from checkpoint.pt when resuming), write final/ and result.json."""
+        """Train for config.epochs (from checkpoint.pt when resuming), write final/ and result.json. out_dir is
+        locked meanwhile (storage.directory_lock); a full disk or read-only directory is a one-line StorageError."""
+        with directory_lock(self.out_dir) if distributed.is_main() else contextlib.nullcontext():  # rank 0's lock
+            try:
+                return self._fit(resume, overwrite)
+            except OSError as err:
+                raise storage_error(err.filename or self.out_dir, err) from None
+
+    def _fit(self, resume: bool, overwrite: bool) -> TrainResult:
         config = self.config
-        self.out_dir.mkdir(parents=True, exist_ok=True)
         if resume and self.result_path.is_file() and not self.ckpt_path.is_file():
+            done = TrainResult.load(self.result_path)
+            check_same_run(self.result_path, done.meta.get("identity"), self.identity, "cannot reuse this finished run")
             log.info("%s: run already finished; returning its result", self.out_dir)
-            return dataclasses.replace(TrainResult.load(self.result_path), out_dir=str(self.out_dir))  # if moved
-        if not resume and any(p.exists() for p in (self.ckpt_path, self.log_path, self.result_path)):
-            if not overwrite:
-                raise FileExistsError(f"{self.out_dir} already holds a run; resume it (--resume) or pass --overwrite")
-            for p in (self.ckpt_path, self.log_path, self.result_path):
-                p.unlink(missing_ok=True)
+            return dataclasses.replace(done, out_dir=str(self.out_dir))  # if moved
+        with distributed.main_process_first():  # under torchrun: rank 0 clears an overwritten run before the others look
+            if not resume and any(p.exists() for p in (self.ckpt_path, self.log_path, self.result_path)):
+                if not overwrite:
+                    raise FileExistsError(f"{self.out_dir} already holds a run; resume it (--resume) or pass "
+                                          "--overwrite")
+                for p in (self.ckpt_path, self.log_path, self.result_path):
+                    p.unlink(missing_ok=True)
         if resume and self.ckpt_path.is_file():
             self.load_checkpoint()
         else:
@@ -286,9 +307,10 @@ class Trainer:
                 log.info("%s: no checkpoint.pt to resume from; starting from scratch", self.out_dir)
                 self.log_path.unlink(missing_ok=True)
             set_seed(config.seed)  # dropout draws depend on the seed only, not on how the model was built
+            distributed.seed_per_rank(config.seed)
         state = self.state
         self.model.train()
-        self.show = config.progress if config.progress is not None else sys.stderr.isatty()
+        self.show = (config.progress if config.progress is not None else sys.stderr.isatty()) and distributed.is_main()
         bar = tqdm(total=self.total_steps, initial=state.step, disable=not self.show, unit="step",
                    desc=f"train {self.out_dir.name}")
         for epoch in range(state.epoch, config.epochs):
@@ -301,29 +323,34 @@ class Trainer:
                                 ex_s=f"{state.examples / state.train_seconds:.1f}",
                                 tok_s=f"{state.tokens / state.train_seconds:.0f}")
                 evaluated = b + 1 == len(batches) or (config.eval_every and state.step % config.eval_every == 0)
-                if evaluated:
+                if evaluated and distributed.is_main():  # evaluated once, by rank 0
                     self.evaluate(bar)
                 every = config.checkpoint_every
                 if (every is None and evaluated) or (every and state.step % every == 0):
                     self.save_checkpoint()
         bar.close()
+        if not distributed.is_main():  # the other ranks wait for rank 0's files and return its result
+            distributed.barrier()
+            return TrainResult.load(self.result_path)
         self.save_fn(self.model, self.out_dir / "final")
         result = self.result()
         write_atomic(self.result_path, json.dumps(result.to_dict(), indent=2) + "\n")
         if not config.keep_checkpoint:
             self.ckpt_path.unlink(missing_ok=True)
+        distributed.barrier()
         return result
 
     def step(self, indices, where: str = "") -> None:
         """One optimiser step on the examples at `indices`; raises NonFiniteLossError before touching the weights."""
         t0, state, model = time.perf_counter(), self.state, self.model
+        examples, (indices, weight) = len(indices), distributed.share(indices)  # this rank's share, w_r = W n_r / N
         batch = collate(self.train_data, indices, pad_token_id=model.config.pad_token_id)
         tokens = int(batch["attention_mask"].sum())
         batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
         with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
-            out = model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"],
-                        output_hidden_states="student_hidden_states" in self.requires,  # plain FT: none
-                        output_attentions="student_attentions" in self.requires)
+            out = self.train_model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"],
+                                   output_hidden_states="student_hidden_states" in self.requires,  # plain FT: none
+                                   output_attentions="student_attentions" in self.requires)
             teacher = {f: rows.index_select(0, batch["index"]) for f, rows in self.teacher_rows.items()}
             if self.live_teacher is not None:
                 teacher.update(_run_live_teacher(self.live_teacher, batch, self.requires))
@@ -333,17 +360,18 @@ class Trainer:
             student_logits=_fp32(out.logits), student_hidden_states=_fp32(out.hidden_states),
             student_attentions=_fp32(out.attentions), labels=batch["labels"], config=self.loss_config,
             attention_mask=batch["attention_mask"], **{f: _fp32(t) for f, t in teacher.items()}))
-        value = float(result.total.detach())
+        value, parts, tokens = distributed.reduce_batch(result.total.detach(), result.parts, tokens, weight)
         if not math.isfinite(value):
             kept = self.ckpt_path if self.ckpt_path.is_file() else "no checkpoint"
             raise NonFiniteLossError(f"loss is {value} at global step {state.step + 1} ({where}); stopped. {kept} "
                                      "holds the last good state; try a lower --lr or check the data")
         self.optimizer.zero_grad(set_to_none=True)
         if self.scaler is not None:  # fp16: scale the loss so that small gradients do not underflow
-            self.scaler.scale(result.total).backward()
+            self.scaler.scale(result.total * weight).backward()
             self.scaler.unscale_(self.optimizer)
         else:
-            result.total.backward()
+            (result.total * weight).backward()  # weight 1 in a plain run
+        distributed.average_gradients(self.loss_fn)
         if self.config.max_grad_norm > 0:  # g <- g * min(1, max_norm / ||g||_2) over all parameters together
             params = [p for group in self.optimizer.param_groups for p in group["params"]]
             torch.nn.utils.clip_grad_norm_(params, self.config.max_grad_norm)
@@ -356,9 +384,9 @@ class Trainer:
         state.step += 1
         state.loss_sum += value
         state.loss_count += 1
-        for k, v in result.parts.items():
+        for k, v in parts.items():
             state.part_sums[k] = state.part_sums.get(k, 0.0) + float(v)
-        state.examples += len(indices)
+        state.examples += examples
         state.tokens += tokens
         state.train_seconds += time.perf_counter() - t0
 
@@ -417,29 +445,33 @@ class Trainer:
             select=self.select_key(final["metrics"]), history=state.history, out_dir=str(self.out_dir),
             meta={**self.meta, "config": dataclasses.asdict(config), "loss": self.loss_name, "device": str(self.device),
                   "amp": str(self.amp_dtype), "precision": precision_name(self.amp_dtype),
-                  "total_steps": self.total_steps},
+                  "total_steps": self.total_steps, "identity": self.identity},
             timing={"train_seconds": state.train_seconds, "eval_seconds": state.eval_seconds,
                     "seconds_per_epoch": state.train_seconds / config.epochs,
                     "examples_per_s": state.examples / seconds, "tokens_per_s": state.tokens / seconds})
 
     # ------------------------------------------------------------------ checkpoints
     def save_checkpoint(self) -> None:
-        """Everything needed to continue bit for bit, written atomically (tmp file, then os.replace)."""
-        payload = {"version": 1, "config": dataclasses.asdict(self.config), "model": self.model.state_dict(),
-                   "loss_fn": self.loss_fn.state_dict(), "optimizer": self.optimizer.state_dict(),
+        """Everything needed to continue bit for bit, written atomically (pea_kd.storage.write_atomic)."""
+        payload = {"version": 1, "config": dataclasses.asdict(self.config), "identity": self.identity,
+                   "model": self.model.state_dict(), "loss_fn": self.loss_fn.state_dict(),
+                   "optimizer": self.optimizer.state_dict(),
                    "scheduler": self.scheduler.state_dict(),
                    "scaler": self.scaler.state_dict() if self.scaler else None,
-                   "rng": rng_state(), "state": dataclasses.asdict(self.state)}
-        tmp = self.ckpt_path.with_name(f".{CHECKPOINT}.tmp")
-        torch.save(payload, tmp)
-        os.replace(tmp, self.ckpt_path)
+                   "rng": rng_state(), "state": dataclasses.asdict(self.state),
+                   **distributed.checkpoint_fields()}  # under torchrun: world size, every rank's RNG (all ranks call)
+        if distributed.is_main():
+            write_atomic(self.ckpt_path, lambda f: torch.save(payload, f))
 
     def load_checkpoint(self) -> None:
-        ckpt = torch.load(self.ckpt_path, map_location="cpu", weights_only=True)
-        changed = [k for k in _RESUME_KEYS if ckpt["config"][k] != getattr(self.config, k)]
-        if changed:
-            raise ValueError(f"{self.ckpt_path}: cannot resume, settings changed: " + ", ".join(
-                f"{k} {ckpt['config'][k]!r} -> {getattr(self.config, k)!r}" for k in changed))
+        try:
+            ckpt = torch.load(self.ckpt_path, map_location="cpu", weights_only=True)
+            identity = ckpt.get("identity")
+        except Exception as err:  # truncated, corrupt, not a torch file, or a pickle that weights_only refuses
+            raise ValueError(f"{self.ckpt_path}: unreadable checkpoint ({type(err).__name__}); delete it, or pass "
+                             "--overwrite instead of --resume to start fresh") from None
+        distributed.check_resume(ckpt, self.ckpt_path)  # the same number of processes as the run that wrote it
+        check_same_run(self.ckpt_path, identity, self.identity, "cannot resume")
         self.model.load_state_dict(ckpt["model"])
         self.loss_fn.load_state_dict(ckpt["loss_fn"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
@@ -447,7 +479,9 @@ class Trainer:
         if self.scaler is not None and ckpt["scaler"]:
             self.scaler.load_state_dict(ckpt["scaler"])
         self.state = _State(**ckpt["state"])
-        set_rng_state(ckpt["rng"])
+        set_rng_state(distributed.rank_rng(ckpt))
+        if not distributed.is_main():  # rank 0 alone trims log.jsonl
+            return
         kept = [r for r in _read_log(self.log_path) if r["step"] <= self.state.step]  # drop evals after the checkpoint
         write_atomic(self.log_path, "".join(json.dumps(r) + "\n" for r in kept))
         log.info("%s: resuming at step %d (epoch %d, batch %d)", self.out_dir, self.state.step, self.state.epoch,

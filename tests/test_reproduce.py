@@ -129,3 +129,43 @@ def test_reproduce_smoke_writes_every_artefact_and_resumes(tmp_path):
     seconds.update({"teacher (6L)": resumed["teacher"]["seconds"], "teacher cache": resumed["teacher"]["cache_seconds"]})
     for row in rows[:-1]:
         assert 0 < float(row[3]) and int(row[6]) == round(seconds[row[0]]) and 0 < int(row[7].rstrip("%")) < 500, row
+
+
+def test_jobs_on_a_cuda_machine_get_one_gpu_each_round_robin(monkeypatch, tmp_path, caplog):
+    """With CUDA devices (their count monkeypatched: this machine has none), each worker slot of `--jobs N` has its
+    own GPU, round-robin over the visible ones, and the log says which; the stages are stand-ins run in threads."""
+    import threading
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+    from types import SimpleNamespace
+
+    from pea_kd.parallel import worker_devices
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert worker_devices(3) == worker_devices(3, "cuda") == ["cuda:0", "cuda:1", "cuda:0"]
+    assert worker_devices(2, "cuda:1") == ["cuda:1"] * 2 and worker_devices(2, "cpu") == ["cpu"] * 2  # as named
+
+    lock, busy, started = threading.Lock(), [], []
+
+    def student_stage(cfg, method, seed, teacher_dir, data_dir):
+        with lock:
+            busy.append(cfg.device)
+            started.append(list(busy))
+        time.sleep(0.02)
+        with lock:
+            busy.remove(cfg.device)
+        return {"seed": seed, "method": method.name, "result": {"meta": {}}}
+
+    monkeypatch.setattr(reproduce, "_teacher_stage", lambda *a: (SimpleNamespace(meta={"device": "cuda"}), None))
+    monkeypatch.setattr(reproduce, "_student_stage", student_stage)
+    monkeypatch.setattr(reproduce, "executor", lambda jobs, threads: ThreadPoolExecutor(jobs))
+    for name in ("_teacher_record", "summarize", "write_report", "_precision"):
+        monkeypatch.setattr(reproduce, name, lambda *a: None)
+    caplog.set_level("INFO", logger="pea_kd.reproduce")
+    results = reproduce.run_all(ReproduceConfig(task="mrpc", seeds=(0, 1), methods=("ft", "kd", "pkd"), lr=5e-5,
+                                                jobs=2, out_root=str(tmp_path)))
+    assert len(started) == 6 and results["environment"]["worker_devices"] == ["cuda:0", "cuda:1"]
+    assert all(len(set(running)) == len(running) for running in started)  # never two stages on one GPU
+    assert any(len(running) == 2 for running in started)  # and both GPUs in use at once
+    assert "slot 0 -> cuda:0, slot 1 -> cuda:1" in caplog.text and "worker slot 1 on cuda:1" in caplog.text
