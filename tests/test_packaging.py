@@ -64,10 +64,12 @@ def test_pip_install_gives_the_pea_kd_command(tmp_path):
                          cwd=tmp_path, env=env).stdout
     assert "export-hf" in out and "reproduce" in out and "distill" in out
     probe = ("import json, importlib.metadata, pea_kd, bert_mini; from pea_kd.glue import PROJECT_ROOT; "
+             "from pea_kd.assignments.checker import EXPECTED_FILE; "
              "print(json.dumps([pea_kd.__file__, bert_mini.__file__, str(PROJECT_ROOT), "
-             "importlib.metadata.version('pea-kd')]))")
+             "importlib.metadata.version('pea-kd'), EXPECTED_FILE.is_file()]))")
     installed = json.loads(subprocess.run([python, "-c", probe], check=True, capture_output=True, text=True,
                                           cwd=tmp_path).stdout)
     assert all(f.startswith(purelib) for f in installed[:2]), installed  # the installed copy, not the repository
     assert Path(installed[2]) == tmp_path.resolve()  # installed, runs/ and data/ go under the current directory
     assert installed[3] == pea_kd.__version__
+    assert installed[4]  # the assignment checkers' stored expected values ship with the package
