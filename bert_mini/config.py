@@ -19,6 +19,7 @@ _HARMLESS_KEYS = {
     "torch_dtype", "dtype", "classifier_dropout", "directionality", "pooler_fc_size", "pooler_num_attention_heads",
     "pooler_num_fc_layers", "pooler_size_per_head", "pooler_type", "output_past", "id2label", "label2id",
     "problem_type", "bos_token_id", "eos_token_id", "is_decoder", "add_cross_attention", "tie_word_embeddings",
+    "num_labels",
 }
 # Keys whose values we must check because other values mean a different model.
 _SUPPORTED_VALUES = {
@@ -64,8 +65,15 @@ class BertConfig:
         return self.hidden_size // self.num_attention_heads
 
     @classmethod
-    def from_dict(cls, values: dict, source: str = "config") -> "BertConfig":
-        """Build a config from an HF-style dict; unknown keys that would change the model are refused."""
+    def from_dict(cls, values: dict, source: str = "config", model_type: str = "bert") -> "BertConfig":
+        """Build a config from an HF-style dict; unknown keys that would change the model are refused.
+
+        model_type: the kind of model the caller can run. A dict that names another `model_type` is refused (one
+        without the key, as in old checkpoints, is accepted): e.g. a Pea-KD SPS student is not a plain BERT.
+        """
+        if values.get("model_type", model_type) != model_type:
+            raise ValueError(f"{source}: model_type is {values['model_type']!r}, expected {model_type!r}: "
+                             "this checkpoint is not a plain BERT, load it with the tool that wrote it")
         known = {f.name for f in dataclasses.fields(cls)}
         kwargs = {}
         for key, value in values.items():
@@ -85,8 +93,8 @@ class BertConfig:
             raise ValueError(f"{source}: {err}") from None
 
     @classmethod
-    def from_json(cls, path: str | os.PathLike) -> "BertConfig":
-        """Read a Hugging Face `config.json`."""
+    def from_json(cls, path: str | os.PathLike, model_type: str = "bert") -> "BertConfig":
+        """Read a Hugging Face `config.json` (of `model_type`, see `from_dict`)."""
         path = Path(path)
         try:
             values = json.loads(path.read_text(encoding="utf-8"))
@@ -96,18 +104,18 @@ class BertConfig:
             raise ValueError(f"{path}: not valid JSON ({err.msg} at line {err.lineno})") from None
         if not isinstance(values, dict):
             raise ValueError(f"{path}: expected a JSON object of config fields")
-        return cls.from_dict(values, source=str(path))
+        return cls.from_dict(values, source=str(path), model_type=model_type)
 
     def to_dict(self) -> dict:
         """The config as a plain dict (HF field names)."""
         return dataclasses.asdict(self)
 
-    def to_json(self, path: str | os.PathLike) -> None:
-        """Write the config as JSON, atomically."""
+    def to_json(self, path: str | os.PathLike, **extra) -> None:
+        """Write the config as JSON, atomically, with `extra` HF fields (model_type, architectures, id2label, ...)."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
         with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(self.to_dict(), f, indent=2, sort_keys=True)
+            json.dump({**self.to_dict(), **extra}, f, indent=2, sort_keys=True)
             f.write("\n")
         os.replace(tmp, path)

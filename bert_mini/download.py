@@ -19,6 +19,12 @@ Design
   So the final directory is never half-written, its existence alone means "complete", and a cache hit touches no
   network. The staging directory has a fixed name, so an interrupted fetch resumes file by file (complete files are
   kept, a ``.part`` is resumed). If nothing at all was downloaded, the staging directory is removed again.
+* **Validation.** A server can answer 200 with an HTML error page, or close a body without Content-Length early.
+  So each file is checked for what it claims to be before it is renamed into place (``check_file``: config.json
+  parses as a JSON object, vocab.txt is UTF-8 text and not HTML, model.safetensors has a readable header and exactly
+  the size it announces, pytorch_model.bin is a zip or pickle); a failing file is deleted and the fetch fails with
+  one line. A cache hit is checked the same way (cheap: headers and sizes), so a corrupt entry names its directory
+  and how to refresh it instead of failing later inside the loader.
 * **Cache location.** ``cache_dir`` argument, else ``$PEA_KD_CACHE``, else ``~/.cache/pea_kd/models``; hub names
   map to one directory each, ``org/name`` becoming ``org--name``. The hub URL is ``base_url``, else
   ``$PEA_KD_HUB_URL``, else https://huggingface.co; files are read from ``{base}/{name}/resolve/main/{file}``.
@@ -29,14 +35,16 @@ from __future__ import annotations
 
 import hashlib
 import http.client
+import json
 import os
+import struct
 import re
 import shutil
 import socket
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 DEFAULT_HUB_URL = "https://huggingface.co"
 CHECKPOINT_FILES = ("config.json", "vocab.txt")
@@ -120,11 +128,56 @@ def _progress_bar(enabled: bool, total: Optional[int], initial: int, name: str):
     return _Silent()
 
 
-def download_file(url: str, dest, sha256: Optional[str] = None, timeout: float = 60, progress: bool = True) -> Path:
+def check_file(path: Path, name: Optional[str] = None) -> None:
+    """ValueError (the reason) unless `path` looks like the checkpoint file `name` (default: its own name) says."""
+    name = name or path.name
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(1 << 16)
+    if head.lstrip()[:15].lower().startswith((b"<!doctype", b"<html")):
+        raise ValueError("an HTML page")
+    if name == "config.json":
+        try:
+            value = json.loads(path.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise ValueError(f"not valid JSON ({err.__class__.__name__})") from None
+        if not isinstance(value, dict):
+            raise ValueError("not a JSON object")
+    elif name == "vocab.txt":
+        try:
+            head.decode("utf-8")
+        except UnicodeDecodeError as err:
+            if err.start < len(head) - 4:  # a multi-byte character cut by the 64 KiB read is fine
+                raise ValueError("not UTF-8 text") from None
+        if not head.strip():
+            raise ValueError("empty")
+    elif name == "model.safetensors":
+        if size < 8:
+            raise ValueError(f"{size} bytes, too short for a safetensors header")
+        (n,) = struct.unpack("<Q", head[:8])
+        try:
+            with open(path, "rb") as f:
+                f.seek(8)
+                header = json.loads(f.read(n)) if 8 + n <= size else None
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            header = None
+        if not isinstance(header, dict):
+            raise ValueError("no readable safetensors header")
+        end = max((t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"), default=0)
+        if 8 + n + end != size:
+            raise ValueError(f"{size} bytes, but its header describes {8 + n + end} (cut short?)")
+    elif name == "pytorch_model.bin" and not (head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"):
+        raise ValueError("neither a zip nor a pickle file")
+
+
+def download_file(url: str, dest, sha256: Optional[str] = None, timeout: float = 60, progress: bool = True,
+                  check: Optional[Callable[[Path, str], None]] = None) -> Path:
     """Download `url` to `dest`, resuming `dest.part` if present; verify `sha256` (when given); return `dest`.
 
     `dest` appears only when complete and verified (os.replace of the .part). Raises DownloadError (network, HTTP,
     interrupted transfer: the .part is kept for resuming), NotFoundError (404) or ChecksumError (.part deleted).
+    check(path, name): raises ValueError(reason) when the complete .part is not what `dest` should be (deleted, then a
+    DownloadError naming the reason).
     """
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -176,6 +229,13 @@ def download_file(url: str, dest, sha256: Optional[str] = None, timeout: float =
         if actual != sha256.lower():
             part.unlink()
             raise ChecksumError(f"checksum mismatch for {url}: expected sha256 {sha256.lower()}, got {actual}")
+    if check is not None:
+        try:
+            check(part, dest.name)
+        except ValueError as err:
+            part.unlink()
+            raise DownloadError(f"{url} returned {err}, not a valid {dest.name}; nothing was kept, try again "
+                                "later or download the files by hand into a local directory") from None
     os.replace(part, dest)
     return dest
 
@@ -207,6 +267,12 @@ def fetch_model(name: str, cache_dir=None, base_url: Optional[str] = None, progr
     base = (base_url or os.environ.get("PEA_KD_HUB_URL") or DEFAULT_HUB_URL).rstrip("/")
     final = cache_dir / name.replace("/", "--")
     if _is_complete(final):
+        for f in (*CHECKPOINT_FILES, next(w for w in WEIGHT_FILES if (final / w).is_file())):
+            try:
+                check_file(final / f)
+            except ValueError as err:
+                raise DownloadError(f"{final / f} is corrupt ({err}); delete {final} (rm -r) and run again to "
+                                    "download it afresh") from None
         return final
     if final.exists():
         raise DownloadError(f"{final} exists but is not a complete checkpoint; delete it and run again")
@@ -216,11 +282,13 @@ def fetch_model(name: str, cache_dir=None, base_url: Optional[str] = None, progr
     try:
         for filename in CHECKPOINT_FILES:
             if not (staging / filename).is_file():
-                download_file(f"{base}/{name}/resolve/main/{filename}", staging / filename, progress=progress)
+                download_file(f"{base}/{name}/resolve/main/{filename}", staging / filename, progress=progress,
+                              check=check_file)
         if not any((staging / f).is_file() for f in WEIGHT_FILES):
             for i, filename in enumerate(WEIGHT_FILES):
                 try:
-                    download_file(f"{base}/{name}/resolve/main/{filename}", staging / filename, progress=progress)
+                    download_file(f"{base}/{name}/resolve/main/{filename}", staging / filename, progress=progress,
+                                  check=check_file)
                     break
                 except NotFoundError:
                     if i == len(WEIGHT_FILES) - 1:

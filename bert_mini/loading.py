@@ -17,10 +17,11 @@ import logging
 import os
 import pickle
 import re
+import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -88,14 +89,21 @@ def resolve_model_dir(name_or_path: str | os.PathLike, cache_dir=None, base_url:
     return directory
 
 
-def read_state_dict(model_dir: Path) -> tuple[dict[str, torch.Tensor], Path]:
+def weight_files(model_type: str = "bert") -> tuple[str, ...]:
+    """Weights file names, in order of preference. A model that is not a plain BERT keeps its weights in
+    `<model_type>.safetensors`, so that code which ignores config.json's model_type finds no weights to misuse."""
+    return WEIGHT_FILES if model_type == "bert" else (f"{model_type}.safetensors", *WEIGHT_FILES)
+
+
+def read_state_dict(model_dir: Path, model_type: str = "bert") -> tuple[dict[str, torch.Tensor], Path]:
     """Read the weights file of a checkpoint directory (safetensors preferred) into a CPU state dict."""
-    for name in WEIGHT_FILES:
+    names = weight_files(model_type)
+    for name in names:
         path = model_dir / name
         if path.is_file():
             break
     else:
-        raise FileNotFoundError(f"{model_dir}: no weights file (expected one of {', '.join(WEIGHT_FILES)})")
+        raise FileNotFoundError(f"{model_dir}: no weights file (expected one of {', '.join(names)})")
     if path.suffix == ".safetensors":
         try:
             return load_file(path, device="cpu"), path
@@ -130,22 +138,25 @@ def load_pretrained(
     num_hidden_layers: Optional[int] = None,
     cache_dir=None,
     base_url: Optional[str] = None,
+    model_type: str = "bert",
 ) -> BertModel | BertForSequenceClassification:
     """Load a pretrained BERT; `model.load_report` says what was missing, unused or newly initialised.
 
     num_labels: None returns the bare `BertModel`; a number returns `BertForSequenceClassification` whose head is
         loaded when the checkpoint has one of that shape, and freshly initialised (and reported) otherwise.
     num_hidden_layers: keep only the bottom L encoder layers (a PKD-style student); the report lists the dropped ones.
+    model_type: the `model_type` config.json must name (when it names one); a tool that saves its own kind of model
+        with `save_pretrained(model_type=...)` passes it here, everyone else gets a plain BERT or an error.
     """
     model_dir = resolve_model_dir(name_or_path, cache_dir, base_url)
-    config = BertConfig.from_json(model_dir / "config.json")
+    config = BertConfig.from_json(model_dir / "config.json", model_type=model_type)
     if num_hidden_layers is not None:
         if not 1 <= num_hidden_layers <= config.num_hidden_layers:
             raise ValueError(
                 f"num_hidden_layers={num_hidden_layers}: {model_dir} has {config.num_hidden_layers} layers"
             )
         config.num_hidden_layers = num_hidden_layers
-    state, weights_path = read_state_dict(model_dir)
+    state, weights_path = read_state_dict(model_dir, model_type)
     state = normalize_keys(state)
 
     model = BertModel(config) if num_labels is None else BertForSequenceClassification(config, num_labels)
@@ -189,25 +200,43 @@ def load_tokenizer(name_or_path: str | os.PathLike = "minilm-l6", cache_dir=None
 
 
 def save_pretrained(model: BertModel | BertForSequenceClassification, out_dir: str | os.PathLike,
-                    vocab_file: Optional[Path] = None) -> Path:
-    """Write an HF-layout checkpoint directory (config.json, model.safetensors, vocab.txt), atomically.
+                    tokenizer: Optional[BertTokenizer] = None, label_names: Optional[Sequence[str]] = None,
+                    model_type: str = "bert") -> Path:
+    """Write an HF-layout checkpoint directory, atomically, that `transformers`' Auto classes open as they are.
 
-    Names are HF's (`bert.` prefix and `classifier.*` for a classifier), so the directory loads here and elsewhere.
+        config.json         our fields + model_type, architectures (BertModel | BertForSequenceClassification)
+                            and, for a classifier, num_labels, id2label, label2id (`label_names`, default LABEL_i)
+        model.safetensors   HF's names: `bert.` prefix and `classifier.*` for a classifier (see model_type)
+        vocab.txt, tokenizer_config.json, special_tokens_map.json   when `tokenizer` is given (see BertTokenizer.save)
+
+    model_type: "bert" for a plain BERT. A model that runs its layers in another order (e.g. a Pea-KD SPS student)
+    must name its own type, so that HF refuses it instead of running it as a plain BERT: `AutoModel*` rejects the
+    unknown model_type, and an explicitly named BertFor* class finds no model.safetensors (the weights are in
+    `<model_type>.safetensors`). `load_pretrained` needs the same `model_type` to read it.
     """
+    extra: dict = {"model_type": model_type, "architectures": [type(model).__name__]}
+    if isinstance(model, BertForSequenceClassification):
+        names = [f"LABEL_{i}" for i in range(model.num_labels)] if label_names is None else list(label_names)
+        if len(names) != model.num_labels or len(set(names)) != len(names):
+            raise ValueError(f"save_pretrained: label_names {names} must be {model.num_labels} distinct names, "
+                             "one per output of the classifier")
+        extra.update(num_labels=model.num_labels, id2label={str(i): n for i, n in enumerate(names)},
+                     label2id={n: i for i, n in enumerate(names)})
+    elif label_names is not None:
+        raise ValueError("save_pretrained: label_names given for a BertModel, which has no classifier")
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}."))
-    model.config.to_json(tmp / "config.json")
-    save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, tmp / "model.safetensors")
-    if vocab_file is not None:
-        (tmp / "vocab.txt").write_bytes(Path(vocab_file).read_bytes())
-    if out_dir.exists():
-        old = out_dir.with_name(f".{out_dir.name}.old")
-        os.replace(out_dir, old)
+    model.config.to_json(tmp / "config.json", **extra)
+    save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()},
+              tmp / weight_files(model_type)[0], metadata={"format": "pt"})
+    if tokenizer is not None:
+        tokenizer.save(tmp, model_max_length=model.config.max_position_embeddings)
+    if out_dir.exists():  # swap via a uniquely named dir: a leftover of a killed save never blocks this one
+        old = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.old."))
+        os.replace(out_dir, old)  # onto the empty dir just made
         os.replace(tmp, out_dir)
-        for f in old.iterdir():
-            f.unlink()
-        old.rmdir()
+        shutil.rmtree(old)
     else:
         os.replace(tmp, out_dir)
     return out_dir

@@ -1,4 +1,4 @@
-"""BERT's WordPiece tokenizer, assembled from `vocab.txt` with the `tokenizers` library.
+"""BERT's WordPiece tokenizer, assembled from `vocab.txt` (or a WordPiece `tokenizer.json`) with `tokenizers`.
 
 The pipeline is the one BERT was trained with:
 
@@ -38,24 +38,57 @@ class BertTokenizer:
     def __init__(self, vocab_file: str | Path, lowercase: bool = True):
         vocab_file = Path(vocab_file)
         try:
-            lines = vocab_file.read_text(encoding="utf-8").splitlines()
+            vocab_bytes = vocab_file.read_bytes()
         except FileNotFoundError:
             raise FileNotFoundError(f"{vocab_file}: vocabulary file not found") from None
+        self._setup(vocab_bytes.decode("utf-8").splitlines(), vocab_bytes, str(vocab_file), lowercase)
+
+    @classmethod
+    def from_tokenizer_json(cls, path: str | Path) -> "BertTokenizer":
+        """Read a `tokenizers` file (what transformers 5 saves instead of vocab.txt); only BERT's WordPiece is accepted.
+
+        The vocabulary comes from `model.vocab` (ids 0..V-1), the casing from the BertNormalizer's `lowercase`.
+        """
+        path = Path(path)
+        try:
+            spec = json.loads(path.read_text(encoding="utf-8"))
+            model, normalizer = spec["model"], spec.get("normalizer") or {}
+        except FileNotFoundError:
+            raise FileNotFoundError(f"{path}: tokenizer file not found") from None
+        except (json.JSONDecodeError, KeyError, TypeError) as err:
+            raise ValueError(f"{path}: not a tokenizers JSON file ({err})") from None
+        if model.get("type") != "WordPiece" or model.get("continuing_subword_prefix", "##") != "##":
+            raise ValueError(f"{path}: a {model.get('type')} tokenizer; bert_mini only reads BERT's WordPiece "
+                             "(with the '##' continuation prefix)")
+        if normalizer.get("type") != "BertNormalizer":
+            raise ValueError(f"{path}: normalizer {normalizer.get('type')!r} is not BERT's (BertNormalizer)")
+        by_id = sorted((int(i), t) for t, i in model["vocab"].items())
+        tokens = [t for _, t in by_id]
+        if [i for i, _ in by_id] != list(range(len(tokens))) or any(len(t.splitlines()) != 1 for t in tokens):
+            raise ValueError(f"{path}: the WordPiece vocabulary must have ids 0..V-1 and one-line tokens")
+        tokenizer = cls.__new__(cls)
+        tokenizer._setup(tokens, ("\n".join(tokens) + "\n").encode("utf-8"), str(path),
+                         bool(normalizer.get("lowercase", True)))
+        return tokenizer
+
+    def _setup(self, tokens: list[str], vocab_bytes: bytes, source: str, lowercase: bool) -> None:
+        """Build the pipeline from the vocabulary (token on line i has id i) and the casing."""
         vocab = {}
-        for line_no, token in enumerate(lines):
+        for line_no, token in enumerate(tokens):
             if token in vocab:
-                raise ValueError(f"{vocab_file}:{line_no + 1}: duplicate vocabulary entry {token!r}")
+                raise ValueError(f"{source}:{line_no + 1}: duplicate vocabulary entry {token!r}")
             vocab[token] = line_no
         missing = [t for t in SPECIAL_TOKENS if t not in vocab]
         if missing:
-            raise ValueError(f"{vocab_file}: special tokens {missing} are missing from the vocabulary")
+            raise ValueError(f"{source}: special tokens {missing} are missing from the vocabulary")
         self.vocab = vocab
         self.lowercase = lowercase
+        self._vocab_bytes = vocab_bytes  # written back byte for byte by `save`
         self.pad_token_id = vocab["[PAD]"]
         self.cls_token_id = vocab["[CLS]"]
         self.sep_token_id = vocab["[SEP]"]
         self.unk_token_id = vocab["[UNK]"]
-        digest = hashlib.sha256(vocab_file.read_bytes() + (b"lower" if lowercase else b"cased")).hexdigest()
+        digest = hashlib.sha256(vocab_bytes + (b"lower" if lowercase else b"cased")).hexdigest()
         self.fingerprint = digest[:12]
 
         tok = Tokenizer(WordPiece(vocab, unk_token="[UNK]", max_input_chars_per_word=100))
@@ -69,6 +102,23 @@ class BertTokenizer:
             special_tokens=[("[CLS]", self.cls_token_id), ("[SEP]", self.sep_token_id)],
         )
         self._tokenizer = tok
+
+    def save(self, directory: str | Path, model_max_length: int = 512) -> None:
+        """Write vocab.txt, tokenizer_config.json and special_tokens_map.json: what `AutoTokenizer` and we read back.
+
+        tokenizer_config.json says `do_lower_case` (uncased: lower-case and strip accents) and the class,
+        BertTokenizer; `model_max_length` is the model's max_position_embeddings. `directory` must exist; the files
+        are written in place (`save_pretrained` calls this inside its staging directory, which it renames atomically).
+        """
+        directory = Path(directory)
+        special = {"unk_token": "[UNK]", "sep_token": "[SEP]", "pad_token": "[PAD]", "cls_token": "[CLS]",
+                   "mask_token": "[MASK]"}
+        config = {"tokenizer_class": "BertTokenizer", "do_lower_case": self.lowercase, "strip_accents": None,
+                  "tokenize_chinese_chars": True, "do_basic_tokenize": True, "model_max_length": model_max_length,
+                  **special}
+        (directory / "vocab.txt").write_bytes(self._vocab_bytes)
+        (directory / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+        (directory / "special_tokens_map.json").write_text(json.dumps(special, indent=2) + "\n", encoding="utf-8")
 
     @property
     def vocab_size(self) -> int:
@@ -119,8 +169,14 @@ class BertTokenizer:
 
 
 def tokenizer_from_dir(model_dir: str | Path) -> BertTokenizer:
-    """Build the tokenizer of a checkpoint directory (`vocab.txt`, casing from `tokenizer_config.json`)."""
+    """Build the tokenizer of a checkpoint directory.
+
+    `vocab.txt` with the casing of `tokenizer_config.json` (do_lower_case); without vocab.txt, the WordPiece
+    `tokenizer.json` that transformers 5 writes (any other tokenizer type is refused).
+    """
     model_dir = Path(model_dir)
+    if not (model_dir / "vocab.txt").is_file() and (model_dir / "tokenizer.json").is_file():
+        return BertTokenizer.from_tokenizer_json(model_dir / "tokenizer.json")
     lowercase = True
     config_file = model_dir / "tokenizer_config.json"
     if config_file.is_file():

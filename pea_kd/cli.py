@@ -27,15 +27,20 @@ import importlib
 import importlib.util
 import json
 import logging
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 from . import distributed
+from .storage import DirectoryInUse, StorageError
 from .trainer import NonFiniteLossError, TrainConfig
 
-PLUGIN_MODULES = ("pea_kd.commands",)  # may register more commands
+PLUGIN_MODULES = ("pea_kd.commands", "pea_kd.export")  # may register more commands
+# argparse (< 3.13) reads "-1e-5" as an option, so `--lr -1e-5` said "expected one argument"; with every number
+# recognised as one, the value reaches its check and the error names what is wrong with it.
+NEGATIVE_NUMBER = re.compile(r"^-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
 STAGE_DEFAULTS = {"teacher": {"epochs": 3, "batch_size": 32, "keep_best": True},  # best/ for --teacher-checkpoint best
                   "distill": {"epochs": 6, "batch_size": 32, "keep_best": False},
                   "ptp": {"epochs": 2, "batch_size": 32, "keep_best": True}}
@@ -96,7 +101,8 @@ def add_training_args(p: argparse.ArgumentParser, stage: str) -> None:
                         f"(default {'on' if d['keep_best'] else 'off'})")
     g.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:N (default auto)")
     add_amp_arg(g)
-    g.add_argument("--max-train-examples", type=int, default=None, help="train on the first N examples (smoke runs)")
+    g.add_argument("--max-train-examples", type=positive_int, default=None,
+                   help="train on the first N examples (smoke runs; N >= 1)")
     g.add_argument("--resume", action="store_true", help="continue the run in --out-dir from its checkpoint.pt")
     g.add_argument("--overwrite", action="store_true", help="replace a run already in --out-dir")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -110,12 +116,23 @@ def add_amp_arg(parser) -> None:
                              "off = fp32 (default auto)")
 
 
+def positive_int(text: str) -> int:
+    """argparse type: a whole number >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    return value
+
+
 def train_config_from_args(args: argparse.Namespace, lr: float) -> TrainConfig:
     """TrainConfig from the flags of add_training_args (`lr` is used when --lr was not given)."""
-    return TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr or lr, warmup=args.warmup,
-                       weight_decay=args.weight_decay, max_grad_norm=args.max_grad_norm, seed=args.seed,
-                       eval_every=args.eval_every, checkpoint_every=args.checkpoint_every, keep_best=args.keep_best,
-                       select=args.select, device=args.device, amp=args.amp,
+    return TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=lr if args.lr is None else args.lr,
+                       warmup=args.warmup, weight_decay=args.weight_decay, max_grad_norm=args.max_grad_norm,
+                       seed=args.seed, eval_every=args.eval_every, checkpoint_every=args.checkpoint_every,
+                       keep_best=args.keep_best, select=args.select, device=args.device, amp=args.amp,
                        progress=False if args.no_progress else None)
 
 
@@ -267,6 +284,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="command")
     for cmd in COMMANDS.values():
         cmd_parser = sub.add_parser(cmd.name, help=cmd.help, description=cmd.help)
+        cmd_parser._negative_number_matcher = NEGATIVE_NUMBER  # so that `--lr -1e-5` reaches the value check
         cmd.configure(cmd_parser)
         cmd_parser.set_defaults(_command=cmd, _parser=cmd_parser)
     return parser
@@ -287,7 +305,7 @@ def main(argv=None) -> int:
         for plugin in args.plugin:
             import_plugin(plugin)
         result = args._command.run(args, args._parser)
-    except (ValueError, FileNotFoundError, FileExistsError, NonFiniteLossError) as err:
+    except (ValueError, FileNotFoundError, FileExistsError, NonFiniteLossError, StorageError, DirectoryInUse) as err:
         if args.traceback:
             raise
         args._parser.exit(1, f"{args._parser.prog}: error: {err}\n")

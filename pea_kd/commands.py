@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from pathlib import Path
 
 from . import distributed
@@ -73,7 +74,8 @@ def _run_ptp(args, parser):
     return run_ptp(args.task, out_dir=out_dir, teacher_dir=args.teacher_dir, student_model=args.student_model,
                    num_layers=args.student_layers, variant=args.variant, t1=args.t1, t2=args.t2, holdout=args.holdout,
                    config=train_config_from_args(args, default_lr(args.student_model)), max_length=args.max_length,
-                   data_dir=args.data_dir, resume=args.resume, overwrite=args.overwrite)
+                   data_dir=args.data_dir, max_train_examples=args.max_train_examples, resume=args.resume,
+                   overwrite=args.overwrite)
 
 
 # ---------------------------------------------------------------- pea-kd
@@ -90,19 +92,18 @@ def _run_pea_kd(args, parser):
     from .ptp_stage import ptp_encoder_dir, run_ptp
     _check_plan(args, parser)
     root = run_root(args.task) if args.out_dir is None else Path(args.out_dir)
-    lr = args.lr or default_lr(args.student_model)
-    ptp_config = train_config_from_args(args, lr)
-    ptp_config.epochs = args.ptp_epochs
+    config = train_config_from_args(args, default_lr(args.student_model))
+    ptp_config = dataclasses.replace(config, epochs=args.ptp_epochs)  # checked (>= 1) before any work
     ptp_dir = root / f"ptp-{args.variant}" / f"seed{args.seed}"
     run_ptp(args.task, out_dir=ptp_dir, teacher_dir=args.teacher_dir, student_model=args.student_model,
             num_layers=args.student_layers, variant=args.variant, t1=args.t1, t2=args.t2, holdout=args.holdout,
-            config=ptp_config, max_length=args.max_length, data_dir=args.data_dir, resume=args.resume,
-            overwrite=args.overwrite)
+            config=ptp_config, max_length=args.max_length, data_dir=args.data_dir,
+            max_train_examples=args.max_train_examples, resume=args.resume, overwrite=args.overwrite)
     return distill_student(args.task, out_dir=root / "pea-kd" / f"seed{args.seed}", teacher_dir=args.teacher_dir,
                            student_model=args.student_model, num_layers=args.student_layers, variant=args.variant,
-                           loss="kd+pkd", init_from=ptp_encoder_dir(ptp_dir), config=train_config_from_args(args, lr),
-                           max_length=args.max_length, data_dir=args.data_dir, resume=args.resume,
-                           overwrite=args.overwrite)
+                           loss="kd+pkd", init_from=ptp_encoder_dir(ptp_dir), config=config,
+                           max_length=args.max_length, data_dir=args.data_dir,
+                           max_train_examples=args.max_train_examples, resume=args.resume, overwrite=args.overwrite)
 
 
 # ---------------------------------------------------------------- reproduce
@@ -159,6 +160,8 @@ def _run_reproduce(args, parser):
                           device=args.device, amp=args.amp, progress=False if args.no_progress else None, **extra)
     if args.estimate:
         from .budget import estimate
+        from .glue import ensure_task_data
+        ensure_task_data(cfg.task, cfg.data_dir, progress=not args.no_progress)
         print(estimate(cfg))
         return None
     results = run_all(cfg)

@@ -10,10 +10,11 @@
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import Optional
 
-from bert_mini import load_pretrained, load_tokenizer, resolve_model_dir
+from bert_mini import load_pretrained, load_tokenizer
 
 from .features import load_features
 from .glue import get_task
@@ -59,9 +60,11 @@ def distill_student(task, *, out_dir, teacher_dir=None, student_model: str = "mi
     spec = get_task(task)
     config = config or TrainConfig()
     check_distill_args(loss, num_layers, variant, teacher_dir)
+    loss_config = LossConfig(alpha=alpha, temperature=temperature, beta=beta, kl_reduction=kl_reduction,
+                             is_regression=spec.is_regression, weights=loss_weights or {})  # refused before any work
     requires = loss_requires(loss)
     tokenizer = load_tokenizer(student_model)
-    train_data = load_features(spec, "train", tokenizer, max_length, data_dir)
+    train_data = load_features(spec, "train", tokenizer, max_length, data_dir).head(max_train_examples)
     dev_data = load_features(spec, spec.dev_split, tokenizer, max_length, data_dir)
     teacher, live_teacher, teacher_layers = None, None, None
     if teacher_dir is not None and any(f in requires for f in TEACHER_FIELDS):
@@ -75,26 +78,22 @@ def distill_student(task, *, out_dir, teacher_dir=None, student_model: str = "mi
         if "teacher_attentions" in requires:  # the cache has no attention maps: this loss needs a live teacher
             live_teacher = load_pretrained(teacher_model_dir(teacher_dir, teacher_checkpoint),
                                            num_labels=spec.num_labels)
-    if max_train_examples:
-        n = min(max_train_examples, len(train_data))
-        train_data = train_data.subset(range(n))  # the first n examples: teacher rows 0..n-1 stay aligned
-        teacher = teacher and {k: v[:n] for k, v in teacher.items() if v is not None}
+    # the first n examples were kept: teacher rows 0..n-1 stay aligned
+    teacher = teacher and {k: v[:len(train_data)] for k, v in teacher.items() if v is not None}
     set_seed(config.seed)  # the new task head's initial weights depend on the seed only
     student = build_student(student_model, num_layers, spec.num_labels, variant, encoder_from=init_from)
     layer_map = pkd_layer_map(teacher_layers, effective_layers(student)) if teacher_layers else []
-    loss_config = LossConfig(alpha=alpha, temperature=temperature, beta=beta, kl_reduction=kl_reduction,
-                             layer_map=layer_map, is_regression=spec.is_regression, weights=loss_weights or {})
+    loss_config = dataclasses.replace(loss_config, layer_map=layer_map)
     meta = {"stage": "distill", "task": spec.name, "teacher_dir": None if teacher_dir is None else str(teacher_dir),
             "student_model": str(student_model), "num_layers": num_layers, "variant": variant,
             "effective_layers": effective_layers(student), "loss": loss, "alpha": alpha, "temperature": temperature,
             "beta": beta, "kl_reduction": kl_reduction, "layer_map": layer_map,
             "init_from": init_from and str(init_from),
             "max_length": max_length, "train_examples": len(train_data), "dev_examples": len(dev_data)}
-    vocab = resolve_model_dir(student_model) / "vocab.txt"
 
     def save_fn(model, path):
-        save_student(model, path, variant, vocab_file=vocab, extra_meta={"stage": "distill", "task": spec.name,
-                                                                         "loss": loss})
+        save_student(model, path, variant, tokenizer=tokenizer, label_names=spec.labels,
+                     extra_meta={"stage": "distill", "task": spec.name, "loss": loss})
     return train(student, train_data, dev_data, task=spec, out_dir=out_dir, config=config, loss=loss,
                  loss_config=loss_config, teacher=teacher, live_teacher=live_teacher, save_fn=save_fn, resume=resume,
                  overwrite=overwrite, meta=meta)

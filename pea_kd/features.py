@@ -14,7 +14,7 @@ Why each step:
   split, `tokenizer.fingerprint` (vocabulary + casing), `max_length`, the label vocabulary, a format version and the
   sha256 of the source TSV, so editing the data, switching tokenizer or truncation length rebuilds it. A cache file
   that cannot be read or does not match its key is rebuilt with a log line, never trusted and never fatal.
-  Writes are atomic (temporary file, then `os.replace`), so an interrupted run cannot leave half a file behind.
+  Writes are atomic (pea_kd.storage.write_atomic), so an interrupted run cannot leave half a file behind.
 * Dynamic padding. Every example is stored unpadded; a batch is padded only to its own longest member T_max, not to
   the global `max_length`. Self-attention costs O(T^2) per head (the score matrix softmax(Q K^T / sqrt(d_k)) is
   T x T) and the feed-forward layers O(T), and every pad position is computed and then masked away: pure waste.
@@ -33,7 +33,6 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +42,7 @@ import numpy as np
 import torch
 
 from .glue import PROJECT_ROOT, Example, get_task, load_examples, split_path
+from .storage import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +88,15 @@ class Features:
         idx = _check_indices(self, indices)
         return Features([self.input_ids[i] for i in idx], [self.token_type_ids[i] for i in idx],
                         None if self.labels is None else self.labels[idx])
+
+    def head(self, n: Optional[int]) -> "Features":
+        """The first n examples (all of them when n is None or exceeds the size): `--max-train-examples`. n < 1 is
+        refused, never read as "all"."""
+        if n is None:
+            return self
+        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+            raise ValueError(f"max_train_examples must be a whole number >= 1, got {n!r}")
+        return self.subset(range(min(n, len(self))))
 
 
 def encode_examples(examples: Sequence[Example], tokenizer, max_length: int = 128) -> Features:
@@ -185,15 +194,7 @@ def _write_cache(path: Path, key: dict, features: Features) -> None:
     if features.labels is not None:
         arrays["labels"] = features.labels
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; the cache is ordinary, shareable data
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(path, lambda f: np.savez(f, **arrays))
 
 
 def _read_cache(path: Path, key: dict) -> Features:

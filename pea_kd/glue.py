@@ -28,7 +28,10 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+# Where runs/, data/glue/ and data/cache/ go: the repository in a source checkout; the current directory when pea_kd
+# is installed as a package (never site-packages).
+_SOURCE_ROOT = Path(__file__).resolve().parent.parent
+PROJECT_ROOT = _SOURCE_ROOT if (_SOURCE_ROOT / "pyproject.toml").is_file() else Path.cwd()
 DEFAULT_DATA_DIR = PROJECT_ROOT / "data" / "glue"
 
 
@@ -73,6 +76,7 @@ class TaskSpec:
     split_aliases: extra split names, e.g. MNLI "dev" -> "dev_matched".
     skip_malformed_rows: splits in which rows with a wrong column count are a known quirk of the original data:
         they are counted, skipped and reported in one log line instead of raising.
+    score_range: (low, high) of a regression task's scores; a score outside it is a format error.
     """
 
     name: str
@@ -85,6 +89,7 @@ class TaskSpec:
     split_aliases: dict[str, str] = field(default_factory=dict)
     aliases: tuple[str, ...] = ()
     skip_malformed_rows: tuple[str, ...] = ()
+    score_range: tuple[float, float] | None = None
 
     def __post_init__(self):
         if not self.directory:
@@ -155,7 +160,7 @@ TASKS: dict[str, TaskSpec] = {spec.name: spec for spec in [
         Layout(("id", "question1", "question2"), "question1", "question2")), skip_malformed_rows=("train",)),
     TaskSpec("STS-B", None, ("pearson", "spearman", "corr"), "pearson", _standard_files(
         Layout(_STSB + ("score",), "sentence1", "sentence2", "score"),
-        Layout(_STSB, "sentence1", "sentence2"))),
+        Layout(_STSB, "sentence1", "sentence2")), score_range=(0.0, 5.0)),
     # MNLI: evaluated separately on the matched and mismatched dev sets; "MNLI-MM" is the same data with
     # dev/test defaulting to the mismatched files.
     TaskSpec("MNLI", _MNLI_LABELS, ("acc",), "acc", _MNLI_FILES, dev_split="dev_matched",
@@ -207,6 +212,40 @@ def split_path(task: str | TaskSpec, split: str, data_dir: str | os.PathLike | N
     spec = get_task(task)
     file_name = spec.files[spec.resolve_split(split)][0]
     return _data_dir(data_dir)[0] / spec.directory / file_name
+
+
+def ensure_task_data(task: str | TaskSpec, data_dir: str | os.PathLike | None = None, progress: bool = True) -> Path:
+    """Make sure the task's train and dev files exist, downloading the task when they do not; returns the GLUE root.
+
+    The download goes through data/download_glue.py (official sources, or the mirror in $PEA_KD_GLUE_URL) into the
+    data dir the reader uses (the argument, else $GLUE_DIR, else data/glue). Without a network, or without the
+    downloader (an installed package), it raises FileNotFoundError in one line naming GLUE_DIR and `make data`.
+    """
+    spec = get_task(task)
+    root, source = _data_dir(data_dir)
+    if all(split_path(spec, split, data_dir).is_file() for split in ("train", spec.dev_split)):
+        return root
+    how = (f"set GLUE_DIR to a directory holding {spec.directory}/, or run `make data TASK={spec.directory.lower()}` "
+           "on a machine with a network")
+    downloader = _SOURCE_ROOT / "data" / "download_glue.py"
+    if not downloader.is_file():
+        raise FileNotFoundError(f"GLUE {spec.name} is not in {root} (data dir from {source}) and {downloader} is "
+                                f"missing; {how}")
+    import importlib.util
+    module_spec = importlib.util.spec_from_file_location("download_glue", downloader)
+    download_glue = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(download_glue)
+    log.info("GLUE %s is not in %s (data dir from %s): downloading it", spec.name, root, source)
+    try:
+        download_glue.download_task(spec.directory, root, base_url=os.environ.get("PEA_KD_GLUE_URL"),
+                                    progress=progress)
+    except (RuntimeError, OSError) as err:  # DownloadError, GlueDownloadError, a read-only or full disk
+        from bert_mini.download import NoNetworkError
+        reason = ("no network connection" if isinstance(err, NoNetworkError)
+                  else f"the download failed: {(str(err).strip().splitlines() or [type(err).__name__])[0]}")
+        raise FileNotFoundError(f"GLUE {spec.name} is not in {root} (data dir from {source}) and cannot be "
+                                f"downloaded ({reason}); {how}") from None
+    return root
 
 
 def load_examples(task: str | TaskSpec, split: str, data_dir: str | os.PathLike | None = None) -> list[Example]:
@@ -276,7 +315,8 @@ def _read_lines(path: Path) -> list[str]:
 
 
 def _parse_label(spec: TaskSpec, raw: str, path: Path, line_no: int) -> int | float:
-    """A class id (position of `raw` in spec.labels), or a finite float score for regression."""
+    """A class id (position of `raw` in spec.labels), or a finite float score (within spec.score_range) for
+    regression."""
     if spec.labels is None:
         try:
             score = float(raw)
@@ -284,6 +324,9 @@ def _parse_label(spec: TaskSpec, raw: str, path: Path, line_no: int) -> int | fl
             score = math.nan
         if not math.isfinite(score):
             raise _error(path, line_no, "a numeric score", _show(raw))
+        if spec.score_range and not spec.score_range[0] <= score <= spec.score_range[1]:
+            low, high = spec.score_range
+            raise _error(path, line_no, f"a score in [{low:g}, {high:g}]", _show(raw))
         return score
     if raw not in spec.labels:
         raise _error(path, line_no, f"a label in {{{', '.join(spec.labels)}}}", _show(raw))

@@ -90,7 +90,8 @@ def true_median(values: torch.Tensor) -> float:
     return float(v[n // 2]) if n % 2 else float((v[n // 2 - 1] + v[n // 2]) / 2)
 
 
-def _check_threshold(name: str, value) -> Optional[float]:
+def check_threshold(name: str, value) -> Optional[float]:
+    """A PTP threshold: None (the median) or a number in (0, 1]; ValueError otherwise."""
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < float(value) <= 1.0:
@@ -116,7 +117,7 @@ def build_ptp_labels(teacher_logits, labels, t1: Optional[float] = None, t2: Opt
     if y.dtype == torch.bool or y.min() < 0 or y.max() >= z.shape[1]:
         raise ValueError(f"build_ptp_labels: labels must be class ids in [0, {z.shape[1]}), "
                          f"got values in [{int(y.min())}, {int(y.max())}]")
-    t1, t2 = _check_threshold("t1", t1), _check_threshold("t2", t2)
+    t1, t2 = check_threshold("t1", t1), check_threshold("t2", t2)
 
     confidence = torch.softmax(z.double(), dim=1).max(dim=1).values  # c = max_j softmax(z_t)_j, (N,)
     correct = z.argmax(dim=1) == y.long()  # y_hat == y; argmax ties -> first index

@@ -20,11 +20,11 @@ from typing import Optional
 
 import numpy as np
 
-from bert_mini import load_tokenizer, resolve_model_dir
+from bert_mini import load_tokenizer
 
 from .features import load_features, split_holdout
 from .glue import get_task
-from .ptp import PTP_CLASSES, build_ptp_labels, build_ptp_student, format_histogram
+from .ptp import PTP_CLASSES, build_ptp_labels, build_ptp_student, check_threshold, format_histogram
 from .students import save_student
 from .teacher import ensure_teacher_outputs
 from .runtime import set_seed
@@ -48,19 +48,24 @@ def ptp_accuracy(predictions, labels) -> dict:
 def run_ptp(task, *, out_dir, teacher_dir, student_model: str = "minilm-l6", num_layers: int = 3,
             variant: str = "sps", t1: Optional[float] = None, t2: Optional[float] = None, holdout: float = PTP_HOLDOUT,
             config: Optional[TrainConfig] = None, max_length: int = 128, data_dir=None,
-            teacher_checkpoint: str = "final", resume: bool = False, overwrite: bool = False) -> TrainResult:
+            max_train_examples: Optional[int] = None, teacher_checkpoint: str = "final", resume: bool = False,
+            overwrite: bool = False) -> TrainResult:
     """Train a `variant` student on PTP labels; out_dir/best/ holds the encoder with the lowest held-out PTP loss.
 
     t1, t2: thresholds for correct / wrong predictions; None = medians of the teacher's confidence (authors' rule).
+    max_train_examples: keep the first N training examples (and their teacher rows) before the held-out split.
     """
     spec = get_task(task)
     if spec.is_regression:
         raise ValueError(f"PTP is defined for classification tasks; {spec.name} is a regression task")
+    check_threshold("t1", t1)  # refused before the teacher cache, which may take long
+    check_threshold("t2", t2)
     config = dataclasses.replace(config or TrainConfig(), select="loss", keep_best=True)
+    tokenizer = load_tokenizer(student_model)
+    data = load_features(spec, "train", tokenizer, max_length, data_dir).head(max_train_examples)
     cache = ensure_teacher_outputs(teacher_dir, spec, ("train",), max_length, data_dir, teacher_checkpoint,
                                    config.device)["splits"]["train"]
-    tokenizer = load_tokenizer(student_model)
-    data = load_features(spec, "train", tokenizer, max_length, data_dir)
+    cache = {k: v[:len(data)] for k, v in cache.items() if v is not None}  # rows of the examples kept
     fit_idx, held_idx = split_holdout(len(data), holdout, config.seed)
     fit = build_ptp_labels(cache["logits"][fit_idx], cache["labels"][fit_idx], t1, t2)
     held = build_ptp_labels(cache["logits"][held_idx], cache["labels"][held_idx], fit.t1, fit.t2)
@@ -70,15 +75,15 @@ def run_ptp(task, *, out_dir, teacher_dir, student_model: str = "minilm-l6", num
 
     set_seed(config.seed)  # the 4-way head's initial weights depend on the seed only
     model = build_ptp_student(student_model, num_layers, variant)
-    vocab = resolve_model_dir(student_model) / "vocab.txt"
     ptp_meta = {"stage": "ptp", "task": spec.name, "t1": fit.t1, "t2": fit.t2,
                 "histogram_fit": fit.histogram, "histogram_heldout": held.histogram}
 
     def save_fn(m, path):
-        save_student(m, path, variant, vocab_file=vocab, extra_meta=ptp_meta)
+        save_student(m, path, variant, tokenizer=tokenizer, label_names=PTP_CLASSES, extra_meta=ptp_meta)
 
     meta = {**ptp_meta, "teacher_dir": str(teacher_dir), "student_model": str(student_model),
             "num_layers": num_layers, "variant": variant, "holdout": holdout, "max_length": max_length,
+            "max_train_examples": max_train_examples,
             "train_examples": len(ptp_train), "heldout_examples": len(ptp_held), "classes": list(PTP_CLASSES)}
     return train(model, ptp_train, ptp_held, task=spec, out_dir=out_dir, config=config, loss="ce",
                  metrics_fn=ptp_accuracy, save_fn=save_fn, resume=resume, overwrite=overwrite, meta=meta)

@@ -7,11 +7,10 @@ The table separates the two ways of reading a dev score:
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 from .glue import get_task
-from .runtime import write_atomic
+from .storage import write_atomic
 
 
 DERIVED_METRICS = ("acc_and_f1", "corr")  # averages of the other columns: in results.json, not in the table
@@ -110,7 +109,7 @@ def plot_results(results: dict, path: Path) -> None:
     ax.legend(loc="lower right")
     fig.autofmt_xdate(rotation=20)
     fig.tight_layout()
-    fig.savefig(path)
+    fig.savefig(path, format="png")
     plt.close(fig)
 
 
@@ -132,7 +131,7 @@ def plot_curves(results: dict, path: Path) -> None:
     ax.set_ylabel(f"dev {metric} (%)")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path)
+    fig.savefig(path, format="png")
     plt.close(fig)
 
 
@@ -142,6 +141,4 @@ def write_report(results: dict, root: Path) -> None:
     write_atomic(root / "results.json", json.dumps(results, indent=1, default=str) + "\n")
     write_atomic(root / "results.md", format_markdown(results))
     for name, plot in (("results.png", plot_results), ("curves.png", plot_curves)):
-        tmp = root / f".{name}.tmp.png"
-        plot(results, tmp)
-        os.replace(tmp, root / name)
+        write_atomic(root / name, lambda f: plot(results, f))

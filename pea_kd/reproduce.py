@@ -11,7 +11,9 @@
     report    results.md, results.json, results.png (bar chart), curves.png (dev metric during training)
 
 Every stage runs through the trainer with resume=True: a finished stage returns its stored result instantly and an
-interrupted one continues from its checkpoint, so an interrupted `make reproduce` picks up where it stopped.
+interrupted one continues from its checkpoint, so an interrupted `make reproduce` picks up where it stopped. Reuse
+needs the same settings (pea_kd.identity): rerun with other ones (--lr, --alpha, ...) and it stops with a one-line error
+naming them instead of reporting old runs under new labels; give it another --out-root.
 
 Headline numbers are *final* dev scores (end of training, no selection), as mean ± std over seeds. The best dev
 score seen during training is a separate, labelled column: selecting and scoring on the same dev set is optimistic,
@@ -19,6 +21,7 @@ and it is what the authors report.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -35,15 +38,20 @@ from typing import Optional
 import torch
 from safetensors import safe_open
 
+from bert_mini import BertConfig, resolve_model_dir
+
 from . import __version__, distributed
 from .cli import default_lr
 from .distill import distill_student
-from .glue import PROJECT_ROOT, get_task, split_path
+from .glue import PROJECT_ROOT, ensure_task_data, get_task, split_path
+from .identity import RunMismatch
+from .losses import LossConfig
 from .parallel import executor, is_sps, next_unit, peak_rss_mb, resolve_jobs, start_order, worker_devices
 from .ptp_stage import ptp_encoder_dir, run_ptp
 from .report import write_report
+from .sps import make_plan
 from .teacher import ensure_teacher_outputs, finetune_teacher
-from .runtime import write_atomic
+from .storage import write_atomic
 from .trainer import TrainConfig, TrainResult
 
 log = logging.getLogger(__name__)
@@ -121,11 +129,30 @@ class ReproduceConfig:
         if self.lr is None:
             self.lr = default_lr(self.teacher)
         recipe = TEACHER_RECIPES.get((str(self.teacher), get_task(self.task).name), {})
-        self.teacher_lr = self.teacher_lr or recipe.get("lr", self.lr)
-        self.teacher_epochs = self.teacher_epochs or recipe.get("epochs", 3)
+        if self.teacher_lr is None:  # None only: a value given, even 0, is checked below, never replaced
+            self.teacher_lr = recipe.get("lr", self.lr)
+        if self.teacher_epochs is None:
+            self.teacher_epochs = recipe.get("epochs", 3)
         if self.smoke:  # every stage, tiny: a few dozen examples, one short epoch, one seed
             self.seeds = self.seeds[:1]
             self.teacher_epochs = self.student_epochs = self.ptp_epochs = 1
+        self.check()
+
+    def check(self) -> None:
+        """Refuse (one-line ValueError) every setting a stage would refuse, before the teacher trains for hours."""
+        for epochs, lr in ((self.teacher_epochs, self.teacher_lr), (self.student_epochs, self.lr),
+                           (self.ptp_epochs, self.lr)):
+            _train_config(self, epochs, lr, 0)  # TrainConfig's checks: epochs, lr, batch size, device
+        LossConfig(alpha=self.alpha, temperature=self.temperature, beta=self.beta)
+        teacher_layers = BertConfig.from_json(resolve_model_dir(self.teacher) / "config.json").num_hidden_layers
+        if not 1 <= self.student_layers <= teacher_layers:
+            raise ValueError(f"--student-layers {self.student_layers}: the student takes the bottom layers of the "
+                             f"{teacher_layers}-layer teacher {self.teacher}, so 1..{teacher_layers}")
+        for variant in {m.variant for m in METHODS if m.slug in self.methods}:
+            make_plan(self.student_layers, variant)
+        if self.max_length < 2 or self.smoke_examples < 1:
+            raise ValueError(f"--max-length must be >= 2 and smoke_examples >= 1, got {self.max_length}, "
+                             f"{self.smoke_examples}")
 
     @property
     def run_root(self) -> Path:
@@ -164,9 +191,10 @@ def run_all(cfg: ReproduceConfig) -> dict:
     started = time.perf_counter()
     root = cfg.run_root
     root.mkdir(parents=True, exist_ok=True)
-    data_dir = cfg.data_dir
-    if cfg.smoke:
-        with distributed.main_process_first():  # under torchrun: rank 0 writes the smoke data, the others read it
+    with distributed.main_process_first():  # under torchrun: rank 0 fetches and writes the data, the others read it
+        ensure_task_data(cfg.task, cfg.data_dir, progress=cfg.progress is not False)  # downloads a missing task
+        data_dir = cfg.data_dir
+        if cfg.smoke:
             data_dir = smoke_data_dir(cfg.task, cfg.data_dir, root / "glue", cfg.smoke_examples) \
                 if distributed.is_main() else root / "glue"
     teacher_dir = root / "teacher"
@@ -206,7 +234,7 @@ def run_all(cfg: ReproduceConfig) -> dict:
             write_report(results, root)  # after every run, so a partial table is always on disk
         return results
 
-    with executor(jobs, threads) as pool:
+    with executor(jobs, threads) as pool, _fresh_start_hint(root):
         teacher, cache_seconds = pool.submit(_teacher_stage, cfg, teacher_dir, data_dir, jobs * threads).result()
         while queue or running:
             while len(running) < jobs:
@@ -234,6 +262,17 @@ def run_all(cfg: ReproduceConfig) -> dict:
 def _precision(metas: list[dict]) -> str:
     """The precision the stages trained in ("fp32", "bf16", ...); several joined by "+" if they differ."""
     return "+".join(sorted({m["precision"] for m in metas}))
+
+
+@contextlib.contextmanager
+def _fresh_start_hint(root: Path):
+    """A stage directory holding a run with other settings stops the reproduction (nothing is reused or mixed):
+    the one-line error says how to start fresh here, where there is no --overwrite."""
+    try:
+        yield
+    except RunMismatch as err:
+        raise RunMismatch(err.args[0], err.args[1], f"{root} holds runs made with other settings: delete it or "
+                                                    "pass another --out-root") from None
 
 
 def _teacher_stage(cfg: ReproduceConfig, teacher_dir: Path, data_dir,

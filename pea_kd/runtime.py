@@ -1,13 +1,11 @@
-"""Where and how reproducibly code runs: seeding, device and mixed-precision choice, RNG snapshots, atomic files.
+"""Where and how reproducibly code runs: seeding, device and mixed-precision choice, RNG snapshots.
 
 Nothing here knows about training; `pea_kd.trainer` and the stages build on it.
 """
 from __future__ import annotations
 
 import logging
-import os
 import random
-from pathlib import Path
 from typing import Optional
 
 import numpy as np
@@ -26,8 +24,20 @@ def set_seed(seed: int) -> None:
 
 
 def resolve_device(name: str = "auto") -> torch.device:
-    """The device called `name`: "auto" = cuda when available, else cpu; otherwise as torch reads it ("cuda:1")."""
-    return torch.device(("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name)
+    """The device called `name`: "auto" = cuda when available, else cpu; otherwise as torch reads it ("cuda:1").
+    ValueError (one line) for a name torch does not know or a CUDA device this machine does not have."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"unknown device {name!r}; expected auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r}: this machine has no CUDA GPU (torch.cuda.is_available() is False); "
+                         "use --device cpu or auto")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise ValueError(f"device {name!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return device
 
 
 def resolve_amp(amp: str, device: torch.device) -> Optional[torch.dtype]:
@@ -62,13 +72,6 @@ PRECISION_NAMES = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
 def precision_name(amp_dtype: Optional[torch.dtype]) -> str:
     """How a run computed: "fp32" (no autocast), "bf16" or "fp16" (autocast dtype; weights and loss in fp32)."""
     return PRECISION_NAMES[amp_dtype]
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write a text file so that readers see the old or the new content, never half of it (tmp + os.replace)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def rng_state() -> dict:

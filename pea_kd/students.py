@@ -11,9 +11,14 @@ A student is a `BertForSequenceClassification` with L real layers and an SPS pla
         embeddings, layers, pooler                <- that directory, bit for bit
         classifier                                <- new again (the 4-way PTP head is discarded)
 
-`save_student` writes an HF-layout directory (config.json, model.safetensors, optional vocab.txt) plus `student.json`
+`save_student` writes an HF-layout directory (config.json, model.safetensors, tokenizer files) plus `student.json`
 ({variant, plan, num_layers, effective_layers, num_labels, num_parameters, extra}); `load_student` reads it back with
 plan and head.
+
+Outside pea_kd: an "original" student's config.json says model_type "bert", so Hugging Face's Auto classes run it
+as it is. A student with shared layers (sps, sps_no_shuffle, sps6) is NOT a plain BERT: its config.json says
+model_type "pea_kd_sps", which transformers (and `bert_mini.load_pretrained`) refuse loudly instead of running the
+L stored layers once. `python -m pea_kd export-hf DIR OUT` (`pea_kd.export`) writes its unrolled plain-BERT twin.
 """
 from __future__ import annotations
 
@@ -21,18 +26,21 @@ import json
 import logging
 import os
 import shutil
+import tempfile
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 from torch import nn
 
-from bert_mini import BertForSequenceClassification, load_pretrained, save_pretrained
+from bert_mini import BertForSequenceClassification, BertTokenizer, load_pretrained, save_pretrained
 
 from .sps import Plan, apply_plan, get_encoder, make_plan
+from .storage import write_atomic
 
 logger = logging.getLogger(__name__)
 
 STUDENT_FILE = "student.json"
+SPS_MODEL_TYPE = "pea_kd_sps"  # config.json model_type of students whose layers run more than once
 HEAD_INIT_STD = 0.02  # BERT's initializer_range: W_c ~ N(0, 0.02^2), b_c = 0
 
 
@@ -40,6 +48,11 @@ def reset_head(model: BertForSequenceClassification, std: float = HEAD_INIT_STD)
     """Re-initialise the task head in place: W_c ~ N(0, std^2), b_c = 0."""
     nn.init.normal_(model.classifier.weight, mean=0.0, std=std)
     nn.init.zeros_(model.classifier.bias)
+
+
+def model_type_of(variant: str) -> str:
+    """config.json `model_type` of a student: "bert" for a plain ("original") one, SPS_MODEL_TYPE otherwise."""
+    return "bert" if str(variant).lower() == "original" else SPS_MODEL_TYPE
 
 
 def read_student_meta(student_dir: str | os.PathLike) -> dict:
@@ -96,7 +109,7 @@ def build_student(
             raise ValueError(
                 f"build_student: encoder_from={encoder_from} holds a {meta['num_layers']}-layer "
                 f"{meta['variant']!r} student, but variant={variant!r}, num_layers={num_layers} was asked for")
-        model = load_pretrained(encoder_from, num_labels=num_labels)
+        model = load_pretrained(encoder_from, num_labels=num_labels, model_type=model_type_of(meta["variant"]))
         if model.config.num_hidden_layers != num_layers:
             raise ValueError(f"build_student: {encoder_from}/config.json has num_hidden_layers="
                              f"{model.config.num_hidden_layers}, {STUDENT_FILE} says {num_layers}")
@@ -125,23 +138,20 @@ def count_parameters(model: nn.Module, include_head: bool = True) -> int:
     return total
 
 
-def _write_json_atomic(path: Path, value: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(value, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def save_student(
     model: BertForSequenceClassification,
     out_dir: str | os.PathLike,
     variant: str,
-    vocab_file: Optional[str | os.PathLike] = None,
+    tokenizer: Optional[BertTokenizer] = None,
+    label_names: Optional[Sequence[str]] = None,
     extra_meta: Optional[dict] = None,
 ) -> Path:
     """Write `out_dir` = HF-layout checkpoint + `student.json`, atomically (a reader sees the old or the new dir).
 
-    `variant` must describe the plan the model runs (checked); `extra_meta` (JSON-serialisable) is stored under
-    "extra", e.g. {"stage": "ptp", "task": "MRPC", "t1": 0.95, "t2": 0.75}.
+    `variant` must describe the plan the model runs (checked); config.json's model_type is `model_type_of(variant)`.
+    `tokenizer` (its files are written) and `label_names` (id2label, e.g. the GLUE task's labels) are as in
+    `bert_mini.save_pretrained`. `extra_meta` (JSON-serialisable) is stored under "extra", e.g.
+    {"stage": "ptp", "task": "MRPC", "t1": 0.95, "t2": 0.75}.
     """
     if not isinstance(model, BertForSequenceClassification):
         raise TypeError(f"save_student: expected a BertForSequenceClassification, got {type(model).__name__}")
@@ -163,11 +173,11 @@ def save_student(
     staging = out_dir.with_name(f".{out_dir.name}.staging.{os.getpid()}")
     if staging.exists():
         shutil.rmtree(staging)
-    save_pretrained(model, staging, vocab_file=vocab_file)
-    _write_json_atomic(staging / STUDENT_FILE, meta)
+    save_pretrained(model, staging, tokenizer=tokenizer, label_names=label_names, model_type=model_type_of(variant))
+    write_atomic(staging / STUDENT_FILE, json.dumps(meta, indent=2, sort_keys=True) + "\n")
     if out_dir.exists():  # swap: rename the old dir away, the new one in, then delete the old one
-        old = out_dir.with_name(f".{out_dir.name}.old.{os.getpid()}")
-        os.replace(out_dir, old)
+        old = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.old."))  # unique: never blocked
+        os.replace(out_dir, old)  # onto the empty dir just made
         os.replace(staging, out_dir)
         shutil.rmtree(old)
     else:
@@ -178,7 +188,7 @@ def save_student(
 def load_student(out_dir: str | os.PathLike) -> BertForSequenceClassification:
     """Reload a directory written by `save_student`: weights, head and plan; `model.student_meta` = student.json."""
     meta = read_student_meta(out_dir)
-    model = load_pretrained(out_dir, num_labels=int(meta["num_labels"]))
+    model = load_pretrained(out_dir, num_labels=int(meta["num_labels"]), model_type=model_type_of(meta["variant"]))
     if model.load_report.newly_initialized:
         raise ValueError(f"load_student: {out_dir} has no task head of shape "
                          f"({meta['num_labels']}, {model.config.hidden_size})")
@@ -191,4 +201,4 @@ def load_student(out_dir: str | os.PathLike) -> BertForSequenceClassification:
 
 
 __all__ = ["build_student", "save_student", "load_student", "read_student_meta", "effective_layers",
-           "count_parameters", "reset_head", "HEAD_INIT_STD", "STUDENT_FILE"]
+           "count_parameters", "reset_head", "model_type_of", "HEAD_INIT_STD", "STUDENT_FILE", "SPS_MODEL_TYPE"]

@@ -14,41 +14,36 @@ Rows are in example order, so a training batch's `index` selects its teacher row
 """
 from __future__ import annotations
 
-import hashlib
 import logging
-import os
-import shutil
 import time
 from pathlib import Path
 from typing import Optional
 
 import torch
 
-from bert_mini import load_pretrained, load_tokenizer, resolve_model_dir, save_pretrained
+from bert_mini import load_pretrained, load_tokenizer, save_pretrained
 
 from . import distributed
 from .features import Features, collate, load_features, make_batches, split_holdout
 from .glue import get_task
-from .runtime import resolve_amp, resolve_device, set_seed
+from .identity import features_digest, file_digest
+from .runtime import precision_name, resolve_amp, resolve_device, set_seed
+from .storage import directory_lock, write_atomic
 from .trainer import TrainConfig, TrainResult, train
 
 log = logging.getLogger(__name__)
 CACHE_FILE = "teacher_outputs.pt"
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: the teacher is identified by a digest of its weights, not its path; precision recorded
 
 
 class StaleTeacherCache(ValueError):
     """teacher_outputs.pt is missing, unreadable or was computed for other data, tokenizer, task or max_length."""
 
 
-def checkpoint_saver(model_name):
-    """save_fn for the trainer: an HF-layout dir (bert_mini.save_pretrained) + tokenizer files of `model_name`."""
-    source = resolve_model_dir(model_name)
-
+def checkpoint_saver(tokenizer, label_names):
+    """save_fn for the trainer: an HF-layout dir (bert_mini.save_pretrained) with the tokenizer files and labels."""
     def save(model, path):
-        save_pretrained(model, path, vocab_file=source / "vocab.txt")
-        if (source / "tokenizer_config.json").is_file():  # keeps the casing (do_lower_case) with the weights
-            shutil.copyfile(source / "tokenizer_config.json", Path(path) / "tokenizer_config.json")
+        save_pretrained(model, path, tokenizer=tokenizer, label_names=label_names)
     return save
 
 
@@ -65,9 +60,7 @@ def finetune_teacher(task, *, out_dir, model_name: str = "minilm-l6", config: Op
     spec = get_task(task)
     config = config or TrainConfig()
     tokenizer = load_tokenizer(model_name)
-    train_data = load_features(spec, "train", tokenizer, max_length, data_dir)
-    if max_train_examples:
-        train_data = train_data.subset(range(min(max_train_examples, len(train_data))))
+    train_data = load_features(spec, "train", tokenizer, max_length, data_dir).head(max_train_examples)
     if holdout:
         fit_idx, held_idx = split_holdout(len(train_data), holdout, config.seed)
         train_data, eval_data, eval_split = train_data.subset(fit_idx), train_data.subset(held_idx), "train-holdout"
@@ -81,7 +74,7 @@ def finetune_teacher(task, *, out_dir, model_name: str = "minilm-l6", config: Op
             "hidden_size": model.config.hidden_size, "train_examples": len(train_data), "eval_split": eval_split,
             "holdout": holdout, "dev_examples": len(eval_data)}
     return train(model, train_data, eval_data, task=spec, out_dir=out_dir, config=config, loss="ce",
-                 save_fn=checkpoint_saver(model_name), resume=resume, overwrite=overwrite, meta=meta)
+                 save_fn=checkpoint_saver(tokenizer, spec.labels), resume=resume, overwrite=overwrite, meta=meta)
 
 
 def teacher_model_dir(teacher_dir, which: str = "final") -> Path:
@@ -92,14 +85,6 @@ def teacher_model_dir(teacher_dir, which: str = "final") -> Path:
             return candidate
     raise FileNotFoundError(f"{d}: no teacher checkpoint (config.json in it or in {which}/); "
                             "train one with `python -m pea_kd finetune-teacher`")
-
-
-def features_digest(features: Features) -> str:
-    """sha256 (first 16 hex digits) of all token ids and segment ids: equal digests = identical model inputs."""
-    h = hashlib.sha256()
-    for ids, types in zip(features.input_ids, features.token_type_ids):
-        h.update(ids.astype("int32").tobytes() + b"|" + types.astype("int8").tobytes() + b";")
-    return h.hexdigest()[:16]
 
 
 @torch.inference_mode()
@@ -123,9 +108,10 @@ def cache_teacher_outputs(teacher_dir, task, splits=("train", "dev"), max_length
                           batch_size: int = 64, which: str = "final", device: str = "auto", amp: str = "off") -> Path:
     """Run the fine-tuned teacher once per split and write <teacher_dir>/teacher_outputs.pt atomically.
 
-    File: {"version", "task", "teacher" (model dir), "max_length", "tokenizer" (fingerprint), "num_examples":
-    {split: N}, "digests": {split: features_digest}, "splits": {split: {"logits", "cls_hidden", "labels"}},
-    "seconds": wall time of computing it}.
+    File: {"version", "task", "teacher" (model dir, for information), "teacher_weights" (sha256 of its
+    model.safetensors: what identifies the teacher), "precision" ("fp32", "bf16", "fp16"), "max_length",
+    "tokenizer" (fingerprint), "num_examples": {split: N}, "digests": {split: features_digest},
+    "splits": {split: {"logits", "cls_hidden", "labels"}}, "seconds": wall time of computing it}.
     amp: float32 by default ("off"), so the cached targets are exact; "auto" uses bf16/fp16 on CUDA.
     """
     started = time.perf_counter()
@@ -137,12 +123,15 @@ def cache_teacher_outputs(teacher_dir, task, splits=("train", "dev"), max_length
                          "is this a teacher for another task?")
     tokenizer = load_tokenizer(model_dir)
     dev = resolve_device(device)
+    amp_dtype = resolve_amp(amp, dev)
     model.to(dev)
-    payload = {"version": CACHE_VERSION, "task": spec.name, "teacher": str(model_dir), "max_length": max_length,
-               "tokenizer": tokenizer.fingerprint, "num_examples": {}, "digests": {}, "splits": {}}
+    payload = {"version": CACHE_VERSION, "task": spec.name, "teacher": str(model_dir),
+               "teacher_weights": file_digest(model_dir / "model.safetensors"), "precision": precision_name(amp_dtype),
+               "max_length": max_length, "tokenizer": tokenizer.fingerprint, "num_examples": {}, "digests": {},
+               "splits": {}}
     for split in splits:
         data = load_features(spec, split, tokenizer, max_length, data_dir)
-        outputs = teacher_forward(model, data, dev, batch_size, resolve_amp(amp, dev))
+        outputs = teacher_forward(model, data, dev, batch_size, amp_dtype)
         outputs["labels"] = torch.from_numpy(data.labels) if data.labels is not None else None
         payload["splits"][split] = outputs
         payload["num_examples"][split] = len(data)
@@ -150,18 +139,18 @@ def cache_teacher_outputs(teacher_dir, task, splits=("train", "dev"), max_length
         log.info("teacher cache: %s %s: %d examples", spec.name, split, len(data))
     payload["seconds"] = time.perf_counter() - started
     path = Path(teacher_dir) / CACHE_FILE
-    tmp = path.with_name(f".{CACHE_FILE}.tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    write_atomic(path, lambda f: torch.save(payload, f))
     return path
 
 
 def load_teacher_outputs(path, task, max_length: int, tokenizer_fingerprint: str, split_sizes: dict,
-                         digests: Optional[dict] = None, teacher: Optional[str] = None) -> dict:
+                         digests: Optional[dict] = None, teacher_weights: Optional[str] = None,
+                         precision: Optional[str] = None) -> dict:
     """Read a teacher cache and refuse it (StaleTeacherCache, one line saying what differs) unless it matches.
 
     split_sizes: {split: N expected}; digests: optional {split: features_digest(...)} for an exact data check;
-    teacher: optional model directory the cache must come from (e.g. final/ rather than best/).
+    teacher_weights: optional file_digest of the model.safetensors the cache must come from (the weights, not the
+    path: a retrained teacher is another teacher, a moved one the same); precision: optional "fp32"/"bf16"/"fp16".
     """
     path = Path(path)
     if not path.is_file():
@@ -172,7 +161,8 @@ def load_teacher_outputs(path, task, max_length: int, tokenizer_fingerprint: str
         raise StaleTeacherCache(f"{path}: unreadable teacher cache ({type(err).__name__}); recompute it") from None
     spec = get_task(task)
     expected = {"version": CACHE_VERSION, "task": spec.name, "max_length": max_length,
-                "tokenizer": tokenizer_fingerprint, **({"teacher": str(teacher)} if teacher else {})}
+                "tokenizer": tokenizer_fingerprint, **({"teacher_weights": teacher_weights} if teacher_weights else {}),
+                **({"precision": precision} if precision else {})}
     for key, value in expected.items():
         if cache.get(key) != value:
             raise StaleTeacherCache(f"{path}: stale teacher cache: {key} is {cache.get(key)!r}, expected {value!r}")
@@ -190,14 +180,19 @@ def load_teacher_outputs(path, task, max_length: int, tokenizer_fingerprint: str
 
 
 def ensure_teacher_outputs(teacher_dir, task, splits=("train", "dev"), max_length: int = 128, data_dir=None,
-                           which: str = "final", device: str = "auto") -> dict:
-    """The validated teacher cache of `splits` (tokenised with the teacher's tokenizer), recomputed if missing/stale."""
+                           which: str = "final", device: str = "auto", amp: str = "off") -> dict:
+    """The validated teacher cache of `splits` (tokenised with the teacher's tokenizer), recomputed if missing/stale.
+
+    Valid = same task, data, tokenizer, max_length, teacher *weights* and precision (resolve_amp(amp, device)).
+    Recomputing holds the teacher directory's lock: a second process waits for it, then reads its cache.
+    """
     model_dir = teacher_model_dir(teacher_dir, which).resolve()
     tokenizer = load_tokenizer(model_dir)
     features = {s: load_features(task, s, tokenizer, max_length, data_dir) for s in splits}  # disk-cached ids
     path = Path(teacher_dir) / CACHE_FILE
     args = (task, max_length, tokenizer.fingerprint, {s: len(f) for s, f in features.items()},
-            {s: features_digest(f) for s, f in features.items()}, str(model_dir))
+            {s: features_digest(f) for s, f in features.items()}, file_digest(model_dir / "model.safetensors"),
+            precision_name(resolve_amp(amp, resolve_device(device))))
     with distributed.main_process_first():  # under torchrun: rank 0 checks (or recomputes) it, the others then read
         try:
             return load_teacher_outputs(path, *args)
@@ -206,5 +201,10 @@ def ensure_teacher_outputs(teacher_dir, task, splits=("train", "dev"), max_lengt
                 log.warning("%s; recomputing it", err)
             else:
                 log.info("computing the teacher cache %s", path)
-        cache_teacher_outputs(teacher_dir, task, tuple(splits), max_length, data_dir, which=which, device=device)
+        with directory_lock(teacher_dir, wait=True):
+            try:  # another process may have computed it while this one waited
+                return load_teacher_outputs(path, *args)
+            except StaleTeacherCache:
+                cache_teacher_outputs(teacher_dir, task, tuple(splits), max_length, data_dir, which=which, device=device,
+                                      amp=amp)
         return load_teacher_outputs(path, *args)

@@ -29,7 +29,7 @@ from typing import Optional
 from . import distributed
 from .glue import get_task
 from .teacher import finetune_teacher
-from .runtime import write_atomic
+from .storage import write_atomic
 from .trainer import TrainConfig
 
 SEARCH_JSON, SEARCH_MD = "search.json", "search.md"

@@ -31,7 +31,6 @@ import dataclasses
 import json
 import logging
 import math
-import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -44,13 +43,13 @@ from tqdm.auto import tqdm
 from . import distributed
 from .features import Features, collate, make_batches
 from .glue import get_task
+from .identity import check_same_run, run_identity
 from .losses import LossConfig, LossInputs, build_loss, task_loss
-from .runtime import precision_name, resolve_amp, resolve_device, rng_state, set_rng_state, set_seed, write_atomic
+from .runtime import precision_name, resolve_amp, resolve_device, rng_state, set_rng_state, set_seed
+from .storage import directory_lock, storage_error, write_atomic
 
 log = logging.getLogger(__name__)
 CHECKPOINT, LOG, RESULT = "checkpoint.pt", "log.jsonl", "result.json"
-# Settings a resumed run must share with the run that wrote the checkpoint (others, e.g. device, may change).
-_RESUME_KEYS = ("epochs", "batch_size", "lr", "warmup", "weight_decay", "max_grad_norm", "seed", "eval_every", "select")
 
 
 class NonFiniteLossError(RuntimeError):
@@ -102,6 +101,7 @@ class TrainConfig:
             raise ValueError("TrainConfig: eval_every, checkpoint_every and seed must be >= 0")
         if self.amp not in ("auto", "bf16", "fp16", "off"):
             raise ValueError(f"TrainConfig: amp must be auto, bf16, fp16 or off, got {self.amp!r}")
+        resolve_device(self.device)  # an unknown or absent device is refused here, before any work
 
 
 @dataclass
@@ -221,7 +221,7 @@ class Trainer:
 
         self.config = config = config or TrainConfig()
         if config.select not in ("auto", "loss") and metrics_fn is None and config.select not in _task_metrics(task):
-            raise ValueError(f"train: select={config.select!r} is not a metric of {task}; "
+            raise ValueError(f"train: select={config.select!r} is not a metric of {get_task(task).name}; "
                              f"choose loss or one of {', '.join(_task_metrics(task))}")
         if train_data.labels is None or dev_data.labels is None:
             raise ValueError("train: train and dev features need labels")
@@ -238,6 +238,10 @@ class Trainer:
         self.loss_name = getattr(self.loss_fn, "spec", type(self.loss_fn).__name__)
         self.requires = getattr(self.loss_fn, "requires", frozenset({"labels"}))
         self.teacher_rows, self.live_teacher = self._teacher_inputs(teacher, live_teacher)
+        # what this run is (pea_kd.identity): a checkpoint or result is reused only when all of it matches
+        targets = self.teacher_rows or (live_teacher.state_dict() if live_teacher is not None else None)
+        self.identity = run_identity(config, model, self.loss_fn, self.loss_config, train_data, dev_data, targets,
+                                     self.amp_dtype)
         model.to(self.device)
         self.loss_fn.to(self.device)
         self.train_model = distributed.wrap(model, self.loss_fn)  # under torchrun: DDP (averages gradients), else model
@@ -273,12 +277,21 @@ class Trainer:
 
     # ------------------------------------------------------------------ the loop
     def fit(self, resume: bool = False, overwrite: bool = False) -> TrainResult:
-        """Train for config.epochs (from checkpoint.pt when resuming), write final/ and result.json."""
+        """Train for config.epochs (from checkpoint.pt when resuming), write final/ and result.json. out_dir is
+        locked meanwhile (storage.directory_lock); a full disk or read-only directory is a one-line StorageError."""
+        with distributed.on_main(directory_lock(self.out_dir)):  # under torchrun: rank 0 holds it for all ranks
+            try:
+                return self._fit(resume, overwrite)
+            except OSError as err:
+                raise storage_error(err.filename or self.out_dir, err) from None
+
+    def _fit(self, resume: bool, overwrite: bool) -> TrainResult:
         config = self.config
-        self.out_dir.mkdir(parents=True, exist_ok=True)
         if resume and self.result_path.is_file() and not self.ckpt_path.is_file():
+            done = TrainResult.load(self.result_path)
+            check_same_run(self.result_path, done.meta.get("identity"), self.identity, "cannot reuse this finished run")
             log.info("%s: run already finished; returning its result", self.out_dir)
-            return dataclasses.replace(TrainResult.load(self.result_path), out_dir=str(self.out_dir))  # if moved
+            return dataclasses.replace(done, out_dir=str(self.out_dir))  # if moved
         if not resume and any(p.exists() for p in (self.ckpt_path, self.log_path, self.result_path)):
             if not overwrite:
                 raise FileExistsError(f"{self.out_dir} already holds a run; resume it (--resume) or pass --overwrite")
@@ -429,33 +442,34 @@ class Trainer:
             select=self.select_key(final["metrics"]), history=state.history, out_dir=str(self.out_dir),
             meta={**self.meta, "config": dataclasses.asdict(config), "loss": self.loss_name, "device": str(self.device),
                   "amp": str(self.amp_dtype), "precision": precision_name(self.amp_dtype),
-                  "total_steps": self.total_steps},
+                  "total_steps": self.total_steps, "identity": self.identity},
             timing={"train_seconds": state.train_seconds, "eval_seconds": state.eval_seconds,
                     "seconds_per_epoch": state.train_seconds / config.epochs,
                     "examples_per_s": state.examples / seconds, "tokens_per_s": state.tokens / seconds})
 
     # ------------------------------------------------------------------ checkpoints
     def save_checkpoint(self) -> None:
-        """Everything needed to continue bit for bit, written atomically (tmp file, then os.replace)."""
-        payload = {"version": 1, "config": dataclasses.asdict(self.config), "model": self.model.state_dict(),
-                   "loss_fn": self.loss_fn.state_dict(), "optimizer": self.optimizer.state_dict(),
+        """Everything needed to continue bit for bit, written atomically (pea_kd.storage.write_atomic)."""
+        payload = {"version": 1, "config": dataclasses.asdict(self.config), "identity": self.identity,
+                   "model": self.model.state_dict(), "loss_fn": self.loss_fn.state_dict(),
+                   "optimizer": self.optimizer.state_dict(),
                    "scheduler": self.scheduler.state_dict(),
                    "scaler": self.scaler.state_dict() if self.scaler else None,
                    "rng": rng_state(), "state": dataclasses.asdict(self.state),
                    **distributed.checkpoint_fields()}  # under torchrun: world size, every rank's RNG (all ranks call)
         if not distributed.is_main():
             return
-        tmp = self.ckpt_path.with_name(f".{CHECKPOINT}.tmp")
-        torch.save(payload, tmp)
-        os.replace(tmp, self.ckpt_path)
+        write_atomic(self.ckpt_path, lambda f: torch.save(payload, f))
 
     def load_checkpoint(self) -> None:
-        ckpt = torch.load(self.ckpt_path, map_location="cpu", weights_only=True)
+        try:
+            ckpt = torch.load(self.ckpt_path, map_location="cpu", weights_only=True)
+            identity = ckpt.get("identity")
+        except Exception as err:  # truncated, corrupt, not a torch file, or a pickle that weights_only refuses
+            raise ValueError(f"{self.ckpt_path}: unreadable checkpoint ({type(err).__name__}); delete it, or pass "
+                             "--overwrite instead of --resume to start fresh") from None
         distributed.check_resume(ckpt, self.ckpt_path)  # the same number of processes as the run that wrote it
-        changed = [k for k in _RESUME_KEYS if ckpt["config"][k] != getattr(self.config, k)]
-        if changed:
-            raise ValueError(f"{self.ckpt_path}: cannot resume, settings changed: " + ", ".join(
-                f"{k} {ckpt['config'][k]!r} -> {getattr(self.config, k)!r}" for k in changed))
+        check_same_run(self.ckpt_path, identity, self.identity, "cannot resume")
         self.model.load_state_dict(ckpt["model"])
         self.loss_fn.load_state_dict(ckpt["loss_fn"])
         self.optimizer.load_state_dict(ckpt["optimizer"])

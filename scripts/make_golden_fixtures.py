@@ -14,10 +14,18 @@ only read the small files it writes:
   checkpoint directory) for a few hundred real GLUE dev sentences / pairs, with truncation ("longest_first")
   to max_length 128 and, for a heavily truncated group, 32.
 
-Both files carry metadata (library versions, sha256 of model.safetensors and of the GLUE files, date).
+* ``hf_interop_golden.json`` -- what transformers computes when it opens directories written by THIS project:
+  ``build_interop_dirs`` (no transformers; the tests call it too) writes a plain 2-label student, a 3-label
+  MNLI-shaped teacher, and an SPS student with its ``export-hf`` copy (tiny seeded random weights over the real
+  MiniLM vocabulary). For each directory HF opens, the file records the Auto classes' view of it (config fields,
+  tokenizer class, loading info), the token ids of ``AutoTokenizer`` and the logits of
+  ``AutoModelForSequenceClassification``; for the SPS directory, how HF refused it. Also
+  ``hf_saved_tokenizer.json.gz``: the tokenizer.json that transformers' ``save_pretrained`` writes (no vocab.txt).
+
+The first two files carry metadata (library versions, sha256 of model.safetensors and of the GLUE files, date).
 Everything is sanity-checked before anything is written; any failed check aborts with a clear error.
 
-Usage:  python scripts/make_golden_fixtures.py [--model-dir DIR] [--glue-dir DIR] [--out DIR]
+Usage:  python scripts/make_golden_fixtures.py [--model-dir DIR] [--glue-dir DIR] [--out DIR] [--only interop]
 """
 from __future__ import annotations
 
@@ -255,6 +263,128 @@ def make_model_fixture(tok, data, model_dir: Path) -> dict[str, np.ndarray]:
                      "text_b": r["text_b"], "full_len": r["n"]} for r in rows]
     return res
 
+# ------------------------------------------------------------------------- interop: our directories, opened by HF
+
+# (text_a, text_b): pairs and singles, accents and capitals (do_lower_case must reach HF), an out-of-vocabulary word.
+INTEROP_TEXTS = [("The cat sat on the mat.", "A cat is sitting on a rug."),
+                 ("Héllo, WORLD! Naïve café owners re-opened.", None),
+                 ("Stocks fell 3.5% on Tuesday", "Shares dropped sharply, traders said."),
+                 ("qwertyuiopasdf zxcvb", "Zürich")]
+INTEROP_SEED = 1234
+
+
+def _tiny_random_classifier(vocab_size: int, num_labels: int, seed: int, num_layers: int = 2):
+    """An L-layer (default 2), H = 32 BERT classifier with seeded N(0, 0.1) weights (LayerNorm gains 1 + N(0, 0.1)): large enough
+    that the logits depend on every layer, unlike a fresh N(0, 0.02) init whose pooler output barely varies."""
+    from bert_mini import BertConfig, BertForSequenceClassification
+    config = BertConfig(vocab_size=vocab_size, hidden_size=32, num_hidden_layers=num_layers, num_attention_heads=4,
+                        intermediate_size=64, max_position_embeddings=64)
+    model = BertForSequenceClassification(config, num_labels)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in sorted(model.named_parameters()):
+            p.copy_(torch.randn(p.shape, generator=generator) * 0.1 + (1.0 if name.endswith("LayerNorm.weight") else 0))
+    return model.eval()
+
+
+def build_interop_dirs(out: Path, model_dir: Path) -> dict[str, Path]:
+    """Write, with this project's code only, the directories whose HF view hf_interop_golden.json records.
+
+    plain_mrpc: an "original" student (save_student, MRPC labels); teacher_mnli: a 3-label classifier saved as the
+    teacher is (save_pretrained, MNLI labels); sps_mnli: an SPS student (not openable by HF, on purpose);
+    sps_mnli_exported: `export_hf` of it, a plain 4-layer BERT. Deterministic: same seed, same bytes.
+    """
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    from bert_mini import load_tokenizer, save_pretrained
+    from pea_kd.export import export_hf
+    from pea_kd.glue import get_task
+    from pea_kd.sps import apply_plan
+    from pea_kd.students import save_student
+
+    tok = load_tokenizer(model_dir)
+    mrpc, mnli = get_task("mrpc").labels, get_task("mnli").labels
+    dirs = {name: out / name for name in ("plain_mrpc", "teacher_mnli", "sps_mnli", "sps_mnli_exported")}
+    save_student(_tiny_random_classifier(tok.vocab_size, 2, INTEROP_SEED), dirs["plain_mrpc"], "original",
+                 tokenizer=tok, label_names=mrpc)
+    save_pretrained(_tiny_random_classifier(tok.vocab_size, 3, INTEROP_SEED + 1), dirs["teacher_mnli"],
+                    tokenizer=tok, label_names=mnli)
+    sps = _tiny_random_classifier(tok.vocab_size, 3, INTEROP_SEED + 2)
+    apply_plan(sps, "sps")
+    save_student(sps, dirs["sps_mnli"], "sps", tokenizer=tok, label_names=mnli)
+    export_hf(dirs["sps_mnli"], dirs["sps_mnli_exported"])
+    return dirs
+
+
+def make_interop_fixture(model_dir: Path, work: Path) -> dict:
+    """Open our directories with the Auto classes; record config view, ids, logits; check HF refuses SPS."""
+    import transformers
+    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import BertForSequenceClassification as HFBert
+
+    dirs = build_interop_dirs(work, model_dir)
+    cases = {}
+    for name in ("plain_mrpc", "teacher_mnli", "sps_mnli_exported"):
+        d = dirs[name]
+        tok = AutoTokenizer.from_pretrained(str(d))
+        enc = tok([a for a, _ in INTEROP_TEXTS], [b or "" for _, b in INTEROP_TEXTS], padding=True,
+                  return_tensors="pt")
+        singles = [i for i, (_, b) in enumerate(INTEROP_TEXTS) if b is None]
+        for i in singles:  # a single text: encode alone and pad, so that it has no empty second segment
+            one = tok(INTEROP_TEXTS[i][0], padding="max_length", max_length=enc["input_ids"].shape[1],
+                      return_tensors="pt")
+            for k in enc:
+                enc[k][i] = one[k][0]
+        unk = (enc["input_ids"] == tok.unk_token_id).sum().item()
+        if tok("Héllo WORLD")["input_ids"] != tok("hello world")["input_ids"] or unk > 2:
+            fail(f"{name}: AutoTokenizer {type(tok).__name__} does not lower-case/strip accents or maps to [UNK]")
+        model, info = AutoModelForSequenceClassification.from_pretrained(
+            str(d), attn_implementation="eager", output_loading_info=True)
+        if any(info.get(k) for k in ("missing_keys", "unexpected_keys", "mismatched_keys")):
+            fail(f"{name}: HF loading info is not clean: {info}")
+        model.eval()
+        with torch.no_grad():
+            logits = model(**enc).logits
+            again = model(**enc).logits
+        if not torch.equal(logits, again) or not torch.isfinite(logits).all() or logits.std() < 1e-2:
+            fail(f"{name}: HF logits are non-deterministic, non-finite or constant: {logits}")
+        config = AutoConfig.from_pretrained(str(d))
+        cases[name] = {"model_class": type(model).__name__, "tokenizer_class": type(tok).__name__,
+                       "model_type": config.model_type, "architectures": config.architectures,
+                       "num_labels": config.num_labels, "id2label": {str(k): v for k, v in config.id2label.items()},
+                       "num_hidden_layers": config.num_hidden_layers,
+                       "do_lower_case": bool(getattr(tok, "do_lower_case", True)),
+                       "files": sorted(p.name for p in d.iterdir()),
+                       "weights_sha256": sha256(d / "model.safetensors"),
+                       **{k: enc[k].tolist() for k in ("input_ids", "token_type_ids", "attention_mask")},
+                       "logits": logits.tolist()}
+    refusals = {}
+    for how, load in (("AutoModelForSequenceClassification", AutoModelForSequenceClassification.from_pretrained),
+                      ("BertForSequenceClassification", HFBert.from_pretrained)):
+        try:
+            load(str(dirs["sps_mnli"]))
+        except (ValueError, OSError, KeyError) as err:
+            first_line = str(err).splitlines()[0].replace(str(dirs["sps_mnli"]), "<dir>")
+            refusals[how] = f"{type(err).__name__}: {first_line}"
+        else:
+            fail(f"transformers opened the SPS directory with {how}: it must refuse it")
+    return {"meta": {"generator": "scripts/make_golden_fixtures.py (make_interop_fixture)",
+                     "transformers_version": transformers.__version__, "torch_version": torch.__version__,
+                     "seed": INTEROP_SEED, "texts": INTEROP_TEXTS, "attn_implementation": "eager",
+                     "date_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")},
+            "cases": cases, "sps_mnli": {"files": sorted(p.name for p in dirs["sps_mnli"].iterdir()),
+                                         "refused": refusals}}
+
+
+def hf_saved_tokenizer(model_dir: Path, work: Path) -> bytes:
+    """tokenizer.json as transformers writes it (save_pretrained of AutoTokenizer), checked to come without vocab.txt."""
+    from transformers import AutoTokenizer
+    AutoTokenizer.from_pretrained(str(model_dir)).save_pretrained(str(work / "hf_tokenizer"))
+    files = sorted(p.name for p in (work / "hf_tokenizer").iterdir())
+    if "tokenizer.json" not in files or "vocab.txt" in files:
+        fail(f"transformers saved {files}; expected a tokenizer.json and no vocab.txt (the case load_tokenizer covers)")
+    return (work / "hf_tokenizer" / "tokenizer.json").read_bytes()
+
 
 def atomic_write(path: Path, data: bytes) -> None:
     tmp = path.with_name(path.name + ".tmp")
@@ -270,6 +400,8 @@ def main(argv=None) -> None:
                     help="GLUE root (default: $GLUE_DIR)")
     ap.add_argument("--out", type=Path, default=ROOT / "tests" / "fixtures",
                     help="output dir (default: tests/fixtures)")
+    ap.add_argument("--only", choices=("all", "interop"), default="all",
+                    help="interop: only hf_interop_golden.json and hf_saved_tokenizer.json.gz (needs no GLUE data)")
     args = ap.parse_args(argv)
     model_dir = args.model_dir or default_model_dir()
     if model_dir is None:
@@ -277,6 +409,9 @@ def main(argv=None) -> None:
     for name in ("config.json", "vocab.txt", "model.safetensors", "tokenizer.json"):
         if not (model_dir / name).is_file():
             fail(f"--model-dir {model_dir}: missing {name}")
+    if args.only == "interop":
+        write_interop(model_dir, args.out)
+        return
     if args.glue_dir is None:
         fail("--glue-dir not given and $GLUE_DIR is not set")
     import transformers
@@ -320,6 +455,21 @@ def main(argv=None) -> None:
     atomic_write(args.out / "minilm_golden.npz", buf.getvalue())
     print(f"wrote {args.out / 'tokenizer_golden.json'} ({len(entries)} entries, {tmeta['num_truncated']} truncated)")
     print(f"wrote {args.out / 'minilm_golden.npz'} (lengths {golden['attention_mask'].sum(1).tolist()})")
+    write_interop(model_dir, args.out)
+
+
+def write_interop(model_dir: Path, out: Path) -> None:
+    import gzip
+    import tempfile
+    out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as work:
+        fixture = make_interop_fixture(model_dir, Path(work))
+        tokenizer_json = hf_saved_tokenizer(model_dir, Path(work))
+    text = json.dumps(fixture, indent=1, sort_keys=True, ensure_ascii=True) + "\n"
+    atomic_write(out / "hf_interop_golden.json", text.encode("ascii"))
+    atomic_write(out / "hf_saved_tokenizer.json.gz", gzip.compress(tokenizer_json, mtime=0))
+    print(f"wrote {out / 'hf_interop_golden.json'} ({', '.join(fixture['cases'])}; SPS refused by "
+          f"{', '.join(fixture['sps_mnli']['refused'])}) and {out / 'hf_saved_tokenizer.json.gz'}")
 
 
 if __name__ == "__main__":

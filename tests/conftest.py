@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import torch
 
-from bert_mini import BertConfig, BertModel, save_pretrained
+from bert_mini import BertConfig, BertModel, BertTokenizer, save_pretrained
 
 SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 WORDS = ("the a cat dog sat ran on mat big small red blue good bad fast slow house tree car road sun moon "
@@ -38,7 +38,7 @@ def write_tiny_checkpoint(directory, seed: int = 0, **overrides) -> Path:
     vocab = directory.parent / f".{directory.name}-vocab.txt"
     vocab.write_text("\n".join(SPECIAL + WORDS) + "\n", encoding="utf-8")
     torch.manual_seed(seed)
-    save_pretrained(BertModel(BertConfig(**{**TINY_CONFIG, **overrides})), directory, vocab_file=vocab)
+    save_pretrained(BertModel(BertConfig(**{**TINY_CONFIG, **overrides})), directory, tokenizer=BertTokenizer(vocab))
     return directory
 
 

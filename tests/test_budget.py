@@ -70,7 +70,8 @@ def test_reproduce_budget_rows_relate_as_the_methods_do(tiny_env):
 
 def test_measurements_are_attached_only_from_the_same_setting(tiny_env):
     checkpoint, glue = tiny_env
-    cfg = ReproduceConfig(task="mrpc", teacher=str(checkpoint), seeds=(0,), methods=("ft", "kd"), data_dir=str(glue))
+    cfg = ReproduceConfig(task="mrpc", teacher=str(checkpoint), student_layers=1, seeds=(0,), methods=("ft", "kd"),
+                          data_dir=str(glue))  # the 2-layer teacher has room for at most 2 student layers
     rows = [StageBudget("teacher (2L)", 1, 2, 1e12), StageBudget("teacher cache", 1, 2, 1e11),
             StageBudget("FT", 1, 2, 4e12), StageBudget("KD", 1, 2, 4e12)]
     results = {"config": {**dataclasses.asdict(cfg), "task": "MRPC"},

@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import hashlib
 import http.server
+import json
 import re
 import socket
+import struct
 import threading
 import time
 
@@ -96,14 +98,16 @@ def sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-WEIGHTS = bytes(range(256)) * 40  # 10 KiB of "weights"
+_HEADER = json.dumps({"w": {"dtype": "F32", "shape": [2560], "data_offsets": [0, 10240]}}).encode()
+WEIGHTS = struct.pack("<Q", len(_HEADER)) + _HEADER + bytes(range(256)) * 40  # a valid 10 KiB model.safetensors
+BIN_WEIGHTS = b"\x80\x02" + bytes(range(256)) * 40  # starts like a pickle, as an old pytorch_model.bin
 CONFIG = b'{"hidden_size": 8, "num_hidden_layers": 1}'
 VOCAB = b"[PAD]\n[UNK]\n[CLS]\n[SEP]\nhello\n"
 
 
 def hub_files(name: str, weights_file: str = "model.safetensors") -> dict[str, bytes]:
     return {f"/{name}/resolve/main/config.json": CONFIG, f"/{name}/resolve/main/vocab.txt": VOCAB,
-            f"/{name}/resolve/main/{weights_file}": WEIGHTS}
+            f"/{name}/resolve/main/{weights_file}": WEIGHTS if weights_file == "model.safetensors" else BIN_WEIGHTS}
 
 
 # ---------------------------------------------------------------------------------------------------- download_file
@@ -241,7 +245,7 @@ def test_safetensors_404_falls_back_to_bin(tmp_path):
         paths = [r[1] for r in srv.requests]
     base = "/old-bert/resolve/main/"
     assert paths.index(base + "model.safetensors") < paths.index(base + "pytorch_model.bin")
-    assert (out / "pytorch_model.bin").read_bytes() == WEIGHTS
+    assert (out / "pytorch_model.bin").read_bytes() == BIN_WEIGHTS
     assert not (out / "model.safetensors").exists()
 
 
@@ -298,3 +302,29 @@ def test_invalid_names_rejected(tmp_path, bad):
     with pytest.raises(ValueError, match="invalid model name"):
         fetch_model(bad, cache_dir=tmp_path, base_url=closed_port_url())
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("path, body, reason", [
+    ("config.json", b"<!DOCTYPE html><html><body>Rate limited</body></html>", "an HTML page"),
+    ("model.safetensors", WEIGHTS[:5000], "cut short"),  # as a body without Content-Length closed early
+    ("config.json", CONFIG[:20], "not valid JSON"),
+])
+def test_a_file_that_is_not_what_it_claims_is_never_cached(tmp_path, path, body, reason):
+    files = hub_files("bert-tiny")
+    files[f"/bert-tiny/resolve/main/{path}"] = body  # status 200, a plausible size
+    with LocalHTTPServer(files) as srv:
+        with pytest.raises(DownloadError, match=f"{path} returned .*{reason}.*not a valid {path}") as err:
+            fetch_model("bert-tiny", cache_dir=tmp_path, base_url=srv.url, progress=False)
+    assert "\n" not in str(err.value)
+    assert not (tmp_path / "bert-tiny").exists()  # nothing marked complete
+    assert not list(tmp_path.rglob(path)) and not list(tmp_path.rglob("*.part"))
+
+
+def test_a_corrupt_cache_entry_names_itself_and_how_to_refresh(tmp_path, monkeypatch):
+    monkeypatch.setenv("PEA_KD_CACHE", str(tmp_path))
+    with LocalHTTPServer(hub_files("bert-tiny")) as srv:
+        entry = fetch_model("bert-tiny", base_url=srv.url, progress=False)
+        (entry / "model.safetensors").write_bytes(WEIGHTS[:-100])  # e.g. a disk that filled up while copying
+        with pytest.raises(DownloadError, match=rf"{tmp_path}/bert-tiny/model.safetensors is corrupt .*cut short.*"
+                                                rf"delete {tmp_path}/bert-tiny \(rm -r\) and run again"):
+            fetch_model("bert-tiny", base_url=srv.url, progress=False)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import importlib.util
 import io
 import os
+import subprocess
 import sys
 import zipfile
 from pathlib import Path
@@ -239,3 +240,53 @@ def test_cli_network_failure_exit_1_one_line(tmp_path, capsys):
     assert glue.main(["--tasks", "WNLI", "--data-dir", str(tmp_path), "--base-url", closed_port_url()]) == 1
     err = [l for l in capsys.readouterr().err.splitlines() if "error" in l]
     assert len(err) == 1 and "WNLI" in err[0] and "no network" in err[0] and "GLUE_DIR" in err[0]
+
+
+# ------------------------------------------------------------------------------ reproduce fetches a missing task
+
+def test_ensure_task_data_downloads_a_missing_task_once(tmp_path, monkeypatch):
+    from pea_kd.glue import ensure_task_data, load_examples
+    with LocalHTTPServer({"/RTE.zip": RTE_ZIP}) as srv:
+        monkeypatch.setenv("PEA_KD_GLUE_URL", srv.url)
+        assert ensure_task_data("rte", tmp_path, progress=False) == tmp_path
+        assert ensure_task_data("rte", tmp_path, progress=False) == tmp_path  # present: no second request
+        assert [r[1] for r in srv.requests] == ["/RTE.zip"]
+    assert load_examples("rte", "dev", tmp_path)[0].text_b == "It is dry."
+
+
+def test_ensure_task_data_without_network_is_one_line_naming_glue_dir_and_make_data(tmp_path, monkeypatch):
+    from pea_kd.glue import ensure_task_data
+    monkeypatch.setenv("PEA_KD_GLUE_URL", closed_port_url())
+    with pytest.raises(FileNotFoundError) as err:
+        ensure_task_data("sst-2", tmp_path / "glue", progress=False)
+    message = str(err.value)
+    assert "\n" not in message and "GLUE_DIR" in message and "`make data TASK=sst-2`" in message
+    assert str(tmp_path / "glue") in message and leftovers(tmp_path / "glue") == []
+
+
+@pytest.mark.parametrize("mode", ["--smoke", "--estimate", None])
+def test_reproduce_without_data_or_network_fails_in_one_line(tmp_path, mode):
+    env = {**os.environ, "PEA_KD_GLUE_URL": closed_port_url(), "GLUE_DIR": str(tmp_path / "glue")}
+    cmd = [sys.executable, "-m", "pea_kd", "reproduce", "--task", "rte", "--out-root", str(tmp_path / "runs"),
+           "--no-progress"] + ([mode] if mode else [])
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("python -m pea_kd reproduce: error: GLUE RTE is not in"), proc.stderr
+    assert "GLUE_DIR" in last and "make data TASK=rte" in last and "Errno" not in proc.stderr
+
+
+def test_reproduce_estimate_downloads_the_missing_task_first(tmp_path):
+    rows = "".join(f"{i}\tA dog number {i} runs.\tAn animal moves.\tentailment\n" for i in range(40))
+    archive = make_zip({"RTE/train.tsv": "index\tsentence1\tsentence2\tlabel\n" + rows,
+                        "RTE/dev.tsv": "index\tsentence1\tsentence2\tlabel\n" + rows,
+                        "RTE/test.tsv": "index\tsentence1\tsentence2\n0\tA.\tB.\n"})
+    with LocalHTTPServer({"/RTE.zip": archive}) as srv:
+        env = {**os.environ, "PEA_KD_GLUE_URL": srv.url, "GLUE_DIR": str(tmp_path / "glue"),
+               "PEA_KD_CACHE_DIR": str(tmp_path / "cache")}
+        proc = subprocess.run([sys.executable, "-m", "pea_kd", "reproduce", "--task", "rte", "--estimate",
+                               "--out-root", str(tmp_path / "runs"), "--no-progress"],
+                              cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert [r[1] for r in srv.requests] == ["/RTE.zip"]
+    assert (tmp_path / "glue" / "RTE" / "train.tsv").read_text().endswith("An animal moves.\tentailment\n")

@@ -59,7 +59,7 @@ def test_tokenizer_of_bundled_model_is_uncased():
 def test_save_and_reload_round_trip(tmp_path):
     torch.manual_seed(0)
     model = BertForSequenceClassification(BertConfig(**TINY), num_labels=3)
-    save_pretrained(model, tmp_path / "ckpt", vocab_file=None)
+    save_pretrained(model, tmp_path / "ckpt")
     (tmp_path / "ckpt" / "vocab.txt").write_text("\n".join(VOCAB))
     again = load_pretrained(tmp_path / "ckpt", num_labels=3)
     assert again.load_report.newly_initialized == []
@@ -67,6 +67,17 @@ def test_save_and_reload_round_trip(tmp_path):
         assert torch.equal(a, b), k
     save_pretrained(again, tmp_path / "ckpt")  # overwriting an existing directory leaves no debris
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]
+
+
+def test_a_leftover_old_dir_of_a_killed_save_does_not_block_later_saves(tmp_path):
+    model = BertModel(BertConfig(**TINY))
+    save_pretrained(model, tmp_path / "final")
+    (tmp_path / ".final.old").mkdir()  # what a save killed between its two renames used to leave
+    (tmp_path / ".final.old" / "model.safetensors").write_bytes(b"stale")
+    save_pretrained(model, tmp_path / "final")
+    save_pretrained(model, tmp_path / "final")
+    assert load_pretrained(tmp_path / "final").load_report.newly_initialized == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".final.old", "final"]  # the leftover is not ours to delete
 
 
 def test_bert_prefix_and_tf_layernorm_names_in_bin(tmp_path):

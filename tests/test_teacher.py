@@ -44,7 +44,7 @@ def test_cache_rows_are_the_teachers_outputs_in_example_order(teacher_dir):
     cache = torch.load(path, weights_only=True)
     model = load_pretrained(teacher_dir / "final", num_labels=2).eval()
     tok = load_tokenizer(teacher_dir / "final")
-    assert (cache["version"], cache["task"], cache["max_length"]) == (1, "MRPC", 32)
+    assert (cache["version"], cache["task"], cache["max_length"], cache["precision"]) == (2, "MRPC", 32, "fp32")
     assert cache["tokenizer"] == tok.fingerprint
     for split, n in (("train", 64), ("dev", 24)):
         rows = cache["splits"][split]

@@ -53,6 +53,8 @@ class LossConfig:
             raise ValueError(f"LossConfig: alpha must be in [0, 1], got {self.alpha}")
         if not self.temperature > 0:
             raise ValueError(f"LossConfig: temperature must be > 0, got {self.temperature}")
+        if not 0.0 <= self.beta < float("inf"):  # a negative PKD term would reward moving away from the teacher
+            raise ValueError(f"LossConfig: beta must be a finite number >= 0, got {self.beta}")
         if self.kl_reduction not in ("batchmean", "mean"):
             raise ValueError(f"LossConfig: kl_reduction must be 'batchmean' or 'mean', got {self.kl_reduction!r}")
         try:

