@@ -24,7 +24,7 @@ import atexit
 import datetime
 import logging
 import os
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -87,11 +87,6 @@ def main_process_first():
     yield
     if is_main() and is_distributed():
         barrier()
-
-
-def on_main(context):
-    """`context` on rank 0 (e.g. the run directory's lock, held by one process for all), a no-op elsewhere."""
-    return context if is_main() else nullcontext()
 
 
 def wrap(model: torch.nn.Module, loss_fn: torch.nn.Module) -> torch.nn.Module:

@@ -17,8 +17,11 @@ teacher, and a teacher retrained in the same directory is another one.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
+import os
+from pathlib import Path
 from typing import Optional
 
 import numpy as np
@@ -59,7 +62,14 @@ def tensors_digest(tensors: dict) -> str:
 
 
 def file_digest(path) -> str:
-    """sha256 (16 hex digits) of a file's content, read in 1 MiB chunks."""
+    """sha256 (16 hex digits) of a file's content. Remembered per (path, size, mtime, inode) within a process: a
+    rewritten file (an atomic replace is a new inode) is read again; reproduce asks for its teacher's 9 times."""
+    st = os.stat(path)
+    return _file_digest(str(Path(path).resolve()), st.st_size, st.st_mtime_ns, st.st_ino)
+
+
+@functools.lru_cache(maxsize=64)
+def _file_digest(path: str, size: int, mtime_ns: int, inode: int) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):

@@ -191,9 +191,10 @@ def run_all(cfg: ReproduceConfig) -> dict:
     started = time.perf_counter()
     root = cfg.run_root
     root.mkdir(parents=True, exist_ok=True)
-    with distributed.main_process_first():  # under torchrun: rank 0 fetches and writes the data, the others read it
-        ensure_task_data(cfg.task, cfg.data_dir, progress=cfg.progress is not False)  # downloads a missing task
-        data_dir = cfg.data_dir
+    data_dir = cfg.data_dir
+    with distributed.main_process_first():  # under torchrun: rank 0 fetches/writes the data, the others then read it
+        if distributed.is_main():
+            ensure_task_data(cfg.task, cfg.data_dir, progress=cfg.progress is not False)  # downloads a missing task
         if cfg.smoke:
             data_dir = smoke_data_dir(cfg.task, cfg.data_dir, root / "glue", cfg.smoke_examples) \
                 if distributed.is_main() else root / "glue"

@@ -205,6 +205,6 @@ def ensure_teacher_outputs(teacher_dir, task, splits=("train", "dev"), max_lengt
             try:  # another process may have computed it while this one waited
                 return load_teacher_outputs(path, *args)
             except StaleTeacherCache:
-                cache_teacher_outputs(teacher_dir, task, tuple(splits), max_length, data_dir, which=which, device=device,
-                                      amp=amp)
+                cache_teacher_outputs(teacher_dir, task, tuple(splits), max_length, data_dir, which=which,
+                                      device=device, amp=amp)
         return load_teacher_outputs(path, *args)

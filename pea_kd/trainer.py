@@ -27,6 +27,7 @@ Under torchrun the same loop runs in every process; the lines marked `distribute
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -279,7 +280,7 @@ class Trainer:
     def fit(self, resume: bool = False, overwrite: bool = False) -> TrainResult:
         """Train for config.epochs (from checkpoint.pt when resuming), write final/ and result.json. out_dir is
         locked meanwhile (storage.directory_lock); a full disk or read-only directory is a one-line StorageError."""
-        with distributed.on_main(directory_lock(self.out_dir)):  # under torchrun: rank 0 holds it for all ranks
+        with directory_lock(self.out_dir) if distributed.is_main() else contextlib.nullcontext():  # rank 0's lock
             try:
                 return self._fit(resume, overwrite)
             except OSError as err:
@@ -292,11 +293,13 @@ class Trainer:
             check_same_run(self.result_path, done.meta.get("identity"), self.identity, "cannot reuse this finished run")
             log.info("%s: run already finished; returning its result", self.out_dir)
             return dataclasses.replace(done, out_dir=str(self.out_dir))  # if moved
-        if not resume and any(p.exists() for p in (self.ckpt_path, self.log_path, self.result_path)):
-            if not overwrite:
-                raise FileExistsError(f"{self.out_dir} already holds a run; resume it (--resume) or pass --overwrite")
-            for p in (self.ckpt_path, self.log_path, self.result_path):
-                p.unlink(missing_ok=True)
+        with distributed.main_process_first():  # under torchrun: rank 0 clears an overwritten run before the others look
+            if not resume and any(p.exists() for p in (self.ckpt_path, self.log_path, self.result_path)):
+                if not overwrite:
+                    raise FileExistsError(f"{self.out_dir} already holds a run; resume it (--resume) or pass "
+                                          "--overwrite")
+                for p in (self.ckpt_path, self.log_path, self.result_path):
+                    p.unlink(missing_ok=True)
         if resume and self.ckpt_path.is_file():
             self.load_checkpoint()
         else:
@@ -457,9 +460,8 @@ class Trainer:
                    "scaler": self.scaler.state_dict() if self.scaler else None,
                    "rng": rng_state(), "state": dataclasses.asdict(self.state),
                    **distributed.checkpoint_fields()}  # under torchrun: world size, every rank's RNG (all ranks call)
-        if not distributed.is_main():
-            return
-        write_atomic(self.ckpt_path, lambda f: torch.save(payload, f))
+        if distributed.is_main():
+            write_atomic(self.ckpt_path, lambda f: torch.save(payload, f))
 
     def load_checkpoint(self) -> None:
         try:

@@ -21,7 +21,6 @@ from safetensors.torch import load_file
 from pea_kd import distributed
 from pea_kd.cli import main
 from pea_kd.features import make_batches
-from pea_kd.storage import LOCK, LOCK_OWNER
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 ROOT = Path(__file__).resolve().parent.parent
@@ -146,8 +145,9 @@ def test_two_processes_follow_the_one_process_run(tmp_path, monkeypatch, capsys)
     ranks = [torch.load(tmp_path / "two" / f"weights-rank{r}.pt") for r in (0, 1)]
     assert all(torch.equal(ranks[0][k], ranks[1][k]) for k in ranks[0])  # every rank holds the same weights
 
-    files = sorted(p.name for p in (tmp_path / "two").iterdir() if p.name not in (LOCK, LOCK_OWNER))  # rank 0's lock
-    assert files == ["final", "log.jsonl", "result.json", "weights-rank0.pt", "weights-rank1.pt"]
+    files = sorted(p.name for p in (tmp_path / "two").iterdir())
+    assert files == [".lock", ".lock.owner", "final", "log.jsonl", "result.json", "weights-rank0.pt",
+                     "weights-rank1.pt"]  # one run's files (and rank 0's directory lock), no temporary ones
     logged = [json.loads(x) for x in (tmp_path / "two" / "log.jsonl").read_text().splitlines()]
     reference = [json.loads(x) for x in (tmp_path / "one" / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in logged] == [r["step"] for r in reference] == [2, 4, 6, 8]  # evaluated once each

@@ -14,6 +14,7 @@ import bert_mini.modeling as modeling
 from bert_mini import load_pretrained
 from bert_mini.bench import native_bf16
 from pea_kd import runtime
+from pea_kd.identity import RunMismatch
 from pea_kd.runtime import precision_name, resolve_amp
 from pea_kd.trainer import Trainer, TrainResult
 from test_trainer import assert_same_weights, tiny_run, weights
@@ -81,6 +82,8 @@ def test_a_tiny_bf16_run_learns_and_records_its_precision(tiny_env, tmp_path):
     assert stored["meta"]["precision"] == "bf16" and stored["meta"]["config"]["amp"] == "bf16"
     fp32, _ = tiny_run(tiny_env, tmp_path / "fp32", epochs=1, amp="off")
     assert fp32.meta["precision"] == "fp32"
+    with pytest.raises(RunMismatch, match="precision 'fp32' -> 'bf16'"):  # a finished fp32 run is not a bf16 one
+        tiny_run(tiny_env, tmp_path / "fp32", epochs=1, amp="bf16", resume=True)
 
 
 def test_bf16_same_seed_twice_and_resume_are_bit_identical(tiny_env, tmp_path, monkeypatch):

@@ -286,3 +286,12 @@ def test_tensors_digest_sees_names_dtypes_shapes_and_values():
                   {**base, "s": torch.tensor(1.0 + 1e-7)}, {"v": base["w"], "s": base["s"]},
                   {**base, "w": base["w"].bfloat16()}):
         assert tensors_digest(other) != tensors_digest(base)
+
+
+def test_file_digest_reads_a_replaced_file_again(tmp_path):
+    path = tmp_path / "model.safetensors"
+    path.write_bytes(b"one")
+    first = file_digest(path)
+    assert file_digest(path) == first
+    storage.write_atomic(path, b"two")  # what save_pretrained / --overwrite does: a new file in its place
+    assert file_digest(path) != first
