@@ -141,7 +141,7 @@ def test_two_processes_follow_the_one_process_run(tmp_path, monkeypatch, capsys)
         load_file(tmp_path / "two" / "final" / "model.safetensors")
     assert one.keys() == two.keys()
     diff = max(float((one[k] - two[k]).abs().max()) for k in one)
-    assert diff < 1e-5, diff  # float reduction order only (measured: 6.0e-7 after 8 AdamW steps at lr 3e-3)
+    assert diff < 1e-5, diff  # float reduction order only (measured: 2.4e-7 after 8 AdamW steps at lr 3e-3)
     ranks = [torch.load(tmp_path / "two" / f"weights-rank{r}.pt") for r in (0, 1)]
     assert all(torch.equal(ranks[0][k], ranks[1][k]) for k in ranks[0])  # every rank holds the same weights
 
