@@ -1,8 +1,9 @@
 """Model answers of the course assignments (notebooks/assignments/). Peek only after your own attempt passes!
 
-The checkers in pea_kd.assignments.checker grade a student's function against these. Each is written directly from
-its equation, without the helpers of pea_kd.losses, so that tests/test_assignments.py can cross-check it against the
-project's built-in losses ("attn_kd", "hidden_mse_proj", "kd") and against explicit numpy loops.
+The checkers in pea_kd.assignments.checker grade a student's function against values these answers produced once
+(pea_kd/assignments/expected.json, written by instructor/make_fixtures.py); they never import this file. Each answer
+is written directly from its equation, without the helpers of pea_kd.losses, so that instructor/tests/
+test_assignments.py can cross-check it against explicit loops and, where one exists, a built-in loss ("kd").
 
     1. attention_kd_solution        L_attn = 1/M sum_(s,t) mean_{b, head, real q} KL(A_t[b,h,q,:] || A_s[b,h,q,:])
     2. HiddenProjectionSolution     L_proj = beta * MSE(normalize(W h_s[CLS] + b), normalize(h_t[CLS]))

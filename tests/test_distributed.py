@@ -32,9 +32,25 @@ import sys, numpy as np, torch
 from pathlib import Path
 from bert_mini import BertConfig, BertForSequenceClassification
 from pea_kd import distributed
+from torch import nn
 from pea_kd.features import Features
-from pea_kd.losses import LossConfig
+from pea_kd.losses import LossConfig, LossResult, cls_pairs, normalized_mse, register_loss
 from pea_kd.trainer import TrainConfig, train
+
+
+@register_loss("proj_pkd", needs_params=True, requires=("student_hidden_states", "teacher_cls_hidden"))
+class ProjectedPKD(nn.Module):
+    """beta * MSE(normalize(W h_s + b), normalize(h_t)): PKD through a learned projection, a loss with parameters."""
+
+    def __init__(self, student_hidden, teacher_hidden):
+        super().__init__()
+        self.proj = nn.Linear(student_hidden, teacher_hidden)
+
+    def forward(self, inputs):
+        h_s, h_t = cls_pairs(inputs, "proj_pkd")
+        loss = inputs.config.beta * normalized_mse(self.proj(h_s), h_t)
+        return LossResult(loss, {"proj_pkd": loss.detach()})
+
 
 distributed.init_from_env()
 out, n_train, batch_size = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
@@ -53,7 +69,7 @@ model = BertForSequenceClassification(BertConfig(
     vocab_size=40, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
     max_position_embeddings=32, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0), num_labels=2)
 torch.manual_seed(100 + distributed.rank())  # the projection's initial weights differ on rank 1: rank 0's must win
-result = train(model, train_data, dev_data, task="mrpc", out_dir=out, loss="kd+hidden_mse_proj", teacher=teacher,
+result = train(model, train_data, dev_data, task="mrpc", out_dir=out, loss="kd+proj_pkd", teacher=teacher,
                loss_config=LossConfig(layer_map=[(1, 1), (2, 2)], beta=10.0),
                config=TrainConfig(epochs=2, batch_size=batch_size, lr=3e-3, eval_every=2, progress=False))
 torch.save(model.state_dict(), out / f"weights-rank{distributed.rank()}.pt")
