@@ -13,7 +13,7 @@ import torch
 
 from pea_kd import storage
 from pea_kd import teacher as teacher_module
-from pea_kd.cli import main
+from test_cli import run_cli
 from pea_kd.distill import distill_student
 from pea_kd.glue import GlueFormatError, load_examples
 from pea_kd.identity import RunMismatch, file_digest
@@ -25,16 +25,6 @@ from pea_kd.trainer import TrainConfig
 pytestmark = pytest.mark.usefixtures("single_thread")
 ROOT = Path(__file__).resolve().parent.parent
 FAST = dict(epochs=1, batch_size=16, lr=1e-3, progress=False)
-
-
-def run_cli(capsys, *argv):
-    """main(argv) -> (exit code, stdout, stderr)."""
-    try:
-        code = main([str(a) for a in argv])
-    except SystemExit as exit_:
-        code = exit_.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def one_line_error(err: str) -> str:
