@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from bert_mini import BertConfig, load_tokenizer, resolve_model_dir
-from bert_mini.bench import forward_flops, matmul_gflops, native_bf16
+from bert_mini.bench import DTYPES, default_matmul_size, forward_flops, matmul_gflops
 
 from .features import load_features, make_batches, split_holdout
 from .glue import get_task
@@ -170,14 +170,10 @@ def format_budget(rows: list[StageBudget], rates: dict, precision: str, where: s
 
 
 def matmul_rates(device: torch.device, repeats: int = 5) -> dict:
-    """{"fp32": (n, R), "bf16": (n, R)}: GFLOP/s of an n^3 product on `device` in each precision.
-
-    n = 2048, except for bf16 where the device only emulates it (no AVX512-BF16/AMX): there one 2048^3 product takes
-    minutes, so R is measured on 512^3 (it is far below the fp32 rate either way).
-    """
-    bf16_size = 2048 if native_bf16(device) else 512
-    return {"fp32": (2048, matmul_gflops(str(device), 2048, repeats)),
-            "bf16": (bf16_size, matmul_gflops(str(device), bf16_size, repeats, torch.bfloat16))}
+    """{"fp32": (n, R), "bf16": (n, R)}: GFLOP/s of an n^3 product on `device` in each precision, n as `make bench`
+    measures its ceiling (bert_mini.bench.default_matmul_size: 512^3 for bf16 where the device only emulates it)."""
+    sizes = {p: default_matmul_size(str(device), p) for p in ("fp32", "bf16")}
+    return {p: (n, matmul_gflops(str(device), n, repeats, DTYPES[p])) for p, n in sizes.items()}
 
 
 def estimate(cfg, repeats: int = 5) -> str:
