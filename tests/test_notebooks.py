@@ -12,7 +12,7 @@ executed with nbclient:
 
 After the run, the stored outputs are compared with the fresh ones (a stale output is one the current code no longer
 prints): the text of every code cell's stdout, results and displays (not stderr, not images), with timings, temporary
-paths, memory addresses and the fast-mode flag normalised. Cells tagged `fast-mode-differs` (their output depends on
+paths, memory addresses, the GLUE directory (it depends on the checkout's location) and the fast-mode flag normalised. Cells tagged `fast-mode-differs` (their output depends on
 PEA_KD_FAST: fewer examples) or `varies-between-runs` (they print measured speeds or memory addresses) are not
 compared.
 
@@ -53,6 +53,7 @@ NORMALISE = [  # (pattern, replacement): what may differ between two runs of the
     (re.compile(r"0x[0-9a-fA-F]+"), "<addr>"),
     (re.compile(r"fast mode: (True|False)"), "fast mode: <fast>"),
     (re.compile(r"\b\d+(\.\d+)? ?(KB|MB|kB)\b"), "<size>"),
+    (re.compile(r"GLUE data: \S+"), "GLUE data: <GLUE_DIR>"),  # the notebooks print where they read GLUE from
 ]
 
 
@@ -203,9 +204,10 @@ def test_stale_output_check_normalises_timings_and_catches_changed_text():
 
     def notebook(*cells):
         return nbformat.v4.new_notebook(cells=list(cells))
-    old = notebook(cell("took 54.5 s in /tmp/pea-kd-x1/run, fast mode: False\n"), cell("acc 0.70\n"),
-                   cell("acc 0.10\n", tags=["fast-mode-differs"]))
-    new = notebook(cell("took 2.7 s in /tmp/pea-kd-y2/run, fast mode: True\n"), cell("acc 0.70\n"), cell("acc 0.20\n"))
+    old = notebook(cell("took 54.5 s in /tmp/pea-kd-x1/run, fast mode: False\nGLUE data: /work/shared/glue_data\n"),
+                   cell("acc 0.70\n"), cell("acc 0.10\n", tags=["fast-mode-differs"]))
+    new = notebook(cell("took 2.7 s in /tmp/pea-kd-y2/run, fast mode: True\nGLUE data: /ci/shared/glue_data\n"),
+                   cell("acc 0.70\n"), cell("acc 0.20\n"))
     assert stale_outputs("nb", old, new) == []
     new.cells[1] = cell("acc_and_f1 0.75\n")
     [problem] = stale_outputs("nb", old, new)
