@@ -142,7 +142,7 @@ def normalized_mse(a: Tensor, b: Tensor) -> Tensor:
 
 @register_loss("pkd", requires=("student_hidden_states", "teacher_cls_hidden"))
 def pkd_loss(inputs: LossInputs) -> LossResult:
-    """PKD patient loss: beta * MSE(normalize(h_s[CLS]), normalize(h_t[CLS])) over config.layer_map.
+    """PKD patient loss: beta * MSE(normalize(h_s[CLS]), normalize(h_t[CLS])), averaged over config.layer_map's pairs.
 
     L_pt = beta / (B M H) sum_b sum_{(s,t) in layer_map} sum_d (h_s[b,s,d]/||h_s[b,s]|| - h_t[b,t,d]/||h_t[b,t]||)^2
     with h the [CLS] vectors (not pooled) and ||.|| the L2 norm over the hidden dim (the authors' F.mse_loss mean,
