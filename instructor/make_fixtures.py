@@ -1,4 +1,4 @@
-"""Write pea_kd/assignments/expected.json: the values the checkers compare a student's answer with.
+"""Write pea_kd/assignments/expected.json and exercises.json: what the checkers compare a student's answer with.
 
     python -m instructor.make_fixtures            # rewrite the file
     python -m instructor.make_fixtures --check    # exit 1 if the committed file differs from what it would write
@@ -8,6 +8,9 @@ value (instructor/solutions.py) and the value of every known mistake (instructor
 numbers a checker needs (the gradient w.r.t. W of assignment 2, the eval-mode value of assignment 3b, the float32
 value for a small tau of assignment 4). Run it once after changing a solution, a variant or a case; the checkers
 themselves never import this directory.
+
+exercises.json holds the digests of the auto-checked exercises' answers (instructor/exercise_answers.py), never the
+answers themselves.
 """
 
 from __future__ import annotations
@@ -20,7 +23,9 @@ import torch
 
 from pea_kd.assignments import cases as C
 from pea_kd.assignments.checker import EXPECTED_FILE
+from pea_kd.assignments.exercises import EXERCISES_FILE
 
+from . import exercise_answers
 from . import solutions as S
 from .variants import CATALOGUES
 
@@ -69,20 +74,29 @@ def render(values: dict) -> str:
     return json.dumps({"_about": header, **values}, indent=1) + "\n"
 
 
+def render_exercises(exercises: dict) -> str:
+    header = {"written_by": "python -m instructor.make_fixtures (from instructor/exercise_answers.py)",
+              "digests": "sha256 of 'pea-kd exercise|<key>|<field>|<canonical answer>'; see "
+                         "pea_kd/assignments/exercises.py"}
+    return json.dumps({"_about": header, "exercises": exercises}, indent=1) + "\n"
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--check", action="store_true", help="compare with the committed file instead of writing")
+    parser.add_argument("--check", action="store_true", help="compare with the committed files instead of writing")
     args = parser.parse_args(argv)
-    text = render(build())
-    if args.check:
-        same = EXPECTED_FILE.is_file() and EXPECTED_FILE.read_text(encoding="utf-8") == text
-        print(f"{EXPECTED_FILE}: {'up to date' if same else 'OUT OF DATE: run python -m instructor.make_fixtures'}")
-        return 0 if same else 1
-    tmp = EXPECTED_FILE.with_suffix(".json.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(EXPECTED_FILE)  # atomic: a checker never reads half a file
-    print(f"wrote {EXPECTED_FILE}")
-    return 0
+    outdated = 0
+    for path, text in ((EXPECTED_FILE, render(build())), (EXERCISES_FILE, render_exercises(exercise_answers.build()))):
+        if args.check:
+            same = path.is_file() and path.read_text(encoding="utf-8") == text
+            print(f"{path}: {'up to date' if same else 'OUT OF DATE: run python -m instructor.make_fixtures'}")
+            outdated += not same
+            continue
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(text, encoding="utf-8")
+        tmp.replace(path)  # atomic: a checker never reads half a file
+        print(f"wrote {path}")
+    return 1 if outdated else 0
 
 
 if __name__ == "__main__":

@@ -2,7 +2,8 @@
 
 The copy is built into a temporary directory. In it, a fresh Python process (whose imports resolve to the copy only)
 grades the instructor's model answers, loaded from this repository's instructor/solutions.py by path, with the
-copy's checkers: all pass; a wrong answer fails with a named mistake; a starter is "not implemented yet".
+copy's checkers: all pass; a wrong answer fails with a named mistake; a starter is "not implemented yet". The
+instructor's answers to the auto-checked exercises (instructor/exercise_answers.py) pass the copy's check_exercise.
 """
 from __future__ import annotations
 
@@ -51,6 +52,13 @@ else:
 def starter(inputs):
     raise NotImplementedError
 print("starter:", check_attention_kd(starter, verbose=False).status)
+from pea_kd.assignments.exercises import grade_exercise
+spec = importlib.util.spec_from_file_location("reference_exercises", sys.argv[2])
+E = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(E)
+for key, answer in E.answers().items():
+    assert {status for status, _ in grade_exercise(key, answer).values()} == {"correct"}, key
+    print("exercise correct:", key)
 '''
 
 
@@ -68,12 +76,14 @@ def test_student_copy_has_no_answers_and_its_checkers_grade_the_references(tmp_p
             leak = LEAKS.search(text)
             assert not leak, f"{path.relative_to(dest)} contains {leak.group(0)!r}"
     env = {**os.environ, "PYTHONPATH": str(dest), "OMP_NUM_THREADS": "1"}
-    out = subprocess.run([sys.executable, "-c", GRADE_IN_COPY, str(ROOT / "instructor" / "solutions.py")], cwd=dest,
+    out = subprocess.run([sys.executable, "-c", GRADE_IN_COPY, str(ROOT / "instructor" / "solutions.py"),
+                          str(ROOT / "instructor" / "exercise_answers.py")], cwd=dest,
                          env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.count("passed:") == 5
     assert "rejected: [InfoNCE] your loss is 2x too large on every case" in out.stdout
     assert "starter: not implemented" in out.stdout
+    assert out.stdout.count("exercise correct:") == 15
 
 
 def test_instructor_blocks_are_stripped_and_bad_markers_are_errors(tmp_path):

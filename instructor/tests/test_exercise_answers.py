@@ -1,0 +1,102 @@
+"""INSTRUCTOR ONLY (it holds the answers). The auto-checked exercises: the model answers pass, other correct ways of
+writing them pass too, known slips get their hint, the computed answers agree with independent formulas, and
+exercises.json is what make_fixtures writes today and contains no answer in plain text."""
+import json
+import math
+import re
+from pathlib import Path
+
+import torch.nn.functional as F
+
+from pea_kd.assignments.exercises import EXERCISES_FILE, cos_cls_inputs, grade_exercise
+from pea_kd.losses import LossResult
+
+from instructor import exercise_answers as E
+from instructor import make_fixtures
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def statuses(key, answer):
+    return {field: status for field, (status, _) in grade_exercise(key, answer).items()}
+
+
+def test_every_model_answer_passes():
+    answers = E.answers()
+    assert len(answers) == 15
+    for key, answer in answers.items():
+        assert set(statuses(key, answer).values()) == {"correct"}, (key, grade_exercise(key, answer))
+
+
+def test_other_correct_implementations_pass():
+    def pre_ln_like_the_notebook(layer, x):  # written as layer_by_hand is: explicit matmuls and F.layer_norm
+        sa, so, ffn = layer.attention.self, layer.attention.output, layer.output
+        T, H = x.shape
+        A, d_k = 12, 32
+        split = lambda z: z.view(T, A, d_k).transpose(0, 1)  # noqa: E731
+        n = F.layer_norm(x, (H,), so.LayerNorm.weight, so.LayerNorm.bias, 1e-12)
+        q, k, v = (split(n @ lin.weight.T + lin.bias) for lin in (sa.query, sa.key, sa.value))
+        p = (q @ k.transpose(-1, -2) / math.sqrt(d_k)).softmax(-1)
+        y = x + (p @ v).transpose(0, 1).reshape(T, H) @ so.dense.weight.T + so.dense.bias
+        m = F.layer_norm(y, (H,), ffn.LayerNorm.weight, ffn.LayerNorm.bias, 1e-12)
+        u = F.gelu(m @ layer.intermediate.dense.weight.T + layer.intermediate.dense.bias)
+        return y + u @ ffn.dense.weight.T + ffn.dense.bias
+
+    def cos_cls_by_formula(inputs):  # a.b / (|a| |b|) written out, returning a bare tensor
+        a, b = inputs.student_hidden_states[-1][:, 0], inputs.teacher_cls_hidden[:, -1]
+        return (1 - (a * b).sum(-1) / (a.norm(dim=-1) * b.norm(dim=-1))).mean()
+
+    assert statuses("01.3", {"pre_ln_layer": pre_ln_like_the_notebook}) == {"pre_ln_layer": "correct"}
+    assert statuses("04.4", {"requires": {"teacher_cls_hidden", "student_hidden_states"},
+                             "cos_cls": cos_cls_by_formula}) == {"requires": "correct", "cos_cls": "correct"}
+    assert statuses("04.3", {"last_map": lambda t, s: [[k, t - s + k] for k in range(1, s)]})["last_map"] == "correct"
+    assert statuses("02.5", {"accuracy": 68.38, "f1": 81.22, "mcc": -0.0, "nothing_learned": " MCC"}) == \
+        dict.fromkeys(["accuracy", "f1", "mcc", "nothing_learned"], "correct")
+    assert statuses("05.5", {"unrolled_layers": [4, 1, 4]}) == {"unrolled_layers": "correct"}
+
+
+def test_known_slips_get_their_hint():
+    cases = [("01.3", "pre_ln_layer", E.post_ln_layer, "post-LN"), ("04.3", "last_map", E.skip_map, "PKD-Skip"),
+             ("04.2", "alpha", 0.7 / 3, "alpha also scales the CE term"), ("04.2", "alpha", 0.7, "different loss"),
+             ("a3.3", "steps_per_epoch", 114, "last, smaller batch"),
+             ("05.5", "unrolled_layers", {1}, "used twice"),
+             ("01.4", "differing_terms", ("token_type",), "positions"), ("07.6", "primary_metric", "accuracy", "key")]
+    for key, field, value, phrase in cases:
+        status, detail = grade_exercise(key, {field: value})[field]
+        assert status == "wrong" and phrase in detail, (key, field, detail)
+
+
+def test_computed_answers_agree_with_independent_formulas():
+    def bert_parameters(L, H, I, V=30522, P=512, types=2):  # embeddings + L layers + pooler, counted by hand
+        return (V + P + types) * H + 2 * H + L * (4 * (H * H + H) + 2 * H * I + I + H + 4 * H) + H * H + H
+
+    student = bert_parameters(3, 768, 3072)
+    assert E.bert_base_student_parameters() == student == 45_691_392
+    h = E.equal_size_hidden()
+    assert bert_parameters(12, h - 1, 4 * h - 4) < student < bert_parameters(12, h + 1, 4 * h + 4)
+    assert abs(bert_parameters(12, h, 4 * h) - student) <= abs(bert_parameters(12, h + 1, 4 * h + 4) - student)
+    mrpc = E.constant_paraphrase_metrics()
+    assert math.isclose(mrpc["accuracy"], 100 * 279 / 408) and math.isclose(mrpc["f1"], 100 * 2 * 279 / (279 + 408))
+    assert mrpc["mcc"] == 0.0
+    assert E.ptp_nine_correct() == {"median_example_class": 1, "histogram": [4, 5, 0, 0]}
+    assert E.ptp_no_mistakes() == {"t2": 1.0, "histogram": [3, 3, 0, 0]}
+    assert math.isclose(E.soft_gradient_ratio(10.0), 100.0, rel_tol=1e-12)
+    assert E.last_map(12, 3) == [(1, 10), (2, 11)] and E.last_map(6, 3) == [(1, 4), (2, 5)]
+    result = E.cos_cls(cos_cls_inputs(1))
+    assert isinstance(result, LossResult) and 0 <= float(result.total) <= 2
+
+
+def test_notebook_06_shows_the_logits_the_answer_was_computed_from():
+    nb = json.loads((ROOT / "notebooks" / "06_ptp.ipynb").read_text(encoding="utf-8"))
+    source = next("".join(c["source"]) for c in nb["cells"] if 'check_exercise("06.2"' in "".join(c["source"]))
+    shown = re.search(r"torch\.tensor\((\[\[.*?\]\])\)", source).group(1)
+    assert json.loads(shown) == E.NO_MISTAKES_LOGITS
+
+
+def test_exercises_file_is_up_to_date_and_holds_no_plain_answer():
+    text = EXERCISES_FILE.read_text(encoding="utf-8")
+    assert text == make_fixtures.render_exercises(E.build()), \
+        "exercises.json is out of date: run python -m instructor.make_fixtures"
+    text = re.sub(r"[0-9a-f]{64}", "<digest>", text)
+    for plain in ("45691392", "68.4", "81.2", "0.4375", "464", "690", "345"):
+        assert plain not in text, plain
