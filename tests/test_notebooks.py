@@ -17,7 +17,8 @@ PEA_KD_FAST: fewer examples) or `varies-between-runs` (they print measured speed
 compared.
 
 Notebooks that read GLUE (metadata `pea_kd.needs_glue`, or a call to load_examples / load_features) are skipped when
-no GLUE data is found. The structure tests check that each notebook ends with an "Exercises" markdown cell, asserts
+no GLUE data is found. The structure tests check that each notebook ends with an "Exercises" markdown cell (followed only by the cells of
+its auto-checked exercises), asserts
 at least one fact in code (so a silently wrong notebook fails), imports the project's packages, and is committed with
 its outputs (which the documentation site renders), free of stored errors and reasonably small.
 """
@@ -182,9 +183,13 @@ def test_notebook_structure(path):
     name = path.relative_to(NOTEBOOK_DIR).as_posix()
     nbformat.validate(nb)
     code = [c for c in nb.cells if c.cell_type == "code"]
-    last = nb.cells[-1] if nb.cells else None
-    assert last is not None and last.cell_type == "markdown" and re.search(r"^#+\s*Exercises\b", last.source, re.M), \
-        f"{name}: the last cell must be a markdown cell with an '## Exercises' heading"
+    headings = [i for i, c in enumerate(nb.cells) if c.cell_type == "markdown"
+                and re.search(r"^#+\s*Exercises\b", c.source, re.M)]
+    assert headings, f"{name}: the notebook must end with a markdown cell with an '## Exercises' heading"
+    after = [i for i, c in enumerate(nb.cells[headings[-1] + 1:], headings[-1] + 1)
+             if c.cell_type == "code" and "check_exercise(" not in c.source]
+    assert not after, f"{name}: after '## Exercises' only checked-exercise cells (check_exercise) may follow; " \
+                      f"cells {after} are not"
     assert any(re.search(r"^\s*assert\b", c.source, re.M) for c in code), \
         f"{name}: no code cell asserts anything; assert at least one fact the notebook shows"
     assert any(re.search(r"^\s*(from|import)\s+(pea_kd|bert_mini)\b", c.source, re.M) for c in code), \
