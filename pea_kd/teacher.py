@@ -156,7 +156,7 @@ def load_teacher_outputs(path, task, max_length: int, tokenizer_fingerprint: str
     if not path.is_file():
         raise StaleTeacherCache(f"{path}: no teacher cache; run `python -m pea_kd cache-teacher`")
     try:
-        cache = torch.load(path, map_location="cpu", weights_only=True)
+        cache = torch.load(path, map_location="cpu", weights_only=True, mmap=True)  # pages shared, read on demand
     except Exception as err:  # truncated, corrupt or not a torch file
         raise StaleTeacherCache(f"{path}: unreadable teacher cache ({type(err).__name__}); recompute it") from None
     spec = get_task(task)

@@ -258,7 +258,9 @@ class Trainer:
         self.state = _State()
 
     def _teacher_inputs(self, teacher, live_teacher):
-        """The cached teacher rows the loss reads, moved to the device once (or the live teacher, for attentions)."""
+        """The cached teacher rows the loss reads (or the live teacher, for attentions). They stay where the cache put
+        them, in host memory (memory-mapped by load_teacher_outputs, so the ranks of a torchrun job share one copy);
+        each step moves only its batch's rows to the device."""
         if "teacher_attentions" in self.requires and live_teacher is None:
             raise ValueError(f"train: loss {self.loss_name!r} needs teacher attentions, which the teacher cache "
                              "lacks; pass live_teacher=<teacher model>")
@@ -274,7 +276,7 @@ class Trainer:
             if len(teacher[k]) != len(self.train_data):
                 raise ValueError(f"train: the teacher cache has {len(teacher[k])} rows of {k}, the train data "
                                  f"{len(self.train_data)} examples")
-        return {f: teacher[k].to(self.device) for f, k in fields.items()}, None
+        return {f: teacher[k] for f, k in fields.items()}, None
 
     # ------------------------------------------------------------------ the loop
     def fit(self, resume: bool = False, overwrite: bool = False) -> TrainResult:
@@ -346,12 +348,13 @@ class Trainer:
         examples, (indices, weight) = len(indices), distributed.share(indices)  # this rank's share, w_r = W n_r / N
         batch = collate(self.train_data, indices, pad_token_id=model.config.pad_token_id)
         tokens = int(batch["attention_mask"].sum())
+        teacher = {f: rows.index_select(0, batch["index"]).to(self.device, non_blocking=True)  # this batch's rows
+                   for f, rows in self.teacher_rows.items()}
         batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
         with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
             out = self.train_model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"],
                                    output_hidden_states="student_hidden_states" in self.requires,  # plain FT: none
                                    output_attentions="student_attentions" in self.requires)
-            teacher = {f: rows.index_select(0, batch["index"]) for f, rows in self.teacher_rows.items()}
             if self.live_teacher is not None:
                 teacher.update(_run_live_teacher(self.live_teacher, batch, self.requires))
         # The loss outside autocast, on fp32 copies of the outputs: softmax(z/T), KL, the normalised MSE, CE (and a
