@@ -26,7 +26,7 @@ help:  ## list targets and their variables
 	@echo "    AMP=bf16                   precision: auto (bf16 where the CPU/GPU has native bf16, else fp32), bf16, off"
 	@echo "    SMOKE=1                    a few dozen examples, 1 epoch, 1 seed: checks every stage in ~1 min"
 	@echo "    ESTIMATE=1                 train nothing: FLOPs per stage and the least time on this machine"
-	@echo "make test                  run the test suite (notebooks included)"
+	@echo "make test                  run the test suite (notebooks included), one worker per CPU core"
 	@echo "make notebooks             open the notebooks in JupyterLab (installs it into .venv on first use)"
 	@echo "make bench                 bert_mini speed/memory benchmark on CPU (or CUDA when present)"
 	@echo "make data TASK=mrpc        download GLUE data into data/glue/ (TASK=all for every task)"
@@ -42,7 +42,7 @@ $(STAMP): requirements.txt requirements-model.txt
 setup: $(STAMP)
 
 test: $(STAMP)
-	$(PY) -m pytest -q tests $(wildcard instructor/tests)
+	$(PY) -m pytest -q -n auto tests $(wildcard instructor/tests)
 
 notebooks: $(STAMP)
 	$(PY) -c "import jupyterlab" 2>/dev/null || $(PY) -m pip install --quiet "jupyterlab>=4"
