@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from bert_mini import BertConfig
-from pea_kd.assignments.exercises import candidates, digest, format_float, function_values
+from pea_kd.assignments.exercises import candidate_digests, digest, format_float, function_values
 from pea_kd.losses import LossResult
 from pea_kd.metrics import compute_metrics
 from pea_kd.ptp import PTP_CLASSES, build_ptp_labels
@@ -199,8 +199,8 @@ def _canonical_digest(key, field, spec, value) -> str:
     """The digest of the answer itself (a float rounded once, not the checker's tolerant candidates)."""
     if spec["kind"] == "float":
         return digest(key, field, format_float(value, spec["decimals"]))
-    [text] = candidates(value, spec)
-    return digest(key, field, text)
+    [answer_digest] = candidate_digests(key, field, value, spec)  # one canonical text for every other kind
+    return answer_digest
 
 
 def _function_cases(key: str, field: str, fn, like: list[dict] = None) -> list[dict]:

@@ -7,7 +7,8 @@ Every exercise with one definite answer has a key, "<notebook>.<number>" ("02.5"
     check_exercise("02.5", answer)
 
 and sees one line per field: right, wrong (with what form the answer must take and, for a known slip, a hint), or
-not answered yet. Nothing raises, so a notebook runs top to bottom with the exercises still open.
+not answered yet. A wrong or missing answer never raises (only an unknown key or field does), so a notebook runs top
+to bottom with the exercises still open.
 
 The answers themselves are not in the repository a student receives. `exercises.json` holds, for every field, a
 SHA-256 digest of the answer's canonical text: integers as written, numbers rounded to the decimals the question asks
@@ -29,7 +30,6 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
-import torch.nn.functional as F
 
 from pea_kd.losses import LossInputs, LossResult
 
@@ -157,22 +157,27 @@ def load_exercises() -> dict:
     return json.loads(EXERCISES_FILE.read_text(encoding="utf-8"))["exercises"]
 
 
+def candidate_digests(key: str, field: str, value: Any, spec: dict) -> list[str]:
+    """The digests `value` may stand for (see `candidates`); ValueError if it has the wrong type."""
+    return [digest(key, field, text) for text in candidates(value, spec)]
+
+
 def _grade_value(key: str, field: str, spec: dict, value: Any) -> tuple[str, str]:
     """("correct" | "wrong", detail) for a plain (non-function) field."""
     try:
-        texts = candidates(value, spec)
+        digests = candidate_digests(key, field, value, spec)
     except ValueError as err:
         return "wrong", str(err)
-    if spec["digest"] in {digest(key, field, t) for t in texts}:
+    if spec["digest"] in digests:
         return "correct", ""
-    for text in texts:
-        hint = spec.get("hints", {}).get(digest(key, field, text))
+    for d in digests:
+        hint = spec.get("hints", {}).get(d)
         if hint:
             return "wrong", hint
-    if spec["kind"] == "float" and spec.get("percent"):
-        scaled = {digest(key, field, t) for t in candidates(value * 100, spec)}
-        if spec["digest"] in scaled:
-            return "wrong", "that is a fraction; the question asks for a percentage"
+    as_percent = candidate_digests(key, field, value * 100, spec) if spec["kind"] == "float" and spec.get("percent") \
+        else []
+    if spec["digest"] in as_percent:
+        return "wrong", "that is a fraction; the question asks for a percentage"
     return "wrong", ""
 
 
@@ -187,10 +192,11 @@ def _grade_function(key: str, field: str, spec: dict, fn: Callable) -> tuple[str
     matched = []  # per case: the digests the returned value may stand for
     for (what, value), case in zip(computed, spec["cases"]):
         try:
-            matched.append({digest(key, f"{field}/{what}", t) for t in candidates(value, case)})
+            matched.append(candidate_digests(key, f"{field}/{what}", value, case))
         except ValueError as err:
             return "wrong", f"{what}: {err}"
-    wrong = [what for (what, _), case, digests in zip(computed, spec["cases"], matched) if case["digest"] not in digests]
+    wrong = [what for (what, _), case, digests in zip(computed, spec["cases"], matched)
+             if case["digest"] not in digests]
     if not wrong:
         return "correct", ""
     for hint, case_digests in spec.get("hints", {}).items():
@@ -199,14 +205,19 @@ def _grade_function(key: str, field: str, spec: dict, fn: Callable) -> tuple[str
     return "wrong", f"{wrong[0]} is not right" + (f" (and {len(wrong) - 1} more cases)" if wrong[1:] else "")
 
 
-def grade_exercise(key: str, answer: dict) -> dict[str, tuple[str, str]]:
-    """Grade `answer` ({field: value}) for exercise `key`: {field: (status, detail)} with status "correct", "wrong"
-    or "unanswered" (the value is None or ...). ValueError for an unknown key or field, or an answer that is not a
-    dict."""
+def _exercise(key: str) -> dict:
+    """The stored spec of exercise `key`; ValueError naming the checked exercises if there is none."""
     exercises = load_exercises()
     if key not in exercises:
         raise ValueError(f"check_exercise: unknown exercise {key!r}; the checked exercises are {sorted(exercises)}")
-    fields = exercises[key]["fields"]
+    return exercises[key]
+
+
+def grade_exercise(key: str, answer: dict, exercise: dict = None) -> dict[str, tuple[str, str]]:
+    """Grade `answer` ({field: value}) for exercise `key`: {field: (status, detail)} with status "correct", "wrong"
+    or "unanswered" (the value is None or ...). ValueError for an unknown key or field, or an answer that is not a
+    dict. `exercise`: its stored spec, when the caller has read it already."""
+    fields = (exercise or _exercise(key))["fields"]
     if not isinstance(answer, dict):
         raise ValueError(f"check_exercise({key!r}, answer): answer must be a dict with the keys {list(fields)}, "
                          f"got {type(answer).__name__}")
@@ -226,8 +237,8 @@ def grade_exercise(key: str, answer: dict) -> dict[str, tuple[str, str]]:
 
 def check_exercise(key: str, answer: dict) -> None:
     """Print which fields of `answer` are right for exercise `key` ("02.5": notebook 02, exercise 5)."""
-    report = grade_exercise(key, answer)  # first: it names an unknown key
-    spec = load_exercises()[key]
+    spec = _exercise(key)
+    report = grade_exercise(key, answer, spec)
     done = sum(status == "correct" for status, _ in report.values())
     lines = [f"Exercise {key} ({spec['title']}): {done} of {len(report)} right"]
     marks = {"correct": "right", "wrong": "WRONG", "unanswered": "not answered yet"}
