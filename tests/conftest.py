@@ -9,7 +9,9 @@ Why single_thread: on this 2-core machine, with other processes busy, torch's 2 
 other for every tiny op; a tiny-model training test then takes 36 s instead of 0.4 s. Use it in a test module with
 `pytestmark = pytest.mark.usefixtures("single_thread")`.
 
-The plain functions `write_tiny_checkpoint` / `write_tiny_glue` are importable for tests that need other shapes.
+The plain functions `write_tiny_checkpoint` / `write_tiny_glue` are importable for tests that need other shapes;
+`write_slow_cli` writes a `python -m pea_kd` stand-in with a loss "slow" that sleeps, for tests that must meet a run
+(kill it, or start a second one) in the middle.
 Add fixtures here; do not remove others'.
 """
 from __future__ import annotations
@@ -90,3 +92,25 @@ def single_thread(monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     yield
     torch.set_num_threads(before)
+
+
+SLOW_CLI = '''
+import sys, time, torch
+from pea_kd.losses import LossResult, register_loss
+
+@register_loss("slow")
+def slow(inputs):
+    """Adds 0 and sleeps, so that another process can meet the run in the middle."""
+    time.sleep({seconds})
+    return LossResult(torch.zeros(()), {{"slow": 0.0}})
+
+from pea_kd.cli import main
+sys.exit(main(sys.argv[1:]))
+'''
+
+
+def write_slow_cli(path, seconds: float) -> Path:
+    """Write the CLI with the loss "slow" (0, after sleeping `seconds` per step) to `path`; use "--loss ce+slow"."""
+    path = Path(path)
+    path.write_text(SLOW_CLI.format(seconds=seconds), encoding="utf-8")
+    return path

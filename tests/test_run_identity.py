@@ -174,25 +174,11 @@ def test_stsb_scores_outside_0_to_5_are_refused_with_file_and_row(tmp_path):
 
 # ---------------------------------------------------------------- two runs at once, a full disk
 
-SLOW_MAIN = '''
-import sys, time, torch
-from pea_kd.losses import LossResult, register_loss
-
-@register_loss("slow")
-def slow(inputs):
-    """Adds 0 and sleeps: each run lasts long enough for the other to meet it."""
-    time.sleep(0.1)
-    return LossResult(torch.zeros(()), {"slow": 0.0})
-
-from pea_kd.cli import main
-sys.exit(main(sys.argv[1:]))
-'''
-
-
 def test_two_processes_on_one_run_directory_one_trains_the_other_names_it(tiny_env, tmp_path):
+    from conftest import write_slow_cli
+
     checkpoint, _ = tiny_env
-    script = tmp_path / "slow_main.py"
-    script.write_text(SLOW_MAIN)
+    script = write_slow_cli(tmp_path / "slow_main.py", seconds=0.1)
     command = [sys.executable, str(script), "distill", "--task", "mrpc", "--student-model", str(checkpoint),
                "--student-layers", "1", "--loss", "ce+slow", "--max-length", "32", "--epochs", "4",
                "--batch-size", "8", "--lr", "1e-3", "--out-dir", str(tmp_path / "run"), "--no-progress"]

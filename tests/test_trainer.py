@@ -194,31 +194,16 @@ def test_existing_run_resume_rules(tiny_env, tmp_path):
         run(tmp_path / "kept", lr=2e-3, resume=True)
 
 
-SLOW_MAIN = '''
-import sys, time, torch
-from pea_kd.losses import LossResult, register_loss
-
-@register_loss("slow")
-def slow(inputs):
-    """Adds 0 and sleeps, so that the test can kill the run in the middle."""
-    time.sleep(0.05)
-    return LossResult(torch.zeros(()), {"slow": 0.0})
-
-from pea_kd.cli import main
-sys.exit(main(sys.argv[1:]))
-'''
-
-
 def test_kill_and_resume_equals_uninterrupted_run(tiny_env, tmp_path):
     """SIGKILL a real `distill` run after its first checkpoint, resume it: same metrics and bit-identical weights."""
+    from conftest import write_slow_cli
     from pea_kd.teacher import cache_teacher_outputs, finetune_teacher
 
     checkpoint, glue = tiny_env
     finetune_teacher("mrpc", out_dir=tmp_path / "teacher", model_name=str(checkpoint),
                      config=TrainConfig(epochs=1, batch_size=16, lr=1e-3, progress=False))
     cache_teacher_outputs(tmp_path / "teacher", "mrpc", max_length=32)
-    script = tmp_path / "slow_main.py"
-    script.write_text(SLOW_MAIN)
+    script = write_slow_cli(tmp_path / "slow_main.py", seconds=0.05)
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
 
     def command(out_dir, *extra):
