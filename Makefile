@@ -49,7 +49,7 @@ notebooks: $(STAMP)
 	$(VENV)/bin/jupyter lab notebooks/
 
 bench: $(STAMP)
-	$(PY) -m bert_mini.bench
+	$(PY) -m pea_kd_bench
 
 data: $(STAMP)
 	$(PY) data/download_glue.py --tasks $(TASK) --data-dir data/glue

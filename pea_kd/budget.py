@@ -1,6 +1,6 @@
 """The compute budget of a reproduction: how much arithmetic `make reproduce` is, and the least time it can take here.
 
-    F(B, T, s)    = bert_mini.bench.forward_flops: one forward of a batch of B examples padded to T tokens
+    F(B, T, s)    = forward_flops: one forward of a batch of B examples padded to T tokens
                     through an encoder plan of s layer steps (2 x linear weights x tokens + attention, plus the head)
     train(stage)  = sum over epochs, over the stage's length-bucketed batches b:  3 F(B_b, T_b, s)   (backward ~ 2F)
     eval(stage)   = (number of evaluations) x sum over the sorted dev batches:  F(B, T, s)
@@ -18,6 +18,8 @@ setting, their measured seconds and the fraction of R they reached are shown nex
 from __future__ import annotations
 
 import json
+import statistics
+import time
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
@@ -25,15 +27,57 @@ import numpy as np
 import torch
 
 from bert_mini import BertConfig, load_tokenizer, resolve_model_dir
-from bert_mini.bench import DTYPES, default_matmul_size, forward_flops, matmul_gflops
 
 from .features import load_features, make_batches, split_holdout
 from .glue import get_task
 from .ptp import PTP_CLASSES
 from .ptp_stage import PTP_HOLDOUT
 from .sps import make_plan
-from .runtime import precision_name, resolve_amp, resolve_device
+from .runtime import native_bf16, precision_name, resolve_amp, resolve_device
 from .trainer import TrainConfig
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}  # the precisions a rate is measured in
+
+
+def forward_flops(config, batch: int, seq_len: int, steps: Optional[int] = None, num_labels: int = 2) -> float:
+    """Estimated FLOPs of one classifier forward (a multiply-add counts 2); `steps` = encoder plan length.
+
+    per layer step: 2 * (4 H^2 + 2 H I) * B T     Q, K, V and output projections; the two feed-forward maps
+                  + 4 * B * T^2 * H               S = Q K^T and P V over all heads
+    head:           2 * (H^2 + H C) * B           pooler and classifier on [CLS]
+    """
+    H, inner = config.hidden_size, config.intermediate_size
+    steps = config.num_hidden_layers if steps is None else steps
+    per_step = 2 * (4 * H * H + 2 * H * inner) * batch * seq_len + 4 * batch * seq_len**2 * H
+    return float(steps * per_step + 2 * (H * H + H * num_labels) * batch)
+
+
+def sync(device: str) -> None:
+    """Wait for `device`'s queued work (CUDA runs asynchronously), so that a clock reading covers it."""
+    if device.startswith("cuda"):
+        torch.cuda.synchronize(device)
+
+
+def matmul_gflops(device: str, size: int, repeats: int = 1, dtype: torch.dtype = torch.float32) -> float:
+    """Median GFLOP/s of `repeats` timed (size x size) @ (size x size) products in `dtype`: the practical ceiling."""
+    a, b = (torch.randn(size, size, device=device, dtype=dtype) for _ in range(2))
+    a @ b  # the first product pays for allocation and kernel selection
+    rates = []
+    for _ in range(repeats):
+        sync(device)
+        start = time.perf_counter()
+        a @ b
+        sync(device)
+        rates.append(2 * size**3 / (time.perf_counter() - start) / 1e9)
+    return statistics.median(rates)
+
+
+def default_matmul_size(device: str, precision: str) -> int:
+    """The ceiling's product size: 8192 on CUDA, 2048 on CPU, 512 for emulated bf16 (a 2048^3 one takes minutes)."""
+    if device.startswith("cuda"):
+        return 8192
+    return 2048 if precision == "fp32" or native_bf16(device) else 512
+
 
 # Settings that change how much work a run is: a results.json made with other values is not compared.
 WORK_SETTINGS = ("teacher", "student_layers", "teacher_epochs", "student_epochs", "ptp_epochs", "batch_size",
@@ -171,7 +215,7 @@ def format_budget(rows: list[StageBudget], rates: dict, precision: str, where: s
 
 def matmul_rates(device: torch.device, repeats: int = 5) -> dict:
     """{"fp32": (n, R), "bf16": (n, R)}: GFLOP/s of an n^3 product on `device` in each precision, n as `make bench`
-    measures its ceiling (bert_mini.bench.default_matmul_size: 512^3 for bf16 where the device only emulates it)."""
+    measures its ceiling (default_matmul_size: 512^3 for bf16 where the device only emulates it)."""
     sizes = {p: default_matmul_size(str(device), p) for p in ("fp32", "bf16")}
     return {p: (n, matmul_gflops(str(device), n, repeats, DTYPES[p])) for p, n in sizes.items()}
 
@@ -192,5 +236,5 @@ def estimate(cfg, repeats: int = 5) -> str:
     return format_budget(rows, rates, precision, where, title) + note
 
 
-__all__ = ["StageBudget", "count_evaluations", "run_flops", "inference_flops", "reproduce_budget",
+__all__ = ["forward_flops", "matmul_gflops", "default_matmul_size", "StageBudget", "count_evaluations", "run_flops", "inference_flops", "reproduce_budget",
            "attach_measurements", "format_budget", "matmul_rates", "estimate"]

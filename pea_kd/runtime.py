@@ -11,8 +11,6 @@ from typing import Optional
 import numpy as np
 import torch
 
-from bert_mini.bench import native_bf16
-
 log = logging.getLogger(__name__)
 
 
@@ -21,6 +19,21 @@ def set_seed(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+def native_bf16(device) -> bool:
+    """True when `device` (a torch.device or its name) computes bf16 matrix products in hardware.
+
+    CUDA: torch.cuda.is_bf16_supported() (Ampere and later). CPU: oneDNN's own check for AVX512-BF16, AMX or Arm
+    BF16 (torch.ops.mkldnn._is_mkldnn_bf16_supported). Without them bf16 is emulated and slower than fp32: on an
+    AVX2-only AMD EPYC the trainer's FT and SPS + PKD stages ran 14-21x slower in bf16 (README, "Mixed precision").
+    """
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    return False
 
 
 def resolve_device(name: str = "auto") -> torch.device:

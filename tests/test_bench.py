@@ -1,4 +1,4 @@
-"""bert_mini.bench on a tiny checkpoint, one step per mode: FLOP formula, report structure, CLI and JSON. Not timed."""
+"""pea_kd_bench.throughput on a tiny checkpoint, one step per mode: report structure, CLI and JSON. Not timed."""
 import ast
 import json
 import math
@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from bert_mini import BertConfig, BertForSequenceClassification, bench, save_pretrained
-from bert_mini.modeling import BertLayer
+from bert_mini import BertConfig, BertForSequenceClassification, save_pretrained
+from pea_kd.runtime import native_bf16
+from pea_kd_bench import throughput as bench
 
 TINY = dict(vocab_size=60, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32,
             max_position_embeddings=16)
@@ -19,19 +20,6 @@ FAST = dict(batch_size=2, seq_len=8, iters=1, warmup=0, matmul_size=32)
 def tiny_dir(tmp_path_factory):
     torch.manual_seed(0)
     return save_pretrained(BertForSequenceClassification(BertConfig(**TINY)), tmp_path_factory.mktemp("bench") / "m")
-
-
-def test_forward_flops_by_hand_and_against_the_real_layer():
-    cfg = BertConfig(**{**TINY, "hidden_size": 4, "num_attention_heads": 1, "intermediate_size": 8})
-    # per step: 2 * (4*16 + 2*4*8) * (1*2) + 4 * 1 * 2^2 * 4 = 512 + 64; two steps; head 2 * (16 + 8) * 1 = 48
-    assert bench.forward_flops(cfg, batch=1, seq_len=2) == 2 * 576 + 48
-    assert bench.forward_flops(cfg, batch=1, seq_len=2, steps=4) == 4 * 576 + 48  # an SPS plan runs more steps
-    # The formula's "4 H^2 + 2 H I" must be exactly the linear weights of a real BertLayer.
-    big = BertConfig(**{**TINY, "hidden_size": 24, "num_attention_heads": 3, "intermediate_size": 40})
-    linear = sum(m.weight.numel() for m in BertLayer(big).modules() if isinstance(m, torch.nn.Linear))
-    t = 5
-    per_layer = (bench.forward_flops(big, 1, t, steps=1) - bench.forward_flops(big, 1, t, steps=0))
-    assert per_layer == 2 * linear * t + 4 * t * t * 24
 
 
 def check_report(report, impls):
@@ -86,7 +74,7 @@ def test_bf16_is_measured_under_autocast_next_to_a_bf16_ceiling(tiny_dir, monkey
     assert report["precision"] == "bf16" and set(products) == {torch.bfloat16}
     assert "precision bf16 (autocast" in bench.format_report(report)
     assert bench.resolve_precisions("fp32,bf16", "cpu") == ["fp32", "bf16"]
-    assert bench.resolve_precisions("auto", "cpu") == (["fp32", "bf16"] if bench.native_bf16("cpu") else ["fp32"])
+    assert bench.resolve_precisions("auto", "cpu") == (["fp32", "bf16"] if native_bf16("cpu") else ["fp32"])
     with pytest.raises(ValueError, match="--precision 'fp8'"):
         bench.resolve_precisions("fp8", "cpu")
 

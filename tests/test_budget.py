@@ -3,10 +3,12 @@ import dataclasses
 
 import numpy as np
 import pytest
+import torch
 
 from bert_mini import BertConfig
-from pea_kd.budget import (StageBudget, attach_measurements, count_evaluations, format_budget, reproduce_budget,
-                           run_flops)
+from bert_mini.modeling import BertLayer
+from pea_kd.budget import (StageBudget, attach_measurements, count_evaluations, format_budget, forward_flops,
+                           reproduce_budget, run_flops)
 from pea_kd.reproduce import ReproduceConfig
 from pea_kd.trainer import TrainConfig
 
@@ -15,12 +17,25 @@ CONFIG = BertConfig(vocab_size=100, hidden_size=H, num_hidden_layers=2, num_atte
 
 
 def forward_per_example(length: int, steps: int, labels: int, hidden: int = H, inner: int = INNER) -> int:
-    """FLOPs of one example's forward, from the architecture (a multiply-add = 2 FLOPs), not from bench.py."""
+    """FLOPs of one example's forward, from the architecture (a multiply-add = 2 FLOPs), not from forward_flops."""
     projections = 4 * hidden * hidden + 2 * hidden * inner  # Q, K, V, attention output; FFN in and out (weights)
     attention = 2 * length * hidden  # per token: a row of S = Q K^T (T dot products of d_k, all heads) ...
     attention += 2 * length * hidden  # ... and its row of P V
     head = 2 * (hidden * hidden + hidden * labels)  # pooler and classifier on [CLS]
     return steps * length * (2 * projections + attention) + head
+
+
+def test_forward_flops_by_hand_and_against_the_real_layer():
+    cfg = BertConfig(**{**vars(CONFIG), "hidden_size": 4, "num_attention_heads": 1, "intermediate_size": 8})
+    # per step: 2 * (4*16 + 2*4*8) * (1*2) + 4 * 1 * 2^2 * 4 = 512 + 64; two steps; head 2 * (16 + 8) * 1 = 48
+    assert forward_flops(cfg, batch=1, seq_len=2) == 2 * 576 + 48
+    assert forward_flops(cfg, batch=1, seq_len=2, steps=4) == 4 * 576 + 48  # an SPS plan runs more steps
+    # The formula's "4 H^2 + 2 H I" must be exactly the linear weights of a real BertLayer.
+    big = BertConfig(**{**vars(CONFIG), "hidden_size": 24, "num_attention_heads": 3, "intermediate_size": 40})
+    linear = sum(m.weight.numel() for m in BertLayer(big).modules() if isinstance(m, torch.nn.Linear))
+    t = 5
+    per_layer = (forward_flops(big, 1, t, steps=1) - forward_flops(big, 1, t, steps=0))
+    assert per_layer == 2 * linear * t + 4 * t * t * 24
 
 
 def test_evaluations_follow_the_trainers_schedule():

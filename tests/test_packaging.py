@@ -45,7 +45,7 @@ def test_requirements_txt_and_makefile_agree_with_pyproject():
 def test_pip_install_gives_the_pea_kd_command(tmp_path):
     # A copy of the sources, so that the build leaves no build/ or *.egg-info in the repository.
     src = tmp_path / "src"
-    for name in ("bert_mini", "pea_kd"):
+    for name in ("bert_mini", "pea_kd", "pea_kd_bench"):
         shutil.copytree(ROOT / name, src / name, ignore=shutil.ignore_patterns("__pycache__"))
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(ROOT / name, src / name)
@@ -63,13 +63,13 @@ def test_pip_install_gives_the_pea_kd_command(tmp_path):
     out = subprocess.run([venv / "bin" / "pea-kd", "--help"], check=True, capture_output=True, text=True,
                          cwd=tmp_path, env=env).stdout
     assert "export-hf" in out and "reproduce" in out and "distill" in out
-    probe = ("import json, importlib.metadata, pea_kd, bert_mini; from pea_kd.glue import PROJECT_ROOT; "
+    probe = ("import json, importlib.metadata, pea_kd, bert_mini, pea_kd_bench; from pea_kd.glue import PROJECT_ROOT; "
              "from pea_kd.assignments.checker import EXPECTED_FILE; "
-             "print(json.dumps([pea_kd.__file__, bert_mini.__file__, str(PROJECT_ROOT), "
+             "print(json.dumps([pea_kd.__file__, bert_mini.__file__, pea_kd_bench.__file__, str(PROJECT_ROOT), "
              "importlib.metadata.version('pea-kd'), EXPECTED_FILE.is_file()]))")
     installed = json.loads(subprocess.run([python, "-c", probe], check=True, capture_output=True, text=True,
                                           cwd=tmp_path).stdout)
-    assert all(f.startswith(purelib) for f in installed[:2]), installed  # the installed copy, not the repository
-    assert Path(installed[2]) == tmp_path.resolve()  # installed, runs/ and data/ go under the current directory
-    assert installed[3] == pea_kd.__version__
-    assert installed[4]  # the assignment checkers' stored expected values ship with the package
+    assert all(f.startswith(purelib) for f in installed[:3]), installed  # the installed copy, not the repository
+    assert Path(installed[3]) == tmp_path.resolve()  # installed, runs/ and data/ go under the current directory
+    assert installed[4] == pea_kd.__version__
+    assert installed[5]  # the assignment checkers' stored expected values ship with the package

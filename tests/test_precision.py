@@ -12,7 +12,7 @@ import torch
 
 import bert_mini.modeling as modeling
 from bert_mini import load_pretrained
-from bert_mini.bench import native_bf16
+from pea_kd.runtime import native_bf16
 from pea_kd import runtime
 from pea_kd.identity import RunMismatch
 from pea_kd.runtime import precision_name, resolve_amp

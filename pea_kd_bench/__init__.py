@@ -1,0 +1,8 @@
+"""pea-kd's benchmarks, kept apart from the packages that teach (bert_mini: the model; pea_kd: the method).
+
+    python -m pea_kd_bench              what `make bench` runs: every benchmark below, in turn
+    python -m pea_kd_bench.throughput   bert_mini's training and inference speed and memory next to Hugging Face's
+                                        BERT and next to this machine's matmul ceiling
+
+They import bert_mini and pea_kd; neither package imports them.
+"""
