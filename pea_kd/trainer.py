@@ -46,7 +46,8 @@ from .features import Features, collate, make_batches
 from .glue import get_task
 from .identity import check_same_run, run_identity
 from .losses import LossConfig, LossInputs, build_loss, task_loss
-from .runtime import precision_name, resolve_amp, resolve_device, rng_state, set_rng_state, set_seed
+from .runtime import (keep_freed_memory, precision_name, resolve_amp, resolve_device, rng_state, set_rng_state,
+                      set_seed)
 from .storage import directory_lock, storage_error, write_atomic
 
 log = logging.getLogger(__name__)
@@ -243,6 +244,7 @@ class Trainer:
         targets = self.teacher_rows or (live_teacher.state_dict() if live_teacher is not None else None)
         self.identity = run_identity(config, model, self.loss_fn, self.loss_config, train_data, dev_data, targets,
                                      self.amp_dtype)
+        keep_freed_memory()  # each step's 47 MB word-embedding gradient from the heap, not from fresh pages (runtime)
         model.to(self.device)
         self.loss_fn.to(self.device)
         self.train_model = distributed.wrap(model, self.loss_fn)  # under torchrun: DDP (averages gradients), else model

@@ -7,6 +7,9 @@
 Measured for `BertForSequenceClassification(num_labels=2)` on a B x T batch of real (unpadded) tokens:
   training step  forward + cross-entropy + backward + AdamW step; train mode, so dropout is on (p from config.json)
   inference      one forward under `torch.inference_mode()`, eval mode
+Every implementation runs under the settings of pea_kd's trainer: AdamW with fused=True, and the trainer's allocator
+setting (pea_kd.runtime.keep_freed_memory: tensors above 32 MB, such as the 47 MB word-embedding gradient, come from
+the heap instead of freshly faulted pages). Both are the same for all implementations, so the ratio compares models.
 Each time is the median of `--iters` timed steps after `--warmup` untimed ones; tokens/s = B * T / median.
 Precisions: fp32, and bf16 = the same step under `torch.autocast(dtype=torch.bfloat16)` (fp32 weights, AdamW state
 and loss), each next to the matmul ceiling *in that precision*. `--precision auto` (the default) measures bf16 only
@@ -58,7 +61,7 @@ import torch.nn.functional as F
 
 from bert_mini import BertConfig, load_pretrained, resolve_model_dir
 from pea_kd.budget import DTYPES, default_matmul_size, forward_flops, matmul_gflops, sync
-from pea_kd.runtime import native_bf16
+from pea_kd.runtime import keep_freed_memory, native_bf16
 
 MODES = {"train": "training", "infer": "inference"}
 REFERENCES = {"reference": "sdpa", "reference-eager": "eager"}  # impl name -> transformers attn_implementation
@@ -94,6 +97,7 @@ class Runner:
 
     def __init__(self, spec: dict):
         self.spec, self.device = spec, spec["device"]
+        keep_freed_memory()  # as pea_kd's trainer does, for every implementation
         if spec.get("threads"):
             torch.set_num_threads(spec["threads"])
         torch.manual_seed(spec["seed"])
@@ -110,7 +114,7 @@ class Runner:
         self.inputs = {k: v.to(self.device) for k, v in self.inputs.items()}
         self.labels = torch.randint(0, 2, (batch,), generator=gen).to(self.device)
         if spec["mode"] == "train":
-            self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=1e-5)
+            self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=1e-5, fused=True)  # as pea_kd's trainer
         self.loaded_mib = _proc_status_mib("VmRSS")
         if self.device.startswith("cuda"):
             torch.cuda.synchronize(self.device)
