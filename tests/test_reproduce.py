@@ -73,6 +73,7 @@ def test_majority_baseline_on_mrpc_is_the_known_floor():
 def test_a_report_without_majority_or_per_seed_values_still_renders():
     """results.json files written before the majority row (and the hand-made notebooks/results file) keep working."""
     committed = json.loads((ROOT / "notebooks" / "results" / "mrpc_results.json").read_text())
+    assert '| majority class ("1") | - | - | - | 68.4 | 81.2 | 68.4 | 81.2 | - |' in format_table(committed)
     old = {k: v for k, v in committed.items() if k != "majority"}
     old["summary"] = [{k: v for k, v in row.items() if k != "per_seed"} for row in old["summary"]]
     table = format_table(old)
