@@ -88,7 +88,8 @@ def format_table(results: dict) -> str:
 
 
 def format_seed_table(results: dict) -> str:
-    """Markdown: one row per method, one column per seed, the final primary metric in % ("" if no method has 2 seeds)."""
+    """Markdown: one row per method, one column per seed, the final primary metric in %; "" if no method has two
+    seeds."""
     rows = [r for r in results["summary"] if "per_seed" in r]
     if not any(len(r["seeds"]) > 1 for r in rows):
         return ""
@@ -168,7 +169,8 @@ def format_markdown(results: dict) -> str:
 
 
 def plot_results(results: dict, path: Path) -> None:
-    """Bar chart of the final primary metric per method (mean ± std over seeds), teacher as a dashed line."""
+    """Bar chart of the final primary metric per method (mean ± std over seeds, each seed a dot), the teacher as a
+    dashed line and the majority class as a dotted one."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -179,6 +181,9 @@ def plot_results(results: dict, path: Path) -> None:
     means = [r["final"][metric][0] for r in rows]
     stds = [r["final"][metric][1] for r in rows]
     ax.bar([r["method"] for r in rows], means, yerr=stds, capsize=4, color="#4C72B0")
+    for i, row in enumerate(rows):  # each seed's value on its method's bar (older results.json files have none)
+        seeds = row.get("per_seed", {}).get("final", {}).get(metric, [])
+        ax.plot([i] * len(seeds), seeds, "k.", markersize=4, label="seeds" if i == 0 and seeds else None)
     ax.axhline(100 * results["teacher"]["final"][metric], color="k", linestyle="--", label="teacher")
     floor = [100 * results["majority"]["metrics"][metric]] if results.get("majority") else []
     if floor:

@@ -58,7 +58,7 @@ def prose_lines(markdown: str) -> list[str]:
 
 
 def github_slug(heading: str) -> str:
-    """The anchor GitHub gives a heading: links reduced to their text, lower case, punctuation dropped, '-' for spaces."""
+    """GitHub's anchor of a heading: links reduced to their text, lower case, punctuation dropped, '-' for spaces."""
     text = re.sub(r"\[([^\]]*)\]\([^)]*\)", r"\1", heading).strip().lower()
     return re.sub(r"[^\w\- ]", "", text).replace(" ", "-")
 
@@ -168,17 +168,18 @@ def test_readme_starts_with_the_two_commands_and_the_reading_path():
     assert sections[1].startswith("Start here\n"), "the README's first section must be 'Start here'"
     start = sections[1]
     assert start.index("make reproduce TASK=mrpc") < start.index("make test") < start.index("### The reading path")
-    notebooks = sorted((ROOT / "notebooks").glob("*.ipynb")) + sorted((ROOT / "notebooks" / "assignments").glob("*.ipynb"))
+    notebooks = sorted((ROOT / "notebooks").glob("*.ipynb")) + sorted((ROOT / "notebooks/assignments").glob("*.ipynb"))
     order = [start.find(nb.name) for nb in notebooks]
-    assert -1 not in order, f"notebooks missing from 'Start here': {[nb.name for nb, i in zip(notebooks, order) if i < 0]}"
+    missing = [nb.name for nb, i in zip(notebooks, order) if i < 0]
+    assert not missing, f"notebooks missing from the reading path in 'Start here': {missing}"
     assert order == sorted(order), "the reading path lists the notebooks in their numbered order"
     assert len(re.findall(r"\]\([\w/]+\.py#L\d+\)", start)) >= 50  # each notebook names the code it teaches
     assert "docs/method.md" in start and sections[-1].startswith("Performance\n")  # analysis comes last
 
 
 def test_update_anchors_moves_an_anchor_to_its_symbol(tmp_path):
-    (tmp_path / "mod.py").write_text("import os\n\nLIMIT: int = 3\n\n\nclass Box:\n    size = 1\n\n    def open(self):\n"
-                                     "        pass\n\n\ndef open_box():\n    return Box()\n", encoding="utf-8")
+    source = "import os\n\nLIMIT: int = 3\n\n\nclass Box:\n    size = 1\n\n    def open(self):\n        pass\n\n\n"
+    (tmp_path / "mod.py").write_text(source + "def open_box():\n    return Box()\n", encoding="utf-8")
     doc = tmp_path / "doc.md"
     doc.write_text("[`open_box`](mod.py#L1), [`Box.open`](mod.py#L1), [`LIMIT`](mod.py#L3), "
                    "[`Box.size`](mod.py#L2)\n", encoding="utf-8")
