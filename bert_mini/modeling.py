@@ -60,7 +60,7 @@ class BertEmbeddings(nn.Module):
 
 # Which kernel computes softmax(Q K^T / sqrt(d_k) + M) V, by (device type, dtype of Q). SDPA's fused kernel is used
 # in fp32 and on CUDA; under CPU bf16 autocast the explicit matmul-softmax-matmul, which was reported faster there on
-# a CPU with native bf16 (README, "Mixed precision"). `python -m pea_kd_bench.throughput` (make bench) measures both on your machine.
+# a CPU with native bf16 (docs/performance.md, "Mixed precision (bf16)"). `python -m pea_kd_bench.throughput` (make bench) measures both on your machine.
 # In CPU training (attention dropout on) the explicit path always: SDPA's CPU kernel has no dropout, so SDPA falls back
 # to its own unfused matmul-softmax-matmul there and draws the mask with bernoulli_; the explicit path is that same
 # computation with bert_mini.dropout's cheaper masks.
