@@ -3,21 +3,21 @@
     y = x * m / (1 - p),   m_i ~ Bernoulli(1 - p) independently for every element   (inverted dropout)
 
 This is the one place where bert_mini does not use PyTorch's own operator, and only for the mask on the CPU. There
-`F.dropout` draws m with `bernoulli_`, one call of the sequential Mersenne Twister per element through a
-per-element distribution object (on a non-Intel CPU; on Intel, PyTorch hands it to MKL). On the 2-core AMD EPYC of
-this project that costs more than the matrix products next to it (issue 23). Here the mask comes from *raw 32-bit
-random words*, drawn 64 bits at a time from the same generator (`Tensor.random_` over the full int64 range), which
-is several times cheaper per element:
+`F.dropout` draws m with `bernoulli_`, which (on the AMD EPYC of this project, at least) runs one sequential
+Mersenne-Twister draw per element through a per-element distribution object and costs about as much as the matrix
+products next to it (issue 23). Here the mask comes from *raw 32-bit random words*, drawn 64 bits at a time from the
+same generator (`Tensor.random_` over the full int64 range), 4-5x cheaper per element on that CPU:
 
     w_i uniform on the 2^32 values of a 32-bit word       (two per 64-bit draw of torch's default CPU generator)
     m_i = 1  iff  w_i < K,   K = round((1 - p) 2^32)       so  P(m_i = 1) = K / 2^32 = 1 - p, to within 2^-33
 
-(torch's own `bernoulli_` compares a 24-bit uniform with 1 - p: it is exact to 2^-24.) Everything else is
-torch's CPU dropout, operation for operation: the same `(m / (1 - p))` noise tensor in x's dtype, the same product,
-so for a given mask the output and its gradient are bit-identical to `F.dropout`'s (tests/test_dropout.py). The words
-come from torch's default generator, so `torch.manual_seed`, `torch.get_rng_state`/`set_rng_state` (and with them a
-resumed run) govern these masks exactly as they govern `nn.Dropout`'s. On other devices (CUDA, MPS) `F.dropout`
-already draws its masks in parallel and is used unchanged.
+(torch's own `bernoulli_` compares a 24-bit uniform with 1 - p: it is exact to 2^-24.) The rest is torch's CPU
+dropout: the same noise tensor m / (1 - p) in x's dtype (made in one pass from the mask instead of two) and the same
+product, so for a given mask the output and its gradient are bit-identical to `F.dropout`'s (tests/test_dropout.py).
+The words come from torch's default generator, so `torch.manual_seed` and `torch.get_rng_state`/`set_rng_state`
+(and with them a resumed run) govern these masks exactly as they govern `nn.Dropout`'s; the masks themselves are
+other draws than `nn.Dropout`'s, so a training run's numbers differ from those of the same seed before. On other
+devices (CUDA, MPS) `F.dropout` already draws its masks in parallel and is used unchanged.
 """
 from __future__ import annotations
 
@@ -55,8 +55,8 @@ def dropout(x: torch.Tensor, p: float, training: bool = True) -> torch.Tensor:
         return F.dropout(x, p, training=True)  # parallel counter-based masks there
     if p == 1.0:
         return x * torch.zeros((), dtype=x.dtype)  # every element dropped, as F.dropout does it
-    noise = keep_mask(x.shape, p).to(x.dtype).div_(1.0 - p)  # m / (1 - p), as torch's CPU dropout computes it
-    return x * noise
+    scale = torch.ones((), dtype=x.dtype).div_(1.0 - p)  # 1 / (1 - p), rounded as torch's CPU dropout rounds it
+    return x * (keep_mask(x.shape, p) * scale)  # x * m / (1 - p)
 
 
 class Dropout(nn.Module):

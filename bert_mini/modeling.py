@@ -60,10 +60,10 @@ class BertEmbeddings(nn.Module):
 
 # Which kernel computes softmax(Q K^T / sqrt(d_k) + M) V, by (device type, dtype of Q). SDPA's fused kernel is used
 # in fp32 and on CUDA; under CPU bf16 autocast the explicit matmul-softmax-matmul, which was reported faster there on
-# a CPU with native bf16 (docs/performance.md, "Mixed precision (bf16)"). `python -m pea_kd_bench.throughput` (make bench) measures both on your machine.
-# In CPU training (attention dropout on) the explicit path always: SDPA's CPU kernel has no dropout, so SDPA falls back
-# to its own unfused matmul-softmax-matmul there and draws the mask with bernoulli_; the explicit path is that same
-# computation with bert_mini.dropout's cheaper masks.
+# a CPU with native bf16 (docs/performance.md, "Mixed precision (bf16)"). In CPU training (attention dropout on) the
+# explicit path always: SDPA's CPU kernel has no dropout, so SDPA falls back to its own unfused matmul-softmax-matmul
+# there and draws the mask with bernoulli_; the explicit path is that same computation with bert_mini.dropout's
+# cheaper masks. `python -m pea_kd_bench.throughput` (make bench) measures the kernels on your machine.
 EXPLICIT_ATTENTION = {("cpu", torch.bfloat16)}
 ATTENTION_KERNEL = "auto"  # "auto" (the rules above), "sdpa" or "explicit": set by the benchmark to compare both
 
@@ -99,7 +99,8 @@ class BertSelfAttention(nn.Module):
         return x.view(batch, length, self.num_heads, self.head_size).transpose(1, 2)  # (B, A, T, d_k)
 
     def forward(
-        self, x: torch.Tensor, additive_mask: torch.Tensor, swap_qk: bool = False, output_attentions: bool = False
+        self, x: torch.Tensor, additive_mask: Optional[torch.Tensor], swap_qk: bool = False,
+        output_attentions: bool = False
     ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
         query_proj, key_proj = (self.key, self.query) if swap_qk else (self.query, self.key)
         q = self._split_heads(query_proj(x))  # Q = x W_q + b_q   (B, A, T, d_k)
@@ -107,7 +108,9 @@ class BertSelfAttention(nn.Module):
         v = self._split_heads(self.value(x))  # V = x W_v + b_v
         dropout_p = self.dropout_prob if self.training else 0.0
         if output_attentions or attention_kernel(q, dropout_p) == "explicit":
-            scores = q @ k.transpose(-1, -2) / math.sqrt(self.head_size) + additive_mask  # (B, A, T, T)
+            scores = (q / math.sqrt(self.head_size)) @ k.transpose(-1, -2)  # Q K^T / sqrt(d_k)   (B, A, T, T)
+            if additive_mask is not None:  # + M (None: no position is padded)
+                scores = scores + additive_mask
             probs = scores.softmax(dim=-1)  # P = softmax(Q K^T / sqrt(d_k) + M)
             context = self.dropout(probs) @ v  # P V
         else:
@@ -249,8 +252,12 @@ class BertPreTrainedModel(nn.Module):
             nn.init.zeros_(module.bias)
 
 
-def extended_attention_mask(attention_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """(B, T) 1/0 mask -> (B, 1, 1, T) additive mask M: 0 where attended, the dtype's minimum where padded."""
+def extended_attention_mask(attention_mask: torch.Tensor, dtype: torch.dtype) -> Optional[torch.Tensor]:
+    """(B, T) 1/0 mask -> (B, 1, 1, T) additive mask M: 0 where attended, the dtype's minimum where padded.
+
+    None when nothing is padded: M would be all zeros, and adding it is a pass over every (B, A, T, T) score."""
+    if bool(attention_mask.all()):
+        return None
     return (1.0 - attention_mask[:, None, None, :].to(dtype)) * torch.finfo(dtype).min
 
 
@@ -286,7 +293,7 @@ class BertModel(BertPreTrainedModel):
         if token_type_ids is None:
             token_type_ids = torch.zeros_like(input_ids)
         x = self.embeddings(input_ids, token_type_ids)  # (B, T, H)
-        mask = extended_attention_mask(attention_mask, x.dtype)  # (B, 1, 1, T)
+        mask = extended_attention_mask(attention_mask, x.dtype)  # (B, 1, 1, T), or None without padding
         x, hidden_states, attentions = self.encoder(x, mask, output_hidden_states, output_attentions)
         return BertOutput(
             last_hidden_state=x,
