@@ -3,6 +3,8 @@
     python -m pea_kd_bench              what `make bench` runs: every benchmark below, in turn
     python -m pea_kd_bench.throughput   bert_mini's training and inference speed and memory next to Hugging Face's
                                         BERT and next to this machine's matmul ceiling
+    python -m pea_kd_bench.profile      where a Trainer step's time goes (torch.profiler shares: matrix products,
+                                        dropout masks, GELU, ...), on real GLUE batches; not part of `make bench`
 
 They import bert_mini and pea_kd; neither package imports them.
 """

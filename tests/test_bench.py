@@ -30,12 +30,13 @@ def check_report(report, impls):
         assert set(result) >= set(impls)
         for impl in impls:
             e = result[impl]
-            assert len(e["times_s"]) == FAST["iters"] and e["median_s"] > 0
+            assert len(e["times_s"]) == len(e["cpu_times_s"]) == FAST["iters"] and e["median_s"] > 0
+            assert all(cpu > 0 for cpu in e["cpu_times_s"])
             assert e["tokens_per_s"] == pytest.approx(FAST["batch_size"] * FAST["seq_len"] / e["median_s"])
             assert e["gflops"] == pytest.approx(report["flops"][mode] / e["median_s"] / 1e9)
             assert e["fraction_of_ceiling"] == pytest.approx(e["gflops"] / report["matmul"]["gflops"])
             assert e["peak_mib"] > 0 and e["memory_kind"].startswith("cpu_peak_rss")
-        assert ("ratio_ours_over_ref" in result) == ("reference" in impls)
+        assert ("ratio_ours_over_ref" in result) == ("cpu_ratio_ours_over_ref" in result) == ("reference" in impls)
     text = bench.format_report(report)
     assert "bert_mini" in text and "training" in text and "inference" in text and "matmul ceiling" in text
 
