@@ -1,10 +1,10 @@
 """pea-kd's benchmarks, kept apart from the packages that teach (bert_mini: the model; pea_kd: the method).
 
-    python -m pea_kd_bench              what `make bench` runs: the throughput benchmark below
-    python -m pea_kd_bench.throughput   bert_mini's training and inference speed and memory next to Hugging Face's
-                                        BERT and next to this machine's matmul ceiling
-    python -m pea_kd_bench.profile      where a Trainer step's time goes (torch.profiler shares: matrix products,
-                                        dropout masks, GELU, ...), on real GLUE batches
+    python -m pea_kd_bench               what `make bench` runs: the throughput benchmark below
+    python -m pea_kd_bench.throughput    bert_mini's training and inference speed and memory next to Hugging Face's
+                                         BERT and next to this machine's matmul ceiling
+    python -m pea_kd_bench.step_profile  where a Trainer step's time goes (torch.profiler shares: matrix products,
+                                         dropout masks, GELU, ...), on real GLUE batches
 
 They import bert_mini and pea_kd; neither package imports them.
 """

@@ -1,7 +1,7 @@
 """Where a training step's time goes: torch.profiler over the project Trainer, grouped into a few shares.
 
-    python -m pea_kd_bench.profile [--task mrpc] [--variant sps] [--layers 3] [--loss ce] [--steps 12] [--warmup 2]
-                                   [--amp off|bf16] [--batch-size 32] [--threads N] [--json PATH]
+    python -m pea_kd_bench.step_profile [--task mrpc] [--variant sps] [--layers 3] [--loss ce] [--steps 12]
+                                        [--warmup 2] [--amp off|bf16] [--batch-size 32] [--threads N] [--json PATH]
 
 Builds the student as `distill` does (minilm-l6's bottom L layers, the variant's SPS plan), reads real training
 batches of the task (GLUE_DIR or data/glue), runs `--warmup` untimed Trainer steps, then profiles `--steps` more
@@ -34,8 +34,8 @@ GROUPS = [
     ("matrix products (mm, addmm, bmm, linear)", ("aten::mm", "aten::addmm", "aten::bmm", "aten::matmul",
                                                   "aten::linear", "mkldnn", "aten::_scaled_dot_product",
                                                   "flash_attention")),
-    ("dropout masks (bernoulli, dropout kernels)", ("bernoulli", "dropout", "aten::rand", "uniform",
-                                                    "philox", "inverted_dropout")),
+    ("dropout masks (bernoulli, random words, their compare)", ("bernoulli", "dropout", "aten::rand", "uniform",
+                                                               "philox", "aten::lt")),
     ("zero-fills (aten::fill_, zero_, zeros, empty)", ("aten::fill_", "aten::zero_", "aten::zeros", "aten::empty",
                                                        "aten::new_zeros")),
     ("embedding gradient", ("embedding_dense_backward", "embedding_backward", "index_add", "index_put",
@@ -111,7 +111,7 @@ def format_profile(report: dict) -> str:
 
 
 def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(prog="python -m pea_kd_bench.profile", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m pea_kd_bench.step_profile", description=__doc__.splitlines()[0])
     parser.add_argument("--task", default="mrpc")
     parser.add_argument("--variant", default="sps", help="student variant (original, sps, ...; default sps)")
     parser.add_argument("--layers", type=int, default=3, help="student layers L (default 3)")
