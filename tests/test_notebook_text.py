@@ -13,8 +13,8 @@ time ("learns in under a minute") silently goes stale. These tests read the comm
   the notebook's own run time, the sum of its cells' execution times stored by nbclient; a time written as a number
   ("215.7 s", "about 45 minutes") is a number like the others. A time that varies from run to run belongs in a
   printed output: `print(f"trained in {seconds:.0f} s")`.
-* **notebooks/README.md**: the run time it gives for each notebook agrees with that notebook's stored run time, and it
-  states no other time.
+* **notebooks/README.md**: the run time it gives for each notebook agrees with that notebook's stored run time (within
+  a factor 2, or 10 s: the load of the machine that executed it moves it that much), and it states no other time.
 
 Numbers that only a run can decide (which method is ahead, whether a loss fell) are the notebooks' asserts' job.
 """
@@ -212,7 +212,7 @@ def test_readme_run_times_are_the_stored_ones():
     for notebook, stated in table.items():
         seconds = run_seconds(nbformat.read(NOTEBOOK_DIR / notebook, as_version=4))
         assert seconds is not None, f"{notebook}: no stored execution times; re-execute it with nbclient"
-        if not (abs(stated - seconds) <= 10 or 0.8 <= stated / seconds <= 1.25):
+        if not (abs(stated - seconds) <= 10 or 0.5 <= stated / seconds <= 2):  # a shared machine's load: up to 2x
             wrong.append(f"{notebook}: README says {stated:.0f} s, the stored run took {seconds:.0f} s")
     assert not wrong, "notebooks/README.md's run times are stale:\n" + "\n".join(wrong)
 
