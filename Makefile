@@ -4,6 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+LAB_STAMP := $(VENV)/.lab-installed
 TASK ?= mrpc
 # reproduce overrides (empty = the documented default):
 #   TEACHER=bert-base-uncased SEEDS=0,1,2 EPOCHS=3 JOBS=2 AMP=bf16 SMOKE=1 ESTIMATE=1
@@ -27,7 +28,8 @@ help:  ## list targets and their variables
 	@echo "    SMOKE=1                    a few dozen examples, 1 epoch, 1 seed: checks every stage in ~1 min"
 	@echo "    ESTIMATE=1                 train nothing: FLOPs per stage and the least time on this machine"
 	@echo "make test                  run the test suite (notebooks included), one worker per CPU core"
-	@echo "make notebooks             open the notebooks in JupyterLab (installs it into .venv on first use)"
+	@echo "make notebooks             open the notebooks in JupyterLab on 127.0.0.1, kernel = .venv's Python"
+	@echo "                           (installs requirements-lab.txt into .venv on first use)"
 	@echo "make bench                 bert_mini speed/memory benchmark on CPU (or CUDA when present)"
 	@echo "make data TASK=mrpc        download GLUE data into data/glue/ (TASK=all for every task)"
 	@echo "make setup                 create .venv and install requirements"
@@ -44,9 +46,12 @@ setup: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q -n auto tests $(wildcard instructor/tests)
 
-notebooks: $(STAMP)
-	$(PY) -c "import jupyterlab" 2>/dev/null || $(PY) -m pip install --quiet "jupyterlab>=4"
-	$(VENV)/bin/jupyter lab notebooks/
+$(LAB_STAMP): requirements-lab.txt $(STAMP)
+	$(PY) -m pip install --quiet -r requirements-lab.txt
+	touch $(LAB_STAMP)
+
+notebooks: $(LAB_STAMP)
+	$(PY) scripts/lab.py
 
 bench: $(STAMP)
 	$(PY) -m pea_kd_bench
