@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import hashlib
-from importlib import metadata
 import json
 import os
 import secrets
@@ -38,6 +37,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from importlib import metadata
 from pathlib import Path
 
 import lab  # scripts/lab.py: how `make notebooks` starts JupyterLab
@@ -101,13 +101,18 @@ def ensure_chromium(chromium: str, chromedriver: str) -> tuple[str, str]:
             raise CheckFailed(f"{chromium} or {chromedriver} not found and apt-get is not available: install Chromium "
                               f"and its WebDriver (Debian packages: {' '.join(APT_PACKAGES)}), then rerun")
         sudo = [] if os.geteuid() == 0 else ["sudo", "-n"]
+        if sudo and not shutil.which("sudo"):
+            raise CheckFailed(f"{chromium} or {chromedriver} not found, and installing them needs root: run "
+                              f"`apt-get install {' '.join(APT_PACKAGES)}` as root, then rerun")
         print(f"browser check: installing {' '.join(APT_PACKAGES)} with apt-get", flush=True)
+        started = time.monotonic()
         env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
         for command in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", *APT_PACKAGES]):
-            done = subprocess.run(sudo + command, env=env, capture_output=True, text=True)
+            done = subprocess.run(sudo + command, env=env, capture_output=True, text=True, check=False)
             if done.returncode:
                 last = (done.stderr.strip() or done.stdout.strip() or "no output").splitlines()[-1]
                 raise CheckFailed(f"`{' '.join(sudo + command)}` exited with {done.returncode}: {last}")
+        print(f"browser check: installed in {time.monotonic() - started:.0f} s", flush=True)
     found = shutil.which(chromium), shutil.which(chromedriver)
     if not all(found):
         raise CheckFailed(f"{chromium} or {chromedriver} still not found after installing {' '.join(APT_PACKAGES)}")
@@ -293,9 +298,9 @@ def click_menu(driver, menu: str, item: str) -> None:
     wait = WebDriverWait(driver, 30)
     wait.until(ready.element_to_be_clickable(
         (By.XPATH, f"//div[contains(@class, 'lm-MenuBar-itemLabel')][normalize-space()='{menu}']"))).click()
-    wait.until(ready.element_to_be_clickable(
-        (By.XPATH, f"//li[contains(@class, 'lm-Menu-item')][.//div[contains(@class, 'lm-Menu-itemLabel')]"
-                   f"[normalize-space()='{item}']]"))).click()
+    entry = (f"//li[contains(@class, 'lm-Menu-item')]"
+             f"[.//div[contains(@class, 'lm-Menu-itemLabel')][normalize-space()='{item}']]")
+    wait.until(ready.element_to_be_clickable((By.XPATH, entry))).click()
 
 
 def wait_for_notebook(driver, timeout_s: float) -> dict:
@@ -319,6 +324,8 @@ def wait_until_done(driver, timeout_s: float) -> dict:
     deadline, quiet = time.monotonic() + timeout_s, 0
     while True:
         state = page_state(driver)
+        if state is None:
+            raise CheckFailed("the notebook panel disappeared from the page while its cells ran")
         if state["dialog"]:  # e.g. "Kernel Restarting: the kernel appears to have died"
             raise CheckFailed(f"JupyterLab showed a dialog while running the notebook: {state['dialog'][:200]}")
         running = [c["index"] for c in state["cells"] if c["running"]]
@@ -342,6 +349,19 @@ def screenshot(driver, cell_index: int | None, path: Path) -> str:
         return ""
 
 
+def run_all_in_page(driver, url: str, timeout_s: float) -> tuple[dict, float]:
+    """Open `url`, clear the outputs and run all cells through the menus; returns the page state and the run's seconds."""
+    driver.get(url)
+    wait_for_notebook(driver, PAGE_OPEN_S)
+    click_menu(driver, "Edit", "Clear Outputs of All Cells")  # the saved outputs must not pass for fresh ones
+    if any(c["outputs"] or c["execution_count"] is not None or c["images"] for c in page_state(driver)["cells"]):
+        raise CheckFailed("Edit > Clear Outputs of All Cells left outputs in the page")
+    print(f"browser check: Run > Run All Cells in {url.split('?')[0].rsplit('/', 1)[-1]}", flush=True)
+    started = time.monotonic()
+    click_menu(driver, "Run", "Run All Cells")
+    return wait_until_done(driver, timeout_s), time.monotonic() - started
+
+
 def check(notebook: Path, out: Path, port: int, timeout_s: float, chromium: str, chromedriver: str) -> str:
     """Run the whole check; returns the success line, raises CheckFailed with the reason."""
     started = time.monotonic()
@@ -363,33 +383,25 @@ def check(notebook: Path, out: Path, port: int, timeout_s: float, chromium: str,
         port, token = start_lab(stack, notebook.parent, scratch, out / "jupyterlab.log", port or free_port())
         driver = start_browser(stack, chromium, chromedriver, scratch, out / "chromedriver.log")
         from selenium.common.exceptions import WebDriverException  # installed: start_browser imported selenium
-        driver.get(f"http://127.0.0.1:{port}/lab/tree/{urllib.request.pathname2url(notebook.name)}?token={token}")
+        url = f"http://127.0.0.1:{port}/lab/tree/{urllib.request.pathname2url(notebook.name)}?token={token}"
         try:
-            wait_for_notebook(driver, PAGE_OPEN_S)
-            click_menu(driver, "Edit", "Clear Outputs of All Cells")
-            cleared = page_state(driver)
-            if any(c["outputs"] or c["execution_count"] is not None or c["images"] for c in cleared["cells"]):
-                raise CheckFailed("Edit > Clear Outputs of All Cells left outputs in the page")
-            print(f"browser check: Run > Run All Cells in {notebook.name}", flush=True)
-            run_started = time.monotonic()
-            click_menu(driver, "Run", "Run All Cells")
-            state = wait_until_done(driver, timeout_s)
-            run_s = time.monotonic() - run_started
+            state, run_s = run_all_in_page(driver, url, timeout_s)
         except (CheckFailed, WebDriverException) as err:
             reason = err if isinstance(err, CheckFailed) else f"the page did not respond as expected: {err.msg}"
             raise CheckFailed(f"{reason}{screenshot(driver, None, shot)}") from None
         problems = verdict(state["cells"], figure_cells)
         bad = [c["index"] for c in state["cells"] if c["errors"] or (c["index"] in figure_cells and not c["images"])]
-        drawn = sorted(c["index"] for c in state["cells"] if c["images"])
-        saved = screenshot(driver, (bad or drawn or [None])[0], shot)
+        drawn = [c["index"] for c in state["cells"] if c["images"]]
+        saved = screenshot(driver, (bad or drawn or [None])[0], shot)  # the first problem, else the first figure
         versions = f"JupyterLab {metadata.version('jupyterlab')}, Chromium {driver.capabilities.get('browserVersion')}"
     if problems:
         raise CheckFailed(f"{notebook.name}: {'; '.join(problems)}{saved}")
     if file_digest(notebook) != digest:
         raise CheckFailed(f"{notebook} was modified during the check; it must only be read")
-    code = sum(c["type"] == "code" for c in state["cells"])
-    return (f"browser check OK: {notebook.name} ran all {code} code cells in JupyterLab ({versions}), no errors, "
-            f"{len(drawn)} figures drawn; run {run_s:.0f} s, total {time.monotonic() - started:.0f} s{saved}")
+    ran = sum(c["execution_count"] is not None for c in state["cells"])
+    figures = sum(c["images"] for c in state["cells"])
+    return (f"browser check OK: {notebook.name}: {ran} code cells ran in JupyterLab ({versions}), no errors, "
+            f"{figures} figures drawn; run {run_s:.0f} s, total {time.monotonic() - started:.0f} s{saved}")
 
 
 def main(argv: list[str] | None = None) -> int:
