@@ -178,7 +178,10 @@ def _stop(process: subprocess.Popen, group: bool, grace_s: float = 10) -> None:
         if process.poll() is not None:
             return
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, sig) if group else process.send_signal(sig)
+            if group:
+                os.killpg(process.pid, sig)
+            else:
+                process.send_signal(sig)
         with contextlib.suppress(subprocess.TimeoutExpired):
             process.wait(wait_s)
 
@@ -201,8 +204,8 @@ def sweep(text: str) -> None:
             os.kill(pid, signal.SIGKILL)
 
 
-def start_lab(stack: contextlib.ExitStack, root_dir: Path, scratch: Path, log: Path, port: int) -> tuple[int, str]:
-    """Start JupyterLab serving `root_dir` (stopped when `stack` closes); returns (port, token) once it answers."""
+def start_lab(stack: contextlib.ExitStack, root_dir: Path, scratch: Path, log: Path, port: int) -> str:
+    """Start JupyterLab serving `root_dir` on `port` (stopped when `stack` closes); returns its token once it answers."""
     jupyter_dir = scratch / "jupyter"
     lab.write_kernel_spec(jupyter_dir)
     for name, values in LAB_SETTINGS.items():
@@ -251,7 +254,7 @@ def start_lab(stack: contextlib.ExitStack, root_dir: Path, scratch: Path, log: P
     argv = specs["kernelspecs"].get(lab.KERNEL_NAME, {}).get("spec", {}).get("argv", ["(none)"])
     if argv[0] != sys.executable:
         raise CheckFailed(f"JupyterLab's {lab.KERNEL_NAME} kernel runs {argv[0]}, not this Python ({sys.executable})")
-    return port, token
+    return token
 
 
 def start_browser(stack: contextlib.ExitStack, chromium: str, chromedriver: str, scratch: Path, log: Path):
@@ -380,7 +383,8 @@ def check(notebook: Path, out: Path, port: int, timeout_s: float, chromium: str,
     with contextlib.ExitStack() as stack:
         stack.callback(shutil.rmtree, scratch, ignore_errors=True)
         stack.callback(sweep, str(scratch))  # runs before the folder is removed, after the orderly stops below
-        port, token = start_lab(stack, notebook.parent, scratch, out / "jupyterlab.log", port or free_port())
+        port = port or free_port()
+        token = start_lab(stack, notebook.parent, scratch, out / "jupyterlab.log", port)
         driver = start_browser(stack, chromium, chromedriver, scratch, out / "chromedriver.log")
         from selenium.common.exceptions import WebDriverException  # installed: start_browser imported selenium
         url = f"http://127.0.0.1:{port}/lab/tree/{urllib.request.pathname2url(notebook.name)}?token={token}"
