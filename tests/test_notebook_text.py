@@ -142,7 +142,7 @@ def run_seconds(nb) -> float | None:
 def spelled_times(markdown: str) -> list[tuple[str, tuple[float, float]]]:
     """(phrase, the run times in seconds it fits) of each time written in words; the longest phrase wins."""
     found, taken = [], []
-    text = re.sub(r"\$.*?\$", " ", markdown, flags=re.S)
+    text = re.sub(r"\$.*?\$|`[^`\n]*`", " ", markdown, flags=re.S)  # not in formulas, not in code spans
     for pattern, fits in SPELLED_TIMES:
         for m in pattern.finditer(text):
             if not any(a <= m.start() < b for a, b in taken):
