@@ -174,15 +174,41 @@ def _configure_cache(p):
     p.add_argument("--splits", default="train,dev", help="comma-separated splits to cache (default train,dev)")
     p.add_argument("--batch-size", type=int, default=64, help="inference batch size (default 64)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (default auto)")
+    p.add_argument("--layers", type=_layer_list, default=None,
+                   help="teacher layers whose [CLS] vectors to keep, e.g. 4,8 (0 = embeddings; default: all). "
+                        "PKD reads only its layer map; distill and reproduce ask for what they read by themselves")
+    p.add_argument("--verify", action="store_true",
+                   help="compute nothing: re-read the existing cache and check every row against the digests "
+                        "recorded when it was written (runs trust those digests without re-reading)")
+
+
+def _layer_list(text: str) -> tuple:
+    """argparse type: comma-separated layer indices >= 0 (an empty string: none, logits only)."""
+    try:
+        layers = tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        layers = (-1,)
+    if any(x < 0 for x in layers):
+        raise argparse.ArgumentTypeError(f"expected comma-separated layer indices >= 0, got {text!r}")
+    return layers
 
 
 def _run_cache(args, parser):
-    from .teacher import CACHE_FILE, cache_teacher_outputs
+    from .teacher import CACHE_FILE, cache_teacher_outputs, verify_teacher_outputs
+    path = Path(args.teacher_dir) / CACHE_FILE
+    if args.verify:
+        changed = {split: keys for split, keys in verify_teacher_outputs(path).items() if keys}
+        if changed:
+            raise ValueError(f"{path}: rows differ from the digests recorded when it was written ("
+                             + "; ".join(f"{split}: {', '.join(keys)}" for split, keys in changed.items())
+                             + "); recompute it")
+        return {"teacher_outputs": str(path), "verified": True}
     if not distributed.is_main():  # under torchrun: rank 0 alone computes it; the others wait for it
         distributed.barrier()
-        return {"teacher_outputs": str(Path(args.teacher_dir) / CACHE_FILE)}
+        return {"teacher_outputs": str(path)}
     path = cache_teacher_outputs(args.teacher_dir, args.task, tuple(s for s in args.splits.split(",") if s),
-                                 args.max_length, args.data_dir, args.batch_size, args.checkpoint, args.device)
+                                 args.max_length, args.data_dir, args.batch_size, args.checkpoint, args.device,
+                                 layers=args.layers)
     distributed.barrier()
     return {"teacher_outputs": str(path)}
 
