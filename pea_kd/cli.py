@@ -264,12 +264,35 @@ def _run_distill(args, parser):
         teacher_checkpoint=args.teacher_checkpoint, resume=args.resume, overwrite=args.overwrite)
 
 
+# ---------------------------------------------------------------- bench-scale (implemented in pea_kd_bench.scale)
+
+def _configure_bench_scale(p):
+    p.add_argument("--examples", type=positive_int, action="append", required=True, metavar="N",
+                   help="training examples of the synthetic pair task; repeat it to compare sizes (each is built in "
+                        "its own process, their steps are timed in alternation)")
+    p.add_argument("--steps", type=positive_int, default=50, help="optimiser steps timed per size (default 50)")
+    p.add_argument("--rounds", type=positive_int, default=5,
+                   help="blocks the steps are timed in, the sizes alternating (default 5)")
+    p.add_argument("--threads", type=positive_int, default=None, help="torch threads (default: torch's choice)")
+    p.add_argument("--work-dir", default=None,
+                   help="where the temporary GLUE directory and caches go (default: the system's temporary "
+                        "directory); removed afterwards")
+
+
+def _run_bench_scale(args, parser):
+    from pea_kd_bench.scale import bench_scale  # the command line may import the benchmarks; pea_kd's modules never
+    for record in bench_scale(args.examples, args.steps, args.rounds, args.threads, args.work_dir):
+        print(json.dumps(record), flush=True)  # one JSON object per size, one per line
+
+
 register_command("finetune-teacher", "fine-tune the teacher on a GLUE task (CE; MSE for STS-B)",
                  _configure_teacher, _run_teacher)
 register_command("cache-teacher", "cache the teacher's logits and per-layer [CLS] states (teacher_outputs.pt)",
                  _configure_cache, _run_cache)
 register_command("distill", "train a student (FT, KD, KD+PKD, ...) from the cached teacher outputs",
                  _configure_distill, _run_distill)
+register_command("bench-scale", "benchmark: cost of features, teacher cache, trainer build and steps vs. data size",
+                 _configure_bench_scale, _run_bench_scale)
 
 
 def import_plugin(name: str) -> None:
