@@ -12,8 +12,8 @@ Adding a command (ptp, pea-kd, reproduce, ...): write `configure(parser)` and `r
 `add_training_args(parser, stage)` / `train_config_from_args(args)` for the shared training flags, and call
 `parser.error("...")` for a bad flag combination (a one-line usage error, never a traceback).
 
-Default hyper-parameters (STAGE_DEFAULTS) follow the authors' code (method notes sections 2-4): batch 32, max length
-128, warm-up 0.1, weight decay 0.01; epochs 3 (teacher), 6 (distillation: C2 runs its full 6-epoch schedule).
+Default hyper-parameters (STAGE_DEFAULTS) follow the authors' code (docs/method.md#authors-settings): batch 32, max
+length 128, warm-up 0.1, weight decay 0.01; epochs 3 (teacher), 6 (distillation: C2 runs its full 6-epoch schedule).
 Learning rate: the authors use 2e-5 everywhere, for BERT-base (hidden size 768). Our default models are
 MiniLM-L6-H384; compact BERTs are conventionally fine-tuned with larger rates (Turc et al. 2019 search
 {3e-5, 5e-5, 1e-4} for small BERTs), so --lr defaults to 2e-5 for hidden size >= 768 and 5e-5 below.

@@ -1,4 +1,4 @@
-"""Distil a student from the cached teacher: the final stage of Pea-KD (method notes sections 3 and 9.5).
+"""Distil a student from the cached teacher: the final stage of Pea-KD (docs/method.md#final-stage-loss).
 
     student  = build_student(pre-trained checkpoint | PTP encoder, L layers, SPS variant), new task head
     teacher  = teacher_outputs.pt rows (logits z_t, [CLS] states h_t): the teacher model is never run here

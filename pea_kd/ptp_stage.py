@@ -1,4 +1,4 @@
-"""The PTP training stage: teach the student the teacher's 4-way PTP labels before distillation (method notes §2).
+"""The PTP training stage: teach the student the teacher's 4-way PTP labels before distillation (docs/method.md#ptp).
 
     z_t      = cached teacher logits on the train split (the teacher is not run here)
     y_ptp    = build_ptp_labels(z_t, y, t1, t2)               # 4 classes: correct/wrong x confident/unconfident

@@ -8,7 +8,8 @@
                 SPS + PKD  SPS student (2L effective layers), KD + PKD
                 PTP + PKD  PTP stage first (runs/<task>/ptp-original/seed<k>/), then PKD from its encoder
                 Pea-KD     PTP stage on the SPS student, then SPS + KD + PKD from its encoder
-    report    results.md, results.json, results.png (bar chart), curves.png (dev metric during training)
+    report    results.md, results.json, results.png (bar chart), curves.png (dev metric during training); next to
+              the teacher, the majority class of train scored on dev (report.majority_baseline), and each seed's values
 
 Every stage runs through the trainer with resume=True: a finished stage returns its stored result instantly and an
 interrupted one continues from its checkpoint, so an interrupted `make reproduce` picks up where it stopped. Reuse
@@ -29,6 +30,7 @@ import math
 import os
 import platform
 import statistics
+import subprocess
 import time
 from concurrent.futures import FIRST_COMPLETED, wait
 from dataclasses import dataclass
@@ -43,12 +45,12 @@ from bert_mini import BertConfig, resolve_model_dir
 from . import __version__, distributed
 from .cli import default_lr
 from .distill import distill_student, teacher_layers_needed
-from .glue import PROJECT_ROOT, ensure_task_data, get_task, split_path
+from .glue import PROJECT_ROOT, ensure_task_data, get_task, load_examples, split_path
 from .identity import RunMismatch
 from .losses import LossConfig
 from .parallel import executor, is_sps, next_unit, peak_rss_mb, resolve_jobs, start_order, worker_devices
 from .ptp_stage import ptp_encoder_dir, run_ptp
-from .report import write_report
+from .report import majority_baseline, write_report
 from .sps import make_plan
 from .teacher import ensure_teacher_outputs, finetune_teacher
 from .storage import write_atomic
@@ -79,7 +81,7 @@ METHODS = (
 
 
 # Teacher recipes chosen by `python -m pea_kd teacher-search` (held-out part of train, dev never read), keyed by
-# (teacher, task). A task without an entry uses the plain recipe: `lr`, 3 epochs. Numbers: README, "Teacher recipes".
+# (teacher, task). A task without an entry uses the plain recipe: `lr`, 3 epochs. Numbers: README, "Results" (RTE).
 TEACHER_RECIPES: dict[tuple[str, str], dict] = {
     ("minilm-l6", "RTE"): {"lr": 1e-4, "epochs": 3},  # held-out acc 60.2 vs 58.2 (5e-5, 3), 59.2, 58.2 (6 epochs)
 }
@@ -87,7 +89,7 @@ TEACHER_RECIPES: dict[tuple[str, str], dict] = {
 
 @dataclass
 class ReproduceConfig:
-    """Settings of one reproduction. Defaults are the documented CPU recipe (README, "Reproducing the paper")."""
+    """Settings of one reproduction. Defaults are the documented CPU recipe (README, "Results")."""
 
     task: str = "mrpc"
     teacher: str = "minilm-l6"
@@ -199,6 +201,10 @@ def run_all(cfg: ReproduceConfig) -> dict:
             data_dir = smoke_data_dir(cfg.task, cfg.data_dir, root / "glue", cfg.smoke_examples) \
                 if distributed.is_main() else root / "glue"
     teacher_dir = root / "teacher"
+    spec = get_task(cfg.task)
+    majority = majority_baseline(spec, [e.label for e in load_examples(spec, "train", data_dir)],
+                                 [e.label for e in load_examples(spec, spec.dev_split, data_dir)])
+    commit = code_commit()
     jobs, threads = resolve_jobs(cfg.jobs)
     if jobs > 1 and distributed.is_distributed():
         raise ValueError("reproduce: --jobs > 1 under torchrun; the torchrun processes already share every stage: "
@@ -220,9 +226,9 @@ def run_all(cfg: ReproduceConfig) -> dict:
         runs.sort(key=lambda r: order[(r["seed"], r["method"])])
         results = {
             "task": get_task(cfg.task).name, "config": dataclasses.asdict(cfg), "version": __version__,
-            "teacher": _teacher_record(teacher, cache_seconds), "runs": runs,
+            "teacher": _teacher_record(teacher, cache_seconds), "majority": majority, "runs": runs,
             "summary": summarize(runs, get_task(cfg.task).metrics),
-            "environment": {"torch": torch.__version__, "python": platform.python_version(),
+            "environment": {"code_commit": commit, "torch": torch.__version__, "python": platform.python_version(),
                             "machine": platform.machine(), "cpu_count": os.cpu_count(), "jobs": jobs,
                             "torch_threads": threads, "device": teacher.meta.get("device"), "worker_devices": devices,
                             "data_parallel_processes": distributed.world_size(),
@@ -258,6 +264,20 @@ def run_all(cfg: ReproduceConfig) -> dict:
     if jobs > 1:  # the workers have exited: their peak memory is known now
         results = report(teacher, cache_seconds, peak_rss_mb())
     return results
+
+
+def code_commit() -> Optional[str]:
+    """The git commit of the code that runs, with "+changes" when tracked files differ from it; None outside a git
+    checkout (an installed package) or without git."""
+    def git(*args) -> str:
+        return subprocess.run(["git", *args], cwd=Path(__file__).resolve().parent, capture_output=True, text=True,
+                              timeout=30, check=True).stdout.strip()
+    try:
+        head = git("rev-parse", "--short=12", "HEAD")
+        changed = git("status", "--porcelain", "--untracked-files=no")
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return head + ("+changes" if changed else "")
 
 
 def _precision(metas: list[dict]) -> str:
@@ -360,14 +380,17 @@ def mean_std(values: list[float]) -> tuple[float, float]:
 
 
 def summarize(runs: list[dict], metrics: tuple) -> list[dict]:
-    """One row per method: mean ± std of every final and best-dev metric over seeds, parameters, depth, time."""
+    """One row per method: mean ± std of every final and best-dev metric over seeds (and, under "per_seed", the
+    values of each seed, in %), parameters, depth, time."""
     rows = []
     for name in dict.fromkeys(r["method"] for r in runs):
         mine = [r for r in runs if r["method"] == name]
-        row = {"method": name, "seeds": [r["seed"] for r in mine], "parameters": mine[0]["parameters"],
-               "effective_layers": mine[0]["effective_layers"],
+        row = {"method": name, "slug": mine[0]["slug"], "seeds": [r["seed"] for r in mine],
+               "parameters": mine[0]["parameters"], "effective_layers": mine[0]["effective_layers"],
                "seconds": mean_std([r["seconds"] for r in mine])}
-        for kind in ("final", "best_dev"):
-            row[kind] = {m: mean_std([100 * r[kind][m] for r in mine]) for m in metrics}
+        per_seed = {kind: {m: [100 * r[kind][m] for r in mine] for m in metrics} for kind in ("final", "best_dev")}
+        for kind, values in per_seed.items():
+            row[kind] = {m: mean_std(v) for m, v in values.items()}
+        row["per_seed"] = per_seed  # in %, in the order of row["seeds"]: what the mean ± std summarises
         rows.append(row)
     return rows

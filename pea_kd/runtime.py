@@ -26,7 +26,8 @@ def native_bf16(device) -> bool:
 
     CUDA: torch.cuda.is_bf16_supported() (Ampere and later). CPU: oneDNN's own check for AVX512-BF16, AMX or Arm
     BF16 (torch.ops.mkldnn._is_mkldnn_bf16_supported). Without them bf16 is emulated and slower than fp32: on an
-    AVX2-only AMD EPYC the trainer's FT and SPS + PKD stages ran 14-21x slower in bf16 (README, "Mixed precision").
+    AVX2-only AMD EPYC the trainer's FT and SPS + PKD stages ran 14-21x slower in bf16 (docs/performance.md,
+    "Mixed precision (bf16)").
     """
     device = torch.device(device)
     if device.type == "cuda":

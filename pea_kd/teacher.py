@@ -1,7 +1,7 @@
 """The teacher: fine-tune it once, then cache what distillation needs, so a student never runs it again.
 
     finetune_teacher(task, out_dir=...)    pre-trained checkpoint + task head, trained with CE (MSE for STS-B)
-                                           -> out_dir/final/ (+ best/), result.json, log.jsonl  (method notes section 4)
+                                           -> out_dir/final/ (+ best/), result.json, log.jsonl  (docs/method.md#teacher)
     cache_teacher_outputs(out_dir, task)   one eval-mode pass over train and dev -> out_dir/teacher_outputs.pt:
         logits      z_t (N, C)                                 for the KD term  alpha T^2 KL(p_t || p_s)
         cls_hidden  (N, K, H_t), column k = h_t^(l_k)[CLS]     for the PKD term beta MSE(norm(h_s), norm(h_t));

@@ -13,7 +13,7 @@ keep_checkpoint), final/ (the model at the end of training), best/ (keep_best: t
 score) and result.json. `final_*` is the honest headline; `best_dev_*` is selected *and* scored on the dev set (what
 the authors report), so it is optimistic.
 
-Deliberate differences from the authors' BertAdam loop (method notes sections 3 and 8): torch.optim.AdamW (with
+Deliberate differences from the authors' BertAdam loop (docs/method.md#where-we-differ): torch.optim.AdamW (with
 bias correction, eps 1e-8; BertAdam had none and eps 1e-6), one global gradient-norm clip instead of one per tensor,
 shuffled training data (theirs was sequential), the schedule applied once and run to its end, and the dev loss
 computed on dev data (C1/C2 logged the last training batch's loss).
@@ -60,7 +60,7 @@ class NonFiniteLossError(RuntimeError):
 
 @dataclass
 class TrainConfig:
-    """Optimisation settings of one run. Stage defaults (the authors' values, method notes 2-4) live in pea_kd.cli.
+    """Optimisation settings of one run. Stage defaults (docs/method.md#authors-settings) live in pea_kd.cli.
 
     lr: peak learning rate (authors: 2e-5 for teacher, PTP and KD).   warmup: fraction of all steps spent warming up.
     weight_decay: AdamW decay, not applied to biases and LayerNorm weights.   max_grad_norm: global L2 clip (0 = off).

@@ -29,7 +29,7 @@ Tensor = torch.Tensor
 
 @dataclass
 class LossConfig:
-    """Hyperparameters shared by all losses (defaults = the authors' final Pea-KD stage, method notes section 3).
+    """Hyperparameters shared by all losses (defaults: the authors' final stage, docs/method.md#final-stage-loss).
 
     alpha: KD weight, L_KD = alpha * T^2 * KL + (1 - alpha) * CE.   temperature: T.   beta: PKD weight.
     kl_reduction: "batchmean" (KL summed over classes, averaged over the batch: the KL divergence per example) or
