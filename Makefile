@@ -28,7 +28,8 @@ help:  ## list targets and their variables
 	@echo "    ESTIMATE=1                 train nothing: FLOPs per stage and the least time on this machine"
 	@echo "make test                  run the test suite (notebooks included), one worker per CPU core"
 	@echo "make notebooks             open the notebooks in JupyterLab (installs it into .venv on first use)"
-	@echo "make bench                 bert_mini speed/memory benchmark on CPU (or CUDA when present)"
+	@echo "make bench                 bert_mini speed/memory benchmark on CPU (or CUDA when present), then the"
+	@echo "                           cost of 4k and 400k training examples (python -m pea_kd bench-scale)"
 	@echo "make data TASK=mrpc        download GLUE data into data/glue/ (TASK=all for every task)"
 	@echo "make setup                 create .venv and install requirements"
 
