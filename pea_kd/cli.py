@@ -177,6 +177,9 @@ def _configure_cache(p):
     p.add_argument("--layers", type=_layer_list, default=None,
                    help="teacher layers whose [CLS] vectors to keep, e.g. 4,8 (0 = embeddings; default: all). "
                         "PKD reads only its layer map; distill and reproduce ask for what they read by themselves")
+    p.add_argument("--cls-dtype", default="float32", choices=("float32", "float16", "bfloat16"),
+                   help="storage dtype of the [CLS] vectors: float32 (exact, default) or float16/bfloat16 (half the "
+                        "bytes; losses are computed in float32 from them). Kept when a run adds layers later")
     p.add_argument("--verify", action="store_true",
                    help="compute nothing: re-read the existing cache and check every row against the digests "
                         "recorded when it was written (runs trust those digests without re-reading)")
@@ -208,7 +211,7 @@ def _run_cache(args, parser):
         return {"teacher_outputs": str(path)}
     path = cache_teacher_outputs(args.teacher_dir, args.task, tuple(s for s in args.splits.split(",") if s),
                                  args.max_length, args.data_dir, args.batch_size, args.checkpoint, args.device,
-                                 layers=args.layers)
+                                 layers=args.layers, cls_dtype=args.cls_dtype)
     distributed.barrier()
     return {"teacher_outputs": str(path)}
 

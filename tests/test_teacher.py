@@ -253,3 +253,24 @@ def test_the_layers_a_set_of_students_needs_is_the_union_of_their_layer_maps(tmp
     reproduce = [("ce", 3, "original"), ("kd", 3, "original"), ("kd+pkd", 3, "original"), ("kd+pkd", 3, "sps")]
     assert need(tmp_path / "bert-base", reproduce) == (2, 4, 6, 8, 10)  # 5 of 13 layers for the whole table
     assert need(tmp_path / "bert-base", [("kd", 3, "sps"), ("ce", 6, "original")]) == ()  # logits only
+
+
+def test_a_half_precision_cache_is_recorded_kept_when_extended_and_read_in_float32(teacher_dir, tiny_env, tmp_path):
+    checkpoint, _ = tiny_env
+    full = torch.load(cache_teacher_outputs(teacher_dir, "mrpc", max_length=32), weights_only=True)
+    path = cache_teacher_outputs(teacher_dir, "mrpc", max_length=32, layers=[1], cls_dtype="float16")
+    half = torch.load(path, weights_only=True)
+    rows = half["splits"]["train"]
+    assert half["cls_dtype"] == "float16" and rows["cls_hidden"].dtype == torch.float16
+    assert rows["logits"].dtype == torch.float32 and torch.equal(rows["logits"], full["splits"]["train"]["logits"])
+    assert torch.equal(rows["cls_hidden"][:, 0], full["splits"]["train"]["cls_hidden"][:, 1].half())
+    grown = ensure_teacher_outputs(teacher_dir, "mrpc", max_length=32, layers=[1, 2])  # a run adds a layer
+    assert grown["layers"] == [1, 2] and grown["cls_dtype"] == "float16"
+    result = distill_module.distill_student("mrpc", out_dir=tmp_path / "s", teacher_dir=teacher_dir, num_layers=2,
+                                            student_model=str(checkpoint), variant="sps", loss="kd+pkd",
+                                            max_length=32, config=TrainConfig(**FAST))
+    assert result.meta["identity"]["teacher_dtype"] == "float16" and result.final_step == 4
+    exact = ensure_teacher_outputs(teacher_dir, "mrpc", max_length=32, layers=[1], cls_dtype="float32")
+    assert exact["cls_dtype"] == "float32" and exact["layers"] == [1]  # asked for float32: recomputed
+    with pytest.raises(ValueError, match="cls_dtype must be one of float32, float16, bfloat16, got 'int8'"):
+        cache_teacher_outputs(teacher_dir, "mrpc", max_length=32, cls_dtype="int8")
