@@ -42,7 +42,7 @@ import numpy as np
 import torch
 
 from .glue import PROJECT_ROOT, Example, get_task, load_examples, split_path
-from .identity import derived_digest, file_digest
+from .identity import derived_digest, file_digest, rows_digest
 from .storage import write_atomic
 
 log = logging.getLogger(__name__)
@@ -70,6 +70,7 @@ class Features:
     labels: Optional[np.ndarray] = None
     # not init fields: dataclasses.replace() forgets them, so a replaced input_ids is hashed again, never misnamed
     _digest: Optional[str] = field(default=None, init=False, repr=False, compare=False)
+    _labels_digest: Optional[str] = field(default=None, init=False, repr=False, compare=False)
     _lengths: Optional[np.ndarray] = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self):
@@ -100,6 +101,15 @@ class Features:
         return self._digest
 
     @property
+    def labels_digest(self) -> str:
+        """sha256 (16 hex digits) of the labels (dtype and values; "none" for an unlabeled split), recorded like
+        `digest`; relabelled features (with_labels, PTP) hash their new labels once."""
+        if self._labels_digest is None:
+            self._labels_digest = "none" if self.labels is None else rows_digest(torch.from_numpy(
+                np.ascontiguousarray(self.labels)))
+        return self._labels_digest
+
+    @property
     def is_regression(self) -> bool:
         return self.labels is not None and np.issubdtype(self.labels.dtype, np.floating)
 
@@ -109,6 +119,7 @@ class Features:
         sub = Features([self.input_ids[i] for i in idx], [self.token_type_ids[i] for i in idx],
                        None if self.labels is None else self.labels[idx])
         sub._digest = derived_digest(self.digest, b"subset", idx.tobytes())  # O(len(idx)), no token is read
+        sub._labels_digest = derived_digest(self.labels_digest, b"subset", idx.tobytes())
         return sub
 
     def head(self, n: Optional[int]) -> "Features":
@@ -212,8 +223,9 @@ class _StaleCache(ValueError):
 
 
 def _write_cache(path: Path, key: dict, features: Features) -> None:
-    """Store features as flat `ids`, `types`, `offsets` (N+1), optional `labels`, the JSON `key` and the inputs'
-    `digest` (computed here, once: later runs read it instead of hashing every example again); atomically. The digest
+    """Store features as flat `ids`, `types`, `offsets` (N+1), optional `labels`, the JSON `key`, the inputs' `digest`
+    and the `labels_digest` (computed here, once: later runs read them instead of hashing every example again);
+    atomically. The digest
     describes the arrays written with it in the same file; a file replaced by another cache brings its own."""
     lengths = features.lengths
     offsets = np.zeros(len(features) + 1, dtype=np.int64)
@@ -224,6 +236,7 @@ def _write_cache(path: Path, key: dict, features: Features) -> None:
         "types": np.concatenate(features.token_type_ids) if len(features) else np.zeros(0, np.int8),
         "offsets": offsets,
         "digest": np.array(features.digest),
+        "labels_digest": np.array(features.labels_digest),
     }
     if features.labels is not None:
         arrays["labels"] = features.labels
@@ -240,7 +253,8 @@ def _read_cache(path: Path, key: dict) -> Features:
         if stored != key:
             changed = sorted(k for k in key.keys() | stored.keys() if stored.get(k) != key.get(k))
             raise _StaleCache(f"built for a different {', '.join(changed)}")
-        ids, types, offsets, digest = z["ids"], z["types"], z["offsets"], str(z["digest"])
+        ids, types, offsets = z["ids"], z["types"], z["offsets"]
+        digest, labels_digest = str(z["digest"]), str(z["labels_digest"])
         labels = z["labels"] if "labels" in z.files else None
     n = len(offsets) - 1
     lengths = np.diff(offsets)
@@ -249,7 +263,8 @@ def _read_cache(path: Path, key: dict) -> Features:
         raise ValueError("inconsistent arrays (ids/types/offsets/labels)")
     bounds = list(zip(offsets[:-1].tolist(), offsets[1:].tolist()))  # views, not copies; 5x faster than np.split
     features = Features([ids[a:b] for a, b in bounds], [types[a:b] for a, b in bounds], labels)
-    features._digest, features._lengths = digest, lengths  # recorded when the file was written: nothing is hashed
+    features._digest, features._labels_digest = digest, labels_digest  # recorded when written: nothing is hashed
+    features._lengths = lengths
     return features
 
 

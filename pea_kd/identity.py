@@ -34,7 +34,6 @@ import os
 from pathlib import Path
 from typing import Optional
 
-import numpy as np
 import torch
 
 from .runtime import precision_name
@@ -118,12 +117,8 @@ def features_digest(features) -> str:
 
 
 def data_digest(features) -> str:
-    """features_digest plus the labels (hashed here: one contiguous array, e.g. PTP's relabelled train split): what a
-    training or evaluation split really is."""
-    h = hashlib.sha256(features_digest(features).encode())
-    if features.labels is not None:
-        h.update(np.ascontiguousarray(features.labels).tobytes())
-    return h.hexdigest()[:16]
+    """The recorded digests of the inputs and of the labels together: what a training or evaluation split really is."""
+    return hashlib.sha256(f"{features_digest(features)}|{features.labels_digest}".encode()).hexdigest()[:16]
 
 
 def run_identity(config, model, loss_fn, loss_config, train_data, dev_data, teacher: Optional[dict],

@@ -285,9 +285,12 @@ def test_the_inputs_digest_is_stored_with_the_cache_and_read_back_without_hashin
     built = load_features("sst2", "train", tok, max_length=32, data_dir=glue_dir, cache_dir=cache)
     content = features_module._inputs_digest(built.input_ids, built.token_type_ids)
     assert built.digest == content
+    labels = built.labels_digest
     monkeypatch.setattr(features_module, "_inputs_digest", lambda *a: pytest.fail("the examples were hashed again"))
+    monkeypatch.setattr(features_module, "rows_digest", lambda *a: pytest.fail("the labels were hashed again"))
     read = load_features("sst2", "train", tok, max_length=32, data_dir=glue_dir, cache_dir=cache)
-    assert read.digest == content and read.lengths.tolist() == built.lengths.tolist()
+    assert read.digest == content and read.labels_digest == labels
+    assert read.lengths.tolist() == built.lengths.tolist()
 
 
 def test_a_subset_digest_is_derived_and_a_relabelled_split_keeps_its_inputs_digest(tok):
@@ -299,6 +302,7 @@ def test_a_subset_digest_is_derived_and_a_relabelled_split_keeps_its_inputs_dige
     assert feats.head(3).digest == feats.subset([0, 1, 2]).digest
     relabelled = sub.with_labels(np.zeros(3, dtype=np.int64))
     assert relabelled.digest == sub.digest and relabelled.labels.tolist() == [0, 0, 0]
+    assert relabelled.labels_digest != sub.labels_digest != feats.labels_digest
     import dataclasses  # a replace() may change the inputs: the digest is not carried over, it is recomputed
     other = dataclasses.replace(sub, input_ids=[ids[::-1].copy() for ids in sub.input_ids])
     assert other.digest not in (sub.digest, None)
