@@ -14,14 +14,14 @@ Per size, in a fresh process (so that its peak memory is its own) and a temporar
              teacher_cache_seconds  ensure_teacher_outputs: the teacher's pass over train + dev, file written
              teacher_cache_bytes    size of teacher_outputs.pt (teacher_cache_layers: the [CLS] layers it holds)
              teacher_cache_check_seconds  ensure_teacher_outputs again: validating the existing cache (per student)
-             trainer_build_seconds  Trainer(...) (run identity included): median of 5 builds (range beside it)
+             trainer_build_seconds  Trainer(...), run identity included: median of one build per round (range)
              epoch_batches_seconds  make_batches for one epoch (done once per epoch by the training loop)
              step_ms                mean wall time of the first `steps` (50) optimiser steps of epoch 0, timed in
                                     `rounds` blocks (step_ms_rounds); step_ms_median over the single steps
              peak_rss_mb            the process's peak resident memory (VmHWM), also after each phase
                                     (peak_rss_mb_after); file pages of the memory-mapped cache count once touched
-With several sizes, each later line also has its ratios to the first size: trainer_build_ratio and step_ms_ratio
-(median over rounds of the two sizes' block means, which ran back to back; step_ms_ratio_range = min, max).
+With several sizes, each later line also has its ratios to the first size, trainer_build_ratio and step_ms_ratio:
+the median over rounds of the two sizes' figures of that round, which ran back to back (*_range = min, max).
 
 Not timed: the first fused AdamW of a process imports torch._dynamo (2-3 s here), a constant that would hide how
 trainer_build grows; a throw-away optimiser pays it before the timed builds. Everything is fp32 on the CPU.
@@ -60,7 +60,7 @@ SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 VOCABULARY = 3000  # pseudo-words, one WordPiece token each
 SHAPE = dict(hidden_size=32, num_attention_heads=2, intermediate_size=128, max_position_embeddings=128)
 TEACHER_LAYERS, STUDENT_LAYERS, LOSS = 6, 3, "kd+pkd"
-BATCH_SIZE, MAX_LENGTH, DEV_EXAMPLES, BUILDS = 32, 128, 1000, 5
+BATCH_SIZE, MAX_LENGTH, DEV_EXAMPLES = 32, 128, 1000
 
 
 def pseudo_words(n: int, seed: int = 0) -> list[str]:
@@ -128,20 +128,17 @@ class Pipeline:
                                                                    "num_hidden_layers": STUDENT_LAYERS}),
                                                      num_labels=len(TASK.labels))
         torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], fused=True)  # the one-time import, not timed
-        builds = [self._timed(lambda: self._trainer(work_dir)) for _ in range(BUILDS)]
-        self.trainer = builds[-1][1]
-        seconds = [s for s, _ in builds]
-        self.metrics.update(trainer_build_seconds=statistics.median(seconds),
-                            trainer_build_seconds_range=[min(seconds), max(seconds)])
+        self.work_dir = work_dir
+        self.trainer = self._trainer()  # the one that trains; the timed builds come with the steps (rounds)
         self.metrics["peak_rss_mb_after"]["trainer_build"] = _peak_rss_mb()
         seconds, self.batches = self._timed(lambda: make_batches(self.train_data, BATCH_SIZE, True, 0, 0))
         self.metrics["epoch_batches_seconds"] = seconds
-        self.next_batch, self.step_seconds = 0, []
+        self.next_batch, self.step_seconds, self.build_seconds = 0, [], []
         set_seed(0)
 
-    def _trainer(self, work_dir: Path) -> Trainer:
+    def _trainer(self) -> Trainer:
         layer_map = pkd_layer_map(TEACHER_LAYERS, STUDENT_LAYERS)
-        return Trainer(self.student, self.train_data, self.dev_data, task=TASK, out_dir=work_dir / "run",
+        return Trainer(self.student, self.train_data, self.dev_data, task=TASK, out_dir=self.work_dir / "run",
                        config=TrainConfig(batch_size=BATCH_SIZE, device="cpu", amp="off", progress=False),
                        loss=LOSS, loss_config=LossConfig(layer_map=layer_map), teacher=self.teacher)
 
@@ -158,6 +155,13 @@ class Pipeline:
         self.metrics["peak_rss_mb_after"][name] = _peak_rss_mb()
         return value
 
+    def round(self, count: int) -> tuple[float, list[float]]:
+        """One timed trainer build (identity included; that trainer is discarded, it never steps) and the seconds of
+        each of the next `count` optimiser steps of epoch 0."""
+        seconds, _ = self._timed(self._trainer)
+        self.build_seconds.append(seconds)
+        return seconds, self.steps(count)
+
     def steps(self, count: int) -> list[float]:
         """Seconds of each of the next `count` optimiser steps of epoch 0."""
         times = []
@@ -170,7 +174,10 @@ class Pipeline:
         return times
 
     def result(self) -> dict:
-        return {**self.metrics, "step_ms": 1000 * statistics.fmean(self.step_seconds),
+        builds = self.build_seconds
+        return {**self.metrics, "trainer_build_seconds": statistics.median(builds),
+                "trainer_build_seconds_range": [min(builds), max(builds)],
+                "step_ms": 1000 * statistics.fmean(self.step_seconds),
                 "step_ms_median": 1000 * statistics.median(self.step_seconds), "peak_rss_mb": _peak_rss_mb()}
 
 
@@ -184,12 +191,13 @@ def _peak_rss_mb() -> float:
 
 
 def _worker(conn, examples: int, work_dir: str, threads: Optional[int]) -> None:
-    """Subprocess side: build a Pipeline, then answer ("steps", k) with k step times and "result" with the metrics."""
+    """Subprocess side: build a Pipeline, then answer ("round", k) with a build time and k step times, and "result"
+    with the metrics."""
     try:
         pipeline = Pipeline(examples, Path(work_dir), threads)
         conn.send(("ok", None))
         for command, arg in iter(conn.recv, ("stop", None)):
-            conn.send(("ok", pipeline.steps(arg) if command == "steps" else pipeline.result()))
+            conn.send(("ok", pipeline.round(arg) if command == "round" else pipeline.result()))
     except Exception as err:  # the parent raises it, with this traceback
         conn.send(("error", f"{type(err).__name__}: {err}\n{traceback.format_exc()}"))
     finally:
@@ -230,27 +238,28 @@ class _Worker:
 
 
 def bench_scale(sizes, steps: int = 50, rounds: int = 5, threads: Optional[int] = None, work_dir=None) -> list[dict]:
-    """Build every size in its own process (one after another), then time `steps` steps of each in `rounds` blocks,
-    the sizes alternating (A B, B A, ...) so that all see the same machine; one metrics dict per size."""
+    """Build every size in its own process (one after another), then run `rounds` rounds in which each size, in
+    alternating order (A B, B A, ...), times one trainer build and a block of its `steps` steps, so that the sizes
+    compared see the same machine; one metrics dict per size."""
     root = Path(tempfile.mkdtemp(prefix="pea-kd-bench-scale-", dir=work_dir))
     workers = []
     try:
         for i, n in enumerate(sizes):
             workers.append(_Worker(n, root / f"{i}-{n}", threads))
         blocks = [steps // rounds + (r < steps % rounds) for r in range(rounds)]
-        means = {w: [] for w in workers}
+        builds, means = {w: [] for w in workers}, {w: [] for w in workers}
         for r, block in enumerate(b for b in blocks if b):
             for w in (workers if r % 2 == 0 else workers[::-1]):
-                means[w].append(1000 * statistics.fmean(w.call(("steps", block))))
-        results = []
-        for w in workers:
-            results.append({**w.call(("result", None)), "step_ms_rounds": means[w]})
-        first = results[0]
+                build, times = w.call(("round", block))
+                builds[w].append(build)
+                means[w].append(1000 * statistics.fmean(times))
+        results = [{**w.call(("result", None)), "step_ms_rounds": means[w]} for w in workers]
         for w, result in zip(workers[1:], results[1:]):
-            ratios = [a / b for a, b in zip(means[w], means[workers[0]])]
-            result.update(vs_examples=first["examples"],
-                          trainer_build_ratio=result["trainer_build_seconds"] / first["trainer_build_seconds"],
-                          step_ms_ratio=statistics.median(ratios), step_ms_ratio_range=[min(ratios), max(ratios)])
+            result["vs_examples"] = results[0]["examples"]
+            for key, mine, first in (("trainer_build_ratio", builds[w], builds[workers[0]]),
+                                     ("step_ms_ratio", means[w], means[workers[0]])):
+                ratios = [a / b for a, b in zip(mine, first)]  # round by round: the same moment of the machine
+                result.update({key: statistics.median(ratios), f"{key}_range": [min(ratios), max(ratios)]})
         return results
     finally:
         for w in workers:

@@ -27,11 +27,12 @@ def test_bench_scale_prints_one_json_object_per_size_with_the_ratios_to_the_firs
         assert set(record["peak_rss_mb_after"]) == {"data", "features", "features_load", "teacher_cache",
                                                      "teacher_cache_check", "trainer_build"}
         assert record["peak_rss_mb"] >= max(record["peak_rss_mb_after"].values())
-    assert large["vs_examples"] == 40 and "vs_examples" not in small
-    ratio = large["trainer_build_seconds"] / small["trainer_build_seconds"]
-    assert large["trainer_build_ratio"] == pytest.approx(ratio)
-    low, high = large["step_ms_ratio_range"]
-    assert low <= large["step_ms_ratio"] <= high
+    assert large["vs_examples"] == 40 and "vs_examples" not in small and "step_ms_ratio" not in small
+    for key in ("trainer_build_ratio", "step_ms_ratio"):  # medians of round-by-round ratios, within their range
+        low, high = large[f"{key}_range"]
+        assert 0 < low <= large[key] <= high
+    low, high = large["trainer_build_seconds_range"]
+    assert 0 < low <= large["trainer_build_seconds"] <= high
     assert list(tmp_path.iterdir()) == []  # the temporary GLUE directory and caches are gone
     assert "SYNTH-NLI" not in glue.TASKS
     with pytest.raises(ValueError, match="unknown GLUE task"):
