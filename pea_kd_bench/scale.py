@@ -17,11 +17,13 @@ Per size, in a fresh process (so that its peak memory is its own) and a temporar
              trainer_build_seconds  Trainer(...), run identity included: median of one build per round (range)
              epoch_batches_seconds  make_batches for one epoch (done once per epoch by the training loop)
              step_ms                mean wall time of the first `steps` (50) optimiser steps of epoch 0, timed in
-                                    `rounds` blocks (step_ms_rounds); step_ms_median over the single steps
+                                    `rounds` blocks (step_ms_rounds); step_ms_median over the single steps;
+                                    step_positions: their mean B x T_max (the batches of two sizes differ in length)
              peak_rss_mb            the process's peak resident memory (VmHWM), also after each phase
                                     (peak_rss_mb_after); file pages of the memory-mapped cache count once touched
 With several sizes, each later line also has its ratios to the first size, trainer_build_ratio and step_ms_ratio:
-the median over rounds of the two sizes' figures of that round, which ran back to back (*_range = min, max).
+the median over rounds of the two sizes' figures of that round, which ran back to back (*_range = min, max); and
+step_cost_ratio, the same for the time per padded token position, which takes the batches' lengths out.
 
 Not timed: the first fused AdamW of a process imports torch._dynamo (2-3 s here), a constant that would hide how
 trainer_build grows; a throw-away optimiser pays it before the timed builds. Everything is fp32 on the CPU.
@@ -133,7 +135,7 @@ class Pipeline:
         self.metrics["peak_rss_mb_after"]["trainer_build"] = _peak_rss_mb()
         seconds, self.batches = self._timed(lambda: make_batches(self.train_data, BATCH_SIZE, True, 0, 0))
         self.metrics["epoch_batches_seconds"] = seconds
-        self.next_batch, self.step_seconds, self.build_seconds = 0, [], []
+        self.next_batch, self.step_seconds, self.step_positions, self.build_seconds = 0, [], [], []
         set_seed(0)
 
     def _trainer(self) -> Trainer:
@@ -155,30 +157,30 @@ class Pipeline:
         self.metrics["peak_rss_mb_after"][name] = _peak_rss_mb()
         return value
 
-    def round(self, count: int) -> tuple[float, list[float]]:
-        """One timed trainer build (identity included; that trainer is discarded, it never steps) and the seconds of
-        each of the next `count` optimiser steps of epoch 0."""
+    def round(self, count: int) -> tuple[float, list[float], list[int]]:
+        """One timed trainer build (identity included; that trainer is discarded, it never steps), then the next
+        `count` optimiser steps of epoch 0: (build seconds, each step's seconds, each step's B x T_max positions)."""
         seconds, _ = self._timed(self._trainer)
         self.build_seconds.append(seconds)
-        return seconds, self.steps(count)
-
-    def steps(self, count: int) -> list[float]:
-        """Seconds of each of the next `count` optimiser steps of epoch 0."""
-        times = []
+        times, positions = [], []
         for _ in range(count):
+            batch = self.batches[self.next_batch % len(self.batches)]
+            positions.append(len(batch) * int(self.train_data.lengths[batch].max()))  # padded to its longest
             start = time.perf_counter()
-            self.trainer.step(self.batches[self.next_batch % len(self.batches)])
+            self.trainer.step(batch)
             times.append(time.perf_counter() - start)
             self.next_batch += 1
         self.step_seconds += times
-        return times
+        self.step_positions += positions
+        return seconds, times, positions
 
     def result(self) -> dict:
         builds = self.build_seconds
         return {**self.metrics, "trainer_build_seconds": statistics.median(builds),
                 "trainer_build_seconds_range": [min(builds), max(builds)],
                 "step_ms": 1000 * statistics.fmean(self.step_seconds),
-                "step_ms_median": 1000 * statistics.median(self.step_seconds), "peak_rss_mb": _peak_rss_mb()}
+                "step_ms_median": 1000 * statistics.median(self.step_seconds),
+                "step_positions": statistics.fmean(self.step_positions), "peak_rss_mb": _peak_rss_mb()}
 
 
 def _peak_rss_mb() -> float:
@@ -247,17 +249,19 @@ def bench_scale(sizes, steps: int = 50, rounds: int = 5, threads: Optional[int] 
         for i, n in enumerate(sizes):
             workers.append(_Worker(n, root / f"{i}-{n}", threads))
         blocks = [steps // rounds + (r < steps % rounds) for r in range(rounds)]
-        builds, means = {w: [] for w in workers}, {w: [] for w in workers}
+        builds, means, costs = ({w: [] for w in workers} for _ in range(3))
         for r, block in enumerate(b for b in blocks if b):
             for w in (workers if r % 2 == 0 else workers[::-1]):
-                build, times = w.call(("round", block))
+                build, times, positions = w.call(("round", block))
                 builds[w].append(build)
                 means[w].append(1000 * statistics.fmean(times))
+                costs[w].append(sum(times) / sum(positions))  # seconds per padded token position
         results = [{**w.call(("result", None)), "step_ms_rounds": means[w]} for w in workers]
         for w, result in zip(workers[1:], results[1:]):
             result["vs_examples"] = results[0]["examples"]
             for key, mine, first in (("trainer_build_ratio", builds[w], builds[workers[0]]),
-                                     ("step_ms_ratio", means[w], means[workers[0]])):
+                                     ("step_ms_ratio", means[w], means[workers[0]]),
+                                     ("step_cost_ratio", costs[w], costs[workers[0]])):
                 ratios = [a / b for a, b in zip(mine, first)]  # round by round: the same moment of the machine
                 result.update({key: statistics.median(ratios), f"{key}_range": [min(ratios), max(ratios)]})
         return results

@@ -24,11 +24,12 @@ def test_bench_scale_prints_one_json_object_per_size_with_the_ratios_to_the_firs
         rows = 2 * n * (3 + 2 * scale.SHAPE["hidden_size"]) * 4
         assert rows < record["teacher_cache_bytes"] < rows + 40_000
         assert len(record["step_ms_rounds"]) == 2 and record["step_ms"] > 0 and record["peak_rss_mb"] > 100
+        assert 8 * 12 <= record["step_positions"] <= 32 * 47  # B x T_max: 8 or 32 pairs of 12 to 47 tokens
         assert set(record["peak_rss_mb_after"]) == {"data", "features", "features_load", "teacher_cache",
                                                      "teacher_cache_check", "trainer_build"}
         assert record["peak_rss_mb"] >= max(record["peak_rss_mb_after"].values())
     assert large["vs_examples"] == 40 and "vs_examples" not in small and "step_ms_ratio" not in small
-    for key in ("trainer_build_ratio", "step_ms_ratio"):  # medians of round-by-round ratios, within their range
+    for key in ("trainer_build_ratio", "step_ms_ratio", "step_cost_ratio"):  # medians of round-by-round ratios, within their range
         low, high = large[f"{key}_range"]
         assert 0 < low <= large[key] <= high
     low, high = large["trainer_build_seconds_range"]
