@@ -198,7 +198,7 @@ def load_features(task, split: str, tokenizer, max_length: int = 128, data_dir=N
         load_examples(spec, split, data_dir)  # raises FileNotFoundError saying where it looked and how to download
     key = {"version": FORMAT_VERSION, "task": spec.directory, "split": split, "tokenizer": tokenizer.fingerprint,
            "max_length": int(max_length), "labels": None if spec.labels is None else list(spec.labels),
-           "source_sha256": file_digest(source)}  # remembered per process: MNLI's train.tsv is 430 MB
+           "source_sha256": file_digest(source)}  # remembered per process: every stage reads it
     path = resolve_cache_dir(cache_dir) / f"{spec.directory}-{split}-{tokenizer.fingerprint}-L{max_length}.npz"
     if path.is_file():
         try:
