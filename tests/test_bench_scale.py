@@ -29,7 +29,7 @@ def test_bench_scale_prints_one_json_object_per_size_with_the_ratios_to_the_firs
                                                      "teacher_cache_check", "trainer_build"}
         assert record["peak_rss_mb"] >= max(record["peak_rss_mb_after"].values())
     assert large["vs_examples"] == 40 and "vs_examples" not in small and "step_ms_ratio" not in small
-    for key in ("trainer_build_ratio", "step_ms_ratio", "step_cost_ratio"):  # medians of round-by-round ratios, within their range
+    for key in ("trainer_build_ratio", "step_ms_ratio", "step_cost_ratio"):  # medians of per-round ratios
         low, high = large[f"{key}_range"]
         assert 0 < low <= large[key] <= high
     low, high = large["trainer_build_seconds_range"]
