@@ -29,7 +29,7 @@ help:  ## list targets and their variables
 	@echo "make test                  run the test suite (notebooks included), one worker per CPU core"
 	@echo "make notebooks             open the notebooks in JupyterLab (installs it into .venv on first use)"
 	@echo "make bench                 bert_mini speed/memory benchmark on CPU (or CUDA when present)"
-	@echo "make data TASK=mrpc        download GLUE data into data/glue/ (TASK=all for every task)"
+	@echo "make data TASK=mrpc        download GLUE data into \$$GLUE_DIR, else data/glue/ (TASK=all for every task)"
 	@echo "make setup                 create .venv and install requirements"
 
 $(STAMP): requirements.txt requirements-model.txt
@@ -52,7 +52,7 @@ bench: $(STAMP)
 	$(PY) -m pea_kd_bench
 
 data: $(STAMP)
-	$(PY) data/download_glue.py --tasks $(TASK) --data-dir data/glue
+	$(PY) -m pea_kd download-glue --tasks $(TASK)
 
 reproduce: $(STAMP)
 	$(PY) -m pea_kd reproduce --task $(TASK) $(if $(TEACHER),--teacher $(TEACHER)) \

@@ -5,6 +5,7 @@
     python -m pea_kd reproduce --task mrpc [--seeds 0,1,2] [--smoke]                  -> runs/mrpc/results.md
     python -m pea_kd reproduce --task mrpc --estimate          -> FLOPs per stage, least time here (trains nothing)
     python -m pea_kd teacher-search --task rte --lrs 5e-5,1e-4 --epochs 3,6   -> runs/rte/teacher-search/search.md
+    python -m pea_kd download-glue --tasks mrpc,rte                -> $GLUE_DIR, else data/glue (make data TASK=...)
 """
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import argparse
 import dataclasses
 from pathlib import Path
 
-from . import distributed
+from . import distributed, glue_download
 from .cli import (add_amp_arg, add_data_args, add_training_args, default_lr, register_command, run_root,
                   train_config_from_args)
 from .ptp_stage import PTP_HOLDOUT
@@ -212,3 +213,5 @@ register_command("reproduce", "the paper's comparison on one task: teacher, FT, 
                  _configure_reproduce, _run_reproduce)
 register_command("teacher-search", "choose the teacher's lr and epochs on a held-out part of train (never dev)",
                  _configure_teacher_search, _run_teacher_search)
+register_command("download-glue", "download GLUE tasks where the reader looks: $GLUE_DIR, else data/glue (make data)",
+                 glue_download.configure, glue_download.run)
