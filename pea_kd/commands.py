@@ -14,8 +14,8 @@ import dataclasses
 from pathlib import Path
 
 from . import distributed, glue_download
-from .cli import (add_amp_arg, add_data_args, add_training_args, default_lr, register_command, run_root,
-                  train_config_from_args)
+from .cli import (add_amp_arg, add_data_args, add_device_arg, add_training_args, default_lr, register_command,
+                  run_root, train_config_from_args)
 from .ptp_stage import PTP_HOLDOUT
 from .sps import VARIANTS
 
@@ -141,7 +141,7 @@ def _configure_reproduce(p):
     p.add_argument("--estimate", action="store_true",
                    help="train nothing: print the compute budget (FLOPs per stage, the least time on this machine)")
     p.add_argument("--out-root", default=None, help="where runs/<task>/ goes (default: <project>/runs)")
-    p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda (default auto)")
+    add_device_arg(p)
     add_amp_arg(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
@@ -185,7 +185,7 @@ def _configure_teacher_search(p):
     p.add_argument("--warmup", type=float, default=0.1, help="warm-up fraction of all steps (default 0.1)")
     p.add_argument("--out-dir", default=None, help="default: runs/<task>/teacher-search")
     p.add_argument("--keep-models", action="store_true", help="keep every run's final/ model (default: delete)")
-    p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda (default auto)")
+    add_device_arg(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 

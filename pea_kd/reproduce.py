@@ -49,6 +49,7 @@ from .losses import LossConfig
 from .parallel import executor, is_sps, next_unit, peak_rss_mb, resolve_jobs, start_order, worker_devices
 from .ptp_stage import ptp_encoder_dir, run_ptp
 from .report import write_report
+from .runtime import resolve_device
 from .sps import make_plan
 from .teacher import ensure_teacher_outputs, finetune_teacher
 from .storage import write_atomic
@@ -150,6 +151,9 @@ class ReproduceConfig:
                              f"{teacher_layers}-layer teacher {self.teacher}, so 1..{teacher_layers}")
         for variant in {m.variant for m in METHODS if m.slug in self.methods}:
             make_plan(self.student_layers, variant)
+        if self.jobs > 1 and resolve_device(self.device).type == "mps":
+            raise ValueError(f"--jobs {self.jobs} on mps: the worker processes would share the Mac's one GPU and its "
+                             "memory (not measured here); use --jobs 1, or --device cpu for CPU worker processes")
         if self.max_length < 2 or self.smoke_examples < 1:
             raise ValueError(f"--max-length must be >= 2 and smoke_examples >= 1, got {self.max_length}, "
                              f"{self.smoke_examples}")

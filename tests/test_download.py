@@ -378,3 +378,15 @@ def test_a_tokenizer_json_of_another_kind_is_refused_in_one_line_before_the_weig
     assert "\n" not in message and message.startswith("bpe-model: the hub has no vocab.txt and its tokenizer.json")
     assert "a BPE tokenizer; bert_mini only reads BERT's WordPiece" in message and "nothing was kept" in message
     assert list(tmp_path.iterdir()) == []  # neither a cache entry nor a staging directory to resume
+
+
+def test_a_hub_checkpoint_that_cannot_be_fetched_is_a_one_line_cli_error(capsys, monkeypatch, tmp_path):
+    from test_cli import run_cli
+
+    monkeypatch.setenv("PEA_KD_HUB_URL", closed_port_url())
+    monkeypatch.setenv("PEA_KD_CACHE", str(tmp_path))
+    code, _, err = run_cli(capsys, "distill", "--task", "mrpc", "--student-model", "org/offline", "--loss", "ce",
+                           "--out-dir", tmp_path / "run")
+    lines = err.strip().splitlines()
+    assert code == 1 and len(lines) == 1 and "org/offline/resolve/main/config.json" in lines[0]
+    assert lines[0].startswith("python -m pea_kd distill: error: cannot download") and "no network" in lines[0]
