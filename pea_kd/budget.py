@@ -13,14 +13,15 @@ optimiser come on top, so `bound` is a floor under the wall time. The batches ar
 
     python -m pea_kd reproduce --task mrpc --estimate     (make reproduce TASK=mrpc ESTIMATE=1)
 prints the table below without training anything; where runs/<task>/results.json holds finished runs of the same
-setting, their measured seconds and the fraction of R they reached are shown next to the bound.
+setting, their measured seconds and the fraction of R they reached are shown next to the bound. A reproduction's own
+progress view (pea_kd.progress) predicts its time from the same counts, stage by stage and seed by seed.
 """
 from __future__ import annotations
 
 import json
 import statistics
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
 import numpy as np
@@ -96,6 +97,7 @@ class StageBudget:
     effective_layers: int
     flops: float  # all runs together
     measured_seconds: Optional[float] = None  # from results.json, all runs together
+    seed_flops: dict = field(default_factory=dict)  # a method's row: seed -> FLOPs of that seed's run(s)
 
 
 def count_evaluations(steps_per_epoch: Sequence[int], eval_every: int) -> int:
@@ -151,14 +153,16 @@ def reproduce_budget(cfg) -> list[StageBudget]:
     for method in METHODS:
         if method.slug not in cfg.methods:
             continue
-        steps, flops = len(make_plan(cfg.student_layers, method.variant)), 0.0
+        steps, seed_flops = len(make_plan(cfg.student_layers, method.variant)), {}
         for seed in cfg.seeds:
+            seed_flops[seed] = 0.0
             if method.ptp:  # PTP trains on train minus a held-out part and selects on that part
                 fit, held = split_holdout(len(train), PTP_HOLDOUT, seed)
-                flops += run_flops(student_config, train[fit], train[held], config(cfg.ptp_epochs, cfg.lr, seed),
-                                   steps, len(PTP_CLASSES))
-            flops += run_flops(student_config, train, dev, config(cfg.student_epochs, cfg.lr, seed), steps, labels)
-        rows.append(StageBudget(method.name, len(cfg.seeds), steps, flops))
+                seed_flops[seed] += run_flops(student_config, train[fit], train[held],
+                                              config(cfg.ptp_epochs, cfg.lr, seed), steps, len(PTP_CLASSES))
+            seed_flops[seed] += run_flops(student_config, train, dev, config(cfg.student_epochs, cfg.lr, seed), steps,
+                                          labels)
+        rows.append(StageBudget(method.name, len(cfg.seeds), steps, sum(seed_flops.values()), seed_flops=seed_flops))
     return rows
 
 
@@ -240,10 +244,15 @@ def estimate(cfg, repeats: int = 5) -> str:
     if path.is_file() and not attach_measurements(rows, json.loads(path.read_text(encoding="utf-8")), cfg, precision):
         note = f"\n- {path} was made with other settings or in another precision; its times are not compared."
     title = f"reproduce --task {get_task(cfg.task).name}, seeds {','.join(map(str, cfg.seeds))}"
+    return format_budget(rows, rates, precision, device_words(device), title) + note
+
+
+def device_words(device: torch.device) -> str:
+    """The device in words: "cpu, 2 threads", "cuda", "mps"."""
     threads = torch.get_num_threads()
-    where = f"{device}, {threads} thread{'s' * (threads > 1)}" if device.type == "cpu" else str(device)
-    return format_budget(rows, rates, precision, where, title) + note
+    return f"{device}, {threads} thread{'s' * (threads > 1)}" if device.type == "cpu" else str(device)
 
 
-__all__ = ["forward_flops", "matmul_gflops", "default_matmul_size", "StageBudget", "count_evaluations", "run_flops", "inference_flops", "reproduce_budget",
-           "attach_measurements", "format_budget", "matmul_rates", "compared_precisions", "estimate"]
+__all__ = ["forward_flops", "matmul_gflops", "default_matmul_size", "StageBudget", "count_evaluations", "run_flops",
+           "inference_flops", "reproduce_budget", "attach_measurements", "format_budget", "matmul_rates",
+           "compared_precisions", "estimate", "device_words"]

@@ -316,8 +316,9 @@ class Trainer:
         state = self.state
         self.model.train()
         self.show = (config.progress if config.progress is not None else sys.stderr.isatty()) and distributed.is_main()
+        # leave=None: kept on screen when it is the only bar, cleared when it runs under reproduce's overall bar
         bar = tqdm(total=self.total_steps, initial=state.step, disable=not self.show, unit="step",
-                   desc=f"train {self.out_dir.name}")
+                   desc=f"train {self.out_dir.name}", leave=None)
         for epoch in range(state.epoch, config.epochs):
             batches = make_batches(self.train_data, config.batch_size, shuffle=True, seed=config.seed, epoch=epoch)
             for b in range(state.batch_in_epoch, len(batches)):  # on resume: skip the batches already trained
