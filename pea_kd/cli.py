@@ -33,6 +33,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from bert_mini.download import DownloadError
+
 from . import distributed
 from .storage import DirectoryInUse, StorageError
 from .trainer import NonFiniteLossError, TrainConfig
@@ -99,7 +101,7 @@ def add_training_args(p: argparse.ArgumentParser, stage: str) -> None:
     g.add_argument("--keep-best", action=argparse.BooleanOptionalAction, default=d["keep_best"],
                    help="also save the best-on-dev model in <out-dir>/best/ "
                         f"(default {'on' if d['keep_best'] else 'off'})")
-    g.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:N (default auto)")
+    add_device_arg(g)
     add_amp_arg(g)
     g.add_argument("--max-train-examples", type=positive_int, default=None,
                    help="train on the first N examples (smoke runs; N >= 1)")
@@ -108,12 +110,19 @@ def add_training_args(p: argparse.ArgumentParser, stage: str) -> None:
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
+def add_device_arg(parser) -> None:
+    """--device, shared by every command that computes (runtime.resolve_device)."""
+    parser.add_argument("--device", default="auto",
+                        help="auto (cuda if available, else mps on Apple silicon, else cpu), cpu, cuda, cuda:N, mps "
+                             "(default auto)")
+
+
 def add_amp_arg(parser) -> None:
     """--amp, shared by every training command and reproduce."""
     parser.add_argument("--amp", default="auto", choices=("auto", "bf16", "fp16", "off"),
                         help="mixed precision: auto = bf16 autocast where the device has native bf16 (CUDA Ampere+, "
-                             "CPUs with AVX512-BF16/AMX), else fp16 on CUDA and fp32 on CPU; bf16; fp16 (CUDA); "
-                             "off = fp32 (default auto)")
+                             "CPUs with AVX512-BF16/AMX), else fp16 on CUDA and fp32 on CPU and mps; bf16; fp16 "
+                             "(CUDA, mps); off = fp32 (default auto)")
 
 
 def positive_int(text: str) -> int:
@@ -173,7 +182,7 @@ def _configure_cache(p):
                    help="which teacher model (default final)")
     p.add_argument("--splits", default="train,dev", help="comma-separated splits to cache (default train,dev)")
     p.add_argument("--batch-size", type=int, default=64, help="inference batch size (default 64)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (default auto)")
+    add_device_arg(p)
     p.add_argument("--layers", type=_layer_list, default=None,
                    help="teacher layers whose [CLS] vectors to keep, e.g. 4,8 (0 = embeddings; default: all). "
                         "PKD reads only its layer map; distill and reproduce ask for what they read by themselves")
@@ -367,7 +376,8 @@ def main(argv=None) -> int:
     distributed.init_from_env()  # under torchrun: join the other processes (a plain run has no process group)
     try:
         result = args._command.run(args, args._parser)
-    except (ValueError, FileNotFoundError, FileExistsError, NonFiniteLossError, StorageError, DirectoryInUse) as err:
+    except (ValueError, FileNotFoundError, FileExistsError, NonFiniteLossError, StorageError, DirectoryInUse,
+            DownloadError) as err:  # DownloadError: a hub checkpoint that could not be fetched (bert_mini.download)
         if args.traceback:
             raise
         args._parser.exit(1, f"{args._parser.prog}: error: {err}\n")

@@ -27,6 +27,7 @@ from typing import Optional
 import torch
 
 from .identity import derived_digest, rows_digest
+from .runtime import non_blocking
 
 Tensor = torch.Tensor
 
@@ -111,7 +112,7 @@ class TeacherRows:
     def cls_rows(self, index: Tensor, device) -> Tensor:
         """(B, L_t + 1, H_t) [CLS] rows of the examples `index` on `device`: only the stored columns are moved; a
         layer the cache does not hold is NaN (the trainer refuses, before training, a loss that reads one)."""
-        rows = self.cls_hidden.index_select(0, index).to(device, non_blocking=True)  # (B, K, H_t)
+        rows = self.cls_hidden.index_select(0, index).to(device, non_blocking=non_blocking(device))  # (B, K, H_t)
         if len(self.layers) == self.num_layers + 1:  # every layer stored: already the LossInputs layout
             return rows
         full = rows.new_full((len(index), self.num_layers + 1, rows.shape[-1]), float("nan"))

@@ -46,7 +46,7 @@ from .features import Features, collate, count_batches, make_batches
 from .glue import get_task
 from .identity import check_same_run, run_identity, tensors_digest
 from .losses import LossConfig, LossInputs, build_loss, task_loss
-from .runtime import precision_name, resolve_amp, resolve_device, rng_state, set_rng_state, set_seed
+from .runtime import non_blocking, precision_name, resolve_amp, resolve_device, rng_state, set_rng_state, set_seed
 from .storage import directory_lock, storage_error, write_atomic
 from .teacher_rows import TeacherRows
 
@@ -68,9 +68,10 @@ class TrainConfig:
     checkpoint_every: None = write checkpoint.pt at every evaluation, N = every N steps, 0 = never.
     select: dev score that picks `best_dev_*`: "auto" (the task's primary metric, or the first key of metrics_fn),
         a metric name (higher is better), or "loss" (dev loss, lower is better; used by PTP).
-    device: "auto" (cuda if available, else cpu), "cpu", "cuda", "cuda:1", ...
+    device: "auto" (cuda if available, else mps on Apple silicon, else cpu), "cpu", "cuda", "cuda:1", "mps".
     amp: "auto" (bf16 autocast where the device has native bf16, CPU or CUDA; else fp16 with a GradScaler on CUDA,
-        fp32 on CPU), "bf16", "fp16" (CUDA), "off" (fp32). Weights, optimiser state and loss stay fp32 (runtime).
+        fp32 on CPU and MPS), "bf16", "fp16" (CUDA, MPS), "off" (fp32). Weights, optimiser state and loss stay fp32
+        (runtime.resolve_amp).
     progress: tqdm bar; None = only when stderr is a terminal.
     """
 
@@ -103,7 +104,8 @@ class TrainConfig:
             raise ValueError("TrainConfig: eval_every, checkpoint_every and seed must be >= 0")
         if self.amp not in ("auto", "bf16", "fp16", "off"):
             raise ValueError(f"TrainConfig: amp must be auto, bf16, fp16 or off, got {self.amp!r}")
-        resolve_device(self.device)  # an unknown or absent device is refused here, before any work
+        # an unknown or absent device is refused here, before any work, and so is MPS under torchrun
+        distributed.check_device(resolve_device(self.device))
 
 
 @dataclass
@@ -250,14 +252,15 @@ class Trainer:
         model.to(self.device)
         self.loss_fn.to(self.device)
         self.train_model = distributed.wrap(model, self.loss_fn)  # under torchrun: DDP (averages gradients), else model
-        # fused=True: one kernel updates every tensor (CPU and CUDA); an FT epoch on MRPC, 2 CPU threads: -2.5% time
+        # fused=True: one kernel updates every tensor (CPU, CUDA, MPS); an FT epoch on MRPC, 2 CPU threads: -2.5% time
         self.optimizer = torch.optim.AdamW(param_groups([model, self.loss_fn], config.weight_decay), lr=config.lr,
                                            fused=True)
         self.steps_per_epoch = [count_batches(len(train_data), config.batch_size)] * config.epochs
         self.total_steps = sum(self.steps_per_epoch)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, linear_schedule(self.total_steps, int(config.warmup * self.total_steps)))
-        self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None  # fp16 only
+        # fp16 only (CUDA or MPS: runtime.resolve_amp refuses it elsewhere)
+        self.scaler = torch.amp.GradScaler(self.device.type) if self.amp_dtype == torch.float16 else None
         self.state = _State()
 
     def _teacher_inputs(self, teacher: Optional[TeacherRows], live_teacher):
@@ -337,8 +340,9 @@ class Trainer:
         state = self.state
         self.model.train()
         self.show = (config.progress if config.progress is not None else sys.stderr.isatty()) and distributed.is_main()
+        # leave=None: kept on screen when it is the only bar, cleared when it runs under reproduce's overall bar
         bar = tqdm(total=self.total_steps, initial=state.step, disable=not self.show, unit="step",
-                   desc=f"train {self.out_dir.name}")
+                   desc=f"train {self.out_dir.name}", leave=None)
         for epoch in range(state.epoch, config.epochs):
             batches = make_batches(self.train_data, config.batch_size, shuffle=True, seed=config.seed, epoch=epoch)
             for b in range(state.batch_in_epoch, len(batches)):  # on resume: skip the batches already trained
@@ -372,13 +376,14 @@ class Trainer:
         examples, (indices, weight) = len(indices), distributed.share(indices)  # this rank's share, w_r = W n_r / N
         batch = collate(self.train_data, indices, pad_token_id=model.config.pad_token_id)
         tokens = int(batch["attention_mask"].sum())
+        copy = non_blocking(self.device)  # asynchronous host-to-device copies on CUDA only
         teacher = {}  # this batch's teacher rows, moved to the device (only the stored layers of cls_hidden)
         if "teacher_logits" in self.teacher_fields:
             teacher["teacher_logits"] = self.teacher_rows.logits.index_select(0, batch["index"]).to(
-                self.device, non_blocking=True)
+                self.device, non_blocking=copy)
         if "teacher_cls_hidden" in self.teacher_fields:
             teacher["teacher_cls_hidden"] = self.teacher_rows.cls_rows(batch["index"], self.device)
-        batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+        batch = {k: v.to(self.device, non_blocking=copy) for k, v in batch.items()}
         with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
             out = self.train_model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"],
                                    output_hidden_states="student_hidden_states" in self.requires,  # plain FT: none
