@@ -183,15 +183,44 @@ def _configure_cache(p):
     p.add_argument("--splits", default="train,dev", help="comma-separated splits to cache (default train,dev)")
     p.add_argument("--batch-size", type=int, default=64, help="inference batch size (default 64)")
     add_device_arg(p)
+    p.add_argument("--layers", type=_layer_list, default=None,
+                   help="teacher layers whose [CLS] vectors to keep, e.g. 4,8 (0 = embeddings; default: all). "
+                        "PKD reads only its layer map; distill and reproduce ask for what they read by themselves")
+    p.add_argument("--cls-dtype", default="float32", choices=("float32", "float16", "bfloat16"),
+                   help="storage dtype of the [CLS] vectors: float32 (exact, default) or float16/bfloat16 (half the "
+                        "bytes; losses are computed in float32 from them). Kept when a run adds layers later")
+    p.add_argument("--verify", action="store_true",
+                   help="compute nothing: re-read the existing cache and check every row against the digests "
+                        "recorded when it was written (runs trust those digests without re-reading)")
+
+
+def _layer_list(text: str) -> tuple:
+    """argparse type: comma-separated layer indices >= 0 (an empty string: none, logits only)."""
+    try:
+        layers = tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        layers = (-1,)
+    if any(x < 0 for x in layers):
+        raise argparse.ArgumentTypeError(f"expected comma-separated layer indices >= 0, got {text!r}")
+    return layers
 
 
 def _run_cache(args, parser):
-    from .teacher import CACHE_FILE, cache_teacher_outputs
+    from .teacher import CACHE_FILE, cache_teacher_outputs, verify_teacher_outputs
+    path = Path(args.teacher_dir) / CACHE_FILE
+    if args.verify:
+        changed = {split: keys for split, keys in verify_teacher_outputs(path).items() if keys}
+        if changed:
+            raise ValueError(f"{path}: rows differ from the digests recorded when it was written ("
+                             + "; ".join(f"{split}: {', '.join(keys)}" for split, keys in changed.items())
+                             + "); recompute it")
+        return {"teacher_outputs": str(path), "verified": True}
     if not distributed.is_main():  # under torchrun: rank 0 alone computes it; the others wait for it
         distributed.barrier()
-        return {"teacher_outputs": str(Path(args.teacher_dir) / CACHE_FILE)}
+        return {"teacher_outputs": str(path)}
     path = cache_teacher_outputs(args.teacher_dir, args.task, tuple(s for s in args.splits.split(",") if s),
-                                 args.max_length, args.data_dir, args.batch_size, args.checkpoint, args.device)
+                                 args.max_length, args.data_dir, args.batch_size, args.checkpoint, args.device,
+                                 layers=args.layers, cls_dtype=args.cls_dtype)
     distributed.barrier()
     return {"teacher_outputs": str(path)}
 
@@ -247,12 +276,35 @@ def _run_distill(args, parser):
         teacher_checkpoint=args.teacher_checkpoint, resume=args.resume, overwrite=args.overwrite)
 
 
+# ---------------------------------------------------------------- bench-scale (implemented in pea_kd_bench.scale)
+
+def _configure_bench_scale(p):
+    p.add_argument("--examples", type=positive_int, action="append", required=True, metavar="N",
+                   help="training examples of the synthetic pair task; repeat it to compare sizes (each is built in "
+                        "its own process, their steps are timed in alternation)")
+    p.add_argument("--steps", type=positive_int, default=50, help="optimiser steps timed per size (default 50)")
+    p.add_argument("--rounds", type=positive_int, default=5,
+                   help="blocks the steps are timed in, the sizes alternating (default 5)")
+    p.add_argument("--threads", type=positive_int, default=None, help="torch threads (default: torch's choice)")
+    p.add_argument("--work-dir", default=None,
+                   help="where the temporary GLUE directory and caches go (default: the system's temporary "
+                        "directory); removed afterwards")
+
+
+def _run_bench_scale(args, parser):
+    from pea_kd_bench.scale import bench_scale  # the command line may import the benchmarks; pea_kd's modules never
+    for record in bench_scale(args.examples, args.steps, args.rounds, args.threads, args.work_dir):
+        print(json.dumps(record), flush=True)  # one JSON object per size, one per line
+
+
 register_command("finetune-teacher", "fine-tune the teacher on a GLUE task (CE; MSE for STS-B)",
                  _configure_teacher, _run_teacher)
 register_command("cache-teacher", "cache the teacher's logits and per-layer [CLS] states (teacher_outputs.pt)",
                  _configure_cache, _run_cache)
 register_command("distill", "train a student (FT, KD, KD+PKD, ...) from the cached teacher outputs",
                  _configure_distill, _run_distill)
+register_command("bench-scale", "benchmark: cost of features, teacher cache, trainer build and steps vs. data size",
+                 _configure_bench_scale, _run_bench_scale)
 
 
 def import_plugin(name: str) -> None:

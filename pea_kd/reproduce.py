@@ -45,7 +45,7 @@ from bert_mini import BertConfig, resolve_model_dir
 from . import __version__, distributed
 from .budget import device_words, matmul_rates, reproduce_budget
 from .cli import default_lr
-from .distill import distill_student
+from .distill import distill_student, teacher_layers_needed
 from .glue import PROJECT_ROOT, ensure_task_data, get_task, load_examples, split_path
 from .identity import RunMismatch
 from .losses import LossConfig
@@ -366,8 +366,10 @@ def _teacher_stage(cfg: ReproduceConfig, teacher_dir: Path, data_dir,
         teacher = finetune_teacher(cfg.task, out_dir=teacher_dir, model_name=cfg.teacher, max_length=cfg.max_length,
                                    config=_train_config(cfg, cfg.teacher_epochs, cfg.teacher_lr, 0),
                                    data_dir=data_dir, resume=True)
+        # one cache for every student: the union of their layer maps (every layer only if a loss may read any)
+        students = [(m.loss, cfg.student_layers, m.variant) for m in METHODS if m.slug in cfg.methods]
         cache = ensure_teacher_outputs(teacher_dir, cfg.task, ("train", "dev"), cfg.max_length, data_dir,
-                                       device=cfg.device)
+                                       device=cfg.device, layers=teacher_layers_needed(teacher_dir, students))
         return teacher, cache.get("seconds")  # the time computing it took, also when reused (None: not recorded)
     finally:
         torch.set_num_threads(before)
