@@ -36,8 +36,9 @@ help:  ## list targets and their variables
 	@echo "make test-browser          run notebook 01 in JupyterLab in headless Chromium: every cell, no error, figures"
 	@echo "    NOTEBOOK=notebooks/05_sps.ipynb   another notebook;  BROWSER_OUT=runs/browser   screenshot + logs"
 	@echo "                           (installs Chromium with apt-get: Debian packages chromium chromium-driver)"
-	@echo "make bench                 bert_mini speed/memory benchmark on CPU (or CUDA when present)"
-	@echo "make data TASK=mrpc        download GLUE data into data/glue/ (TASK=all for every task)"
+	@echo "make bench                 bert_mini speed/memory benchmark on CPU (or CUDA when present), then the"
+	@echo "                           cost of 4k and 400k training examples (python -m pea_kd bench-scale)"
+	@echo "make data TASK=mrpc        download GLUE data into \$$GLUE_DIR, else data/glue/ (TASK=all for every task)"
 	@echo "make setup                 create .venv and install requirements"
 
 $(STAMP): requirements.txt requirements-model.txt
@@ -67,7 +68,7 @@ bench: $(STAMP)
 	$(PY) -m pea_kd_bench
 
 data: $(STAMP)
-	$(PY) data/download_glue.py --tasks $(TASK) --data-dir data/glue
+	$(PY) -m pea_kd download-glue --tasks $(TASK)
 
 reproduce: $(STAMP)
 	$(PY) -m pea_kd reproduce --task $(TASK) $(if $(TEACHER),--teacher $(TEACHER)) \
