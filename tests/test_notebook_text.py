@@ -40,6 +40,8 @@ CONSTANTS = {
     "02_tokenization_and_glue.ipynb": {"430": "sentences in tests/fixtures/tokenizer_golden.json"},
     "03_finetuning_the_teacher.ipynb": {"64": "a setting exercise 2 asks for"},
     "06_ptp.ipynb": {"367": "a tenth of MRPC's 3,668 training pairs"},
+    "07_putting_it_together.ipynb": {"2.5": "5 PKD pairs against 2 (pkd_layer_map(6, 6) and (6, 3), notebook 04)",
+                                     "0.25": "one of MRPC's 408 dev examples, in points of accuracy"},
     "assignments/a2_hidden_projection.ipynb": {"192": "the student width exercise 5 asks for"},
     "assignments/a3_temperature_annealing.ipynb": {"7": "check_annealed_kd's calls (pea_kd/assignments/cases.py)",
                                                    "20": "a temperature exercise 4 asks for"},
