@@ -5,6 +5,7 @@ Nothing here knows about training; `pea_kd.trainer` and the stages build on it.
 from __future__ import annotations
 
 import logging
+import os
 import random
 from typing import Optional
 
@@ -36,6 +37,29 @@ def native_bf16(device) -> bool:
     return False
 
 
+AUTO_BF16_ENV = "PEA_KD_AUTO_BF16"
+
+
+def auto_bf16(device) -> bool:
+    """Whether `--amp auto` computes in bf16 on `device`: native_bf16(device), unless $PEA_KD_AUTO_BF16 decides.
+
+    PEA_KD_AUTO_BF16=1: auto picks bf16, as on a device with native bf16 (where the device has none, bf16 is
+    emulated: slower, and a warning says so); =0: auto never picks bf16 (fp32 on CPU, fp16 on CUDA). The tests use it
+    to run as on a CPU with and without native bf16 (`make test-cpus`). It changes the choice only, never what
+    native_bf16 reports. ValueError (one line) for another value.
+    """
+    value = os.environ.get(AUTO_BF16_ENV, "")
+    if value == "":
+        return native_bf16(device)
+    if value not in ("0", "1"):
+        raise ValueError(f"${AUTO_BF16_ENV}={value!r}: expected 1 (--amp auto picks bf16), 0 (it never does) or "
+                         "unset (native bf16 decides)")
+    if value == "1" and not native_bf16(device):
+        log.warning("%s=1: --amp auto uses bf16 on %s, which has no native bf16 (emulated, slower than fp32)",
+                    AUTO_BF16_ENV, device)
+    return value == "1"
+
+
 def resolve_device(name: str = "auto") -> torch.device:
     """The device called `name`: "auto" = cuda when available, else cpu; otherwise as torch reads it ("cuda:1").
     ValueError (one line) for a name torch does not know or a CUDA device this machine does not have."""
@@ -56,14 +80,15 @@ def resolve_device(name: str = "auto") -> torch.device:
 def resolve_amp(amp: str, device: torch.device) -> Optional[torch.dtype]:
     """The autocast dtype of a run, or None for float32 throughout.
 
-    "auto": bf16 where the device runs it natively (native_bf16); else fp16 on CUDA (with a GradScaler), fp32 on CPU.
+    "auto": bf16 where the device runs it natively (auto_bf16: native_bf16, or $PEA_KD_AUTO_BF16); else fp16 on CUDA
+    (with a GradScaler), fp32 on CPU.
     "bf16": bf16 autocast on CPU or CUDA (a warning where it is only emulated).  "fp16": CUDA only.  "off": fp32.
     Under autocast the master weights and the optimiser state stay fp32; only the matrix products run in 16 bits.
     """
     if amp == "off":
         return None
     if amp == "auto":
-        if native_bf16(device):
+        if auto_bf16(device):
             return torch.bfloat16
         return torch.float16 if device.type == "cuda" else None
     if amp == "fp16":
