@@ -112,6 +112,18 @@ def precision_name(amp_dtype: Optional[torch.dtype]) -> str:
     return PRECISION_NAMES[amp_dtype]
 
 
+def precision_note(device="cpu") -> str:
+    """One line that says how `device` computes here, for the first output of a notebook: forward passes without
+    autocast are fp32; what training with --amp auto uses (auto_bf16); the CPU's kernels (their last bits differ
+    between AVX2, AVX-512 and ATEN_CPU_CAPABILITY=default) or the GPU's name; native bf16 or not."""
+    device = torch.device(device)
+    hardware = (f"{torch.backends.cpu.get_cpu_capability()} CPU kernels" if device.type == "cpu"
+                else torch.cuda.get_device_name(device) if device.type == "cuda" else device.type)
+    forced = f", {AUTO_BF16_ENV}={os.environ[AUTO_BF16_ENV]}" if os.environ.get(AUTO_BF16_ENV) else ""
+    return (f"precision: forward passes fp32, training with --amp auto {precision_name(resolve_amp('auto', device))} "
+            f"({hardware}, native bf16: {'yes' if native_bf16(device) else 'no'}{forced})")
+
+
 def rng_state() -> dict:
     """Every random generator's state (python, numpy, torch, CUDA), for a checkpoint."""
     kind, keys, pos, has_gauss, gauss = np.random.get_state()

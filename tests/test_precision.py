@@ -55,6 +55,20 @@ def test_auto_bf16_env_sets_what_auto_picks_and_nothing_else(monkeypatch, caplog
         resolve_amp("auto", CPU)
 
 
+def test_precision_note_says_what_auto_trains_in_and_why(monkeypatch):
+    monkeypatch.delenv(runtime.AUTO_BF16_ENV, raising=False)
+    monkeypatch.setattr(runtime, "native_bf16", lambda device: False)
+    capability = torch.backends.cpu.get_cpu_capability()
+    assert runtime.precision_note() == \
+        f"precision: forward passes fp32, training with --amp auto fp32 ({capability} CPU kernels, native bf16: no)"
+    monkeypatch.setenv(runtime.AUTO_BF16_ENV, "1")
+    assert runtime.precision_note("cpu").endswith(
+        f"training with --amp auto bf16 ({capability} CPU kernels, native bf16: no, PEA_KD_AUTO_BF16=1)")
+    monkeypatch.setattr(runtime, "native_bf16", lambda device: True)
+    monkeypatch.delenv(runtime.AUTO_BF16_ENV)
+    assert runtime.precision_note().endswith(f"auto bf16 ({capability} CPU kernels, native bf16: yes)")
+
+
 def test_native_bf16_flag_agrees_with_the_cpu_flags():
     """oneDNN's flag decides `auto`; on x86 Linux it must agree with what the CPU says it has."""
     try:
