@@ -59,7 +59,7 @@ class BertEmbeddings(nn.Module):
 
 # Which kernel computes softmax(Q K^T / sqrt(d_k) + M) V, by (device type, dtype of Q). SDPA's fused kernel is used
 # in fp32 and on CUDA; under CPU bf16 autocast the explicit matmul-softmax-matmul, which was reported faster there on
-# a CPU with native bf16 (README, "Mixed precision"). `python -m pea_kd_bench.throughput` (make bench) measures both on your machine.
+# a CPU with native bf16 (docs/performance.md, "Mixed precision (bf16)"). `python -m pea_kd_bench.throughput` (make bench) measures both on your machine.
 EXPLICIT_ATTENTION = {("cpu", torch.bfloat16)}
 ATTENTION_KERNEL = "auto"  # "auto" (the table above), "sdpa" or "explicit": set by the benchmark to compare both
 

@@ -5,6 +5,8 @@
     python -m pea_kd reproduce --task mrpc [--seeds 0,1,2] [--smoke]                  -> runs/mrpc/results.md
     python -m pea_kd reproduce --task mrpc --estimate          -> FLOPs per stage, least time here (trains nothing)
     python -m pea_kd teacher-search --task rte --lrs 5e-5,1e-4 --epochs 3,6   -> runs/rte/teacher-search/search.md
+    python -m pea_kd publish-results --task mrpc     runs/mrpc/results.json -> notebooks/results/mrpc_results.json
+    python -m pea_kd download-glue --tasks mrpc,rte                -> $GLUE_DIR, else data/glue (make data TASK=...)
 """
 from __future__ import annotations
 
@@ -12,9 +14,9 @@ import argparse
 import dataclasses
 from pathlib import Path
 
-from . import distributed
-from .cli import (add_amp_arg, add_data_args, add_training_args, default_lr, register_command, run_root,
-                  train_config_from_args)
+from . import distributed, glue_download
+from .cli import (add_amp_arg, add_data_args, add_device_arg, add_training_args, default_lr, register_command,
+                  run_root, train_config_from_args)
 from .ptp_stage import PTP_HOLDOUT
 from .sps import VARIANTS
 
@@ -140,7 +142,7 @@ def _configure_reproduce(p):
     p.add_argument("--estimate", action="store_true",
                    help="train nothing: print the compute budget (FLOPs per stage, the least time on this machine)")
     p.add_argument("--out-root", default=None, help="where runs/<task>/ goes (default: <project>/runs)")
-    p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda (default auto)")
+    add_device_arg(p)
     add_amp_arg(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
@@ -184,7 +186,7 @@ def _configure_teacher_search(p):
     p.add_argument("--warmup", type=float, default=0.1, help="warm-up fraction of all steps (default 0.1)")
     p.add_argument("--out-dir", default=None, help="default: runs/<task>/teacher-search")
     p.add_argument("--keep-models", action="store_true", help="keep every run's final/ model (default: delete)")
-    p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda (default auto)")
+    add_device_arg(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
@@ -204,6 +206,41 @@ def _run_teacher_search(args, parser):
     return {"search": str(out_dir / SEARCH_MD), "best": report["best"]}
 
 
+# ---------------------------------------------------------------- publish-results
+
+def _configure_publish(p):
+    p.add_argument("--task", required=True, help="GLUE task of the reproduction (mrpc, sst2, ...)")
+    p.add_argument("--from", dest="source", default=None,
+                   help="the reproduction's results.json (default runs/<task>/results.json)")
+    p.add_argument("--to", dest="dest", default=None,
+                   help="where to write it (default notebooks/results/<task>_results.json)")
+    p.add_argument("--note", default="", help="a sentence kept in the provenance (e.g. the machine, a quiet run)")
+    p.add_argument("--keep-previous", action="store_true",
+                   help="keep the table being replaced (and its other_runs) under other_runs")
+    p.add_argument("--allow-incomplete", action="store_true", help="publish a table with stages still missing")
+    p.add_argument("--allow-smoke", action="store_true", help="publish a smoke run (for tests; numbers meaningless)")
+
+
+def _run_publish(args, parser):
+    import json
+
+    from .glue import PROJECT_ROOT
+    from .report import with_provenance
+    from .storage import write_atomic
+    source = Path(args.source) if args.source else run_root(args.task) / "results.json"
+    dest = Path(args.dest) if args.dest else \
+        PROJECT_ROOT / "notebooks" / "results" / f"{run_root(args.task).name}_results.json"
+    if not source.is_file():
+        raise FileNotFoundError(f"{source}: no results.json; run `python -m pea_kd reproduce --task {args.task}`")
+    results = json.loads(source.read_text(encoding="utf-8"))
+    previous = json.loads(dest.read_text(encoding="utf-8")) if args.keep_previous and dest.is_file() else None
+    shown = source.resolve().relative_to(PROJECT_ROOT) if source.resolve().is_relative_to(PROJECT_ROOT) else source
+    published = with_provenance(results, str(shown), args.note, previous, args.allow_incomplete, args.allow_smoke)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(dest, json.dumps(published, indent=1, default=str) + "\n")
+    return {"published": str(dest), "from": str(source), "provenance": published["provenance"]}
+
+
 register_command("ptp", "PTP stage: train a student on the teacher's 4-way PTP labels (keeps the best encoder)",
                  _configure_ptp, _run_ptp)
 register_command("pea-kd", "the whole Pea-KD recipe for one seed: PTP, then SPS + KD + PKD from its encoder",
@@ -212,3 +249,7 @@ register_command("reproduce", "the paper's comparison on one task: teacher, FT, 
                  _configure_reproduce, _run_reproduce)
 register_command("teacher-search", "choose the teacher's lr and epochs on a held-out part of train (never dev)",
                  _configure_teacher_search, _run_teacher_search)
+register_command("publish-results", "copy a finished reproduction's results.json, with its provenance, into "
+                 "notebooks/results/", _configure_publish, _run_publish)
+register_command("download-glue", "download GLUE tasks where the reader looks: $GLUE_DIR, else data/glue (make data)",
+                 glue_download.configure, glue_download.run)

@@ -77,6 +77,8 @@ def pearson(predictions, labels) -> float:
     Defined as 0.0 when either side is constant (zero variance).
     """
     x, y = _as_pair(predictions, labels)
+    if np.all(x == x[0]) or np.all(y == y[0]):  # constant: exactly 0 (x - mean(x) need not round to 0)
+        return 0.0
     x = x.astype(np.float64) - np.mean(x, dtype=np.float64)
     y = y.astype(np.float64) - np.mean(y, dtype=np.float64)
     denominator = np.sqrt(np.sum(x * x) * np.sum(y * y))

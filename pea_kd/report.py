@@ -3,17 +3,59 @@
 The table separates the two ways of reading a dev score:
   final      the model at the end of training, no selection: the honest headline;
   best dev   the best evaluation seen during training, selected *and* scored on dev: optimistic (the authors' way).
+Next to the teacher it shows the floor: the majority class, what a model that ignores its input scores on dev
+(`majority_baseline`). Each method's row is a mean ± std over seeds; the seeds' own values are in
+results.json (`summary[i]["per_seed"]`) and in a second table of results.md.
+
+`with_provenance` prepares a finished results.json for notebooks/results/ (`python -m pea_kd publish-results`).
 """
 from __future__ import annotations
 
+import copy
+import datetime
 import json
 from pathlib import Path
+from typing import Optional
+
+import numpy as np
 
 from .glue import get_task
+from .metrics import compute_metrics
 from .storage import write_atomic
 
 
 DERIVED_METRICS = ("acc_and_f1", "corr")  # averages of the other columns: in results.json, not in the table
+
+
+def majority_baseline(task, train_labels, dev_labels) -> dict:
+    """The dev metrics of a model that ignores its input and always answers the same thing, from the *training* labels.
+
+    classification: the most frequent training label (ties -> the lowest class id);  regression (STS-B): the mean
+    training score. Scored with `pea_kd.metrics.compute_metrics`, so the numbers are those of the table's other rows.
+    A constant has no correlation with the gold scores: pea_kd.metrics scores its Pearson and Spearman 0.
+    Returns {"rule", "prediction" (class id or score), "label" (label string or None), "train_share" (fraction of
+    train with that label, or None), "train_examples", "dev_examples", "metrics" ({metric: fraction})}.
+    """
+    spec = get_task(task)
+    train, dev = np.asarray(train_labels), np.asarray(dev_labels)
+    if train.ndim != 1 or len(train) == 0:
+        raise ValueError(f"majority_baseline: {spec.name} needs a non-empty 1-D array of training labels, "
+                         f"got shape {train.shape}")
+    if spec.is_regression:
+        prediction, label, share, rule = float(train.mean()), None, None, "mean training score"
+    else:
+        counts = np.bincount(train.astype(np.int64), minlength=spec.num_labels)
+        prediction = int(np.argmax(counts))  # argmax: the first (lowest) class id among equally frequent ones
+        label, share, rule = spec.labels[prediction], float(counts[prediction] / len(train)), "majority class of train"
+    return {"rule": rule, "prediction": prediction, "label": label, "train_share": share,
+            "train_examples": len(train), "dev_examples": len(dev),
+            "metrics": compute_metrics(spec, np.full(len(dev), prediction), dev)}
+
+
+def _majority_name(majority: dict) -> str:
+    if majority["label"] is None:
+        return f"mean training score ({majority['prediction']:.2f})"
+    return f'majority class ("{majority["label"]}")'
 
 
 def _pm(mean_std, seeds: int) -> str:
@@ -32,6 +74,10 @@ def format_table(results: dict) -> str:
         [f"teacher ({t['layers']}L)", "1", f"{t['parameters'] / 1e6:.1f}M", str(t["layers"])]
         + [f"{100 * t['final'][m]:.1f}" for m in metrics] + [f"{100 * t['best_dev'][m]:.1f}" for m in metrics]
         + [f"{t['seconds']:.0f}"]) + " |")
+    majority = results.get("majority")  # absent from results.json files written before it existed
+    if majority:  # no training and no selection: the same numbers under final and best dev
+        scores = [f"{100 * majority['metrics'][m]:.1f}" for m in metrics]
+        lines.append("| " + " | ".join([_majority_name(majority), "-", "-", "-"] + scores + scores + ["-"]) + " |")
     for row in results["summary"]:
         lines.append("| " + " | ".join(
             [row["method"], str(len(row["seeds"])), f"{row['parameters'] / 1e6:.1f}M", str(row["effective_layers"])]
@@ -39,6 +85,34 @@ def format_table(results: dict) -> str:
             + [_pm(row["best_dev"][m], len(row["seeds"])) for m in metrics]
             + [f"{row['seconds'][0]:.0f}"]) + " |")
     return "\n".join(lines)
+
+
+def format_seed_table(results: dict) -> str:
+    """Markdown: one row per method, one column per seed, the final primary metric in %; "" if no method has two
+    seeds."""
+    rows = [r for r in results["summary"] if "per_seed" in r]
+    if not any(len(r["seeds"]) > 1 for r in rows):
+        return ""
+    metric = get_task(results["task"]).primary_metric
+    seeds = sorted({s for r in rows for s in r["seeds"]})
+    lines = ["| method | " + " | ".join(f"seed {s}" for s in seeds) + " |", "|" + "---|" * (len(seeds) + 1)]
+    for row in rows:
+        value = dict(zip(row["seeds"], row["per_seed"]["final"][metric]))
+        lines.append(f"| {row['method']} | " + " | ".join(f"{value[s]:.1f}" if s in value else "-" for s in seeds)
+                     + " |")
+    return "\n".join(lines)
+
+
+def _majority_note(majority: Optional[dict]) -> list[str]:
+    if not majority:
+        return []
+    if majority["label"] is None:
+        return [f"- **{_majority_name(majority)}**: always answering {majority['prediction']:.2f}, the mean score of "
+                f"the {majority['train_examples']:,} training examples, scored on dev. A constant has no correlation "
+                "with the gold scores: pea_kd.metrics scores it 0, the floor every model must beat."]
+    return [f"- **majority class**: always answering \"{majority['label']}\", the most frequent label of the training "
+            f"set ({100 * majority['train_share']:.1f}% of {majority['train_examples']:,} examples), scored on dev "
+            "with the same metrics: what a model that ignores its input gets."]
 
 
 def _seconds(seconds) -> str:
@@ -62,6 +136,9 @@ def format_markdown(results: dict) -> str:
     cfg, env = results["config"], results["environment"]
     seeds = ", ".join(str(s) for s in cfg["seeds"])
     smoke = " **SMOKE RUN: a few dozen examples, numbers are meaningless.**" if cfg["smoke"] else ""
+    seed_table = format_seed_table(results)
+    per_seed = ["", f"Final dev {get_task(results['task']).primary_metric} of each seed, in %:", "", seed_table] \
+        if seed_table else []
     return "\n".join([
         f"# Pea-KD reproduction on {results['task']}{smoke}",
         "",
@@ -74,11 +151,13 @@ def format_markdown(results: dict) -> str:
         f"torch {env['torch']}, {env.get('jobs', 1)} training process(es) at a time with {env['torch_threads']} thread(s) each.",
         "",
         format_table(results),
+        *per_seed,
         "",
         "- **final**: the model at the end of training, no selection (the headline). Mean ± std over seeds, in %.",
         f"- **best dev**: the metrics of the dev evaluation with the best {get_task(results['task']).primary_metric} "
         "during training (one per epoch unless --eval-every), selected and scored on the same dev set (how the "
         "authors report; optimistic).",
+        *_majority_note(results.get("majority")),
         "- **params**: parameters including the task head; SPS students have exactly the parameters of the "
         "original student and twice its effective layers.",
         "- **time / seed**: training + evaluation seconds of one seed, PTP stage included where used; the teacher's "
@@ -90,7 +169,8 @@ def format_markdown(results: dict) -> str:
 
 
 def plot_results(results: dict, path: Path) -> None:
-    """Bar chart of the final primary metric per method (mean ± std over seeds), teacher as a dashed line."""
+    """Bar chart of the final primary metric per method (mean ± std over seeds, each seed a dot), the teacher as a
+    dashed line and the majority class as a dotted one."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -101,8 +181,14 @@ def plot_results(results: dict, path: Path) -> None:
     means = [r["final"][metric][0] for r in rows]
     stds = [r["final"][metric][1] for r in rows]
     ax.bar([r["method"] for r in rows], means, yerr=stds, capsize=4, color="#4C72B0")
+    for i, row in enumerate(rows):  # each seed's value on its method's bar (older results.json files have none)
+        seeds = row.get("per_seed", {}).get("final", {}).get(metric, [])
+        ax.plot([i] * len(seeds), seeds, "k.", markersize=4, label="seeds" if i == 0 and seeds else None)
     ax.axhline(100 * results["teacher"]["final"][metric], color="k", linestyle="--", label="teacher")
-    low = min(m - s for m, s in zip(means, stds))
+    floor = [100 * results["majority"]["metrics"][metric]] if results.get("majority") else []
+    if floor:
+        ax.axhline(floor[0], color="0.5", linestyle=":", label=_majority_name(results["majority"]))
+    low = min([m - s for m, s in zip(means, stds)] + floor)
     ax.set_ylim(max(0.0, low - 5), None)
     ax.set_ylabel(f"dev {metric} (final, %)")
     ax.set_title(f"{results['task']}: {len(results['config']['seeds'])} seed(s)")
@@ -133,6 +219,45 @@ def plot_curves(results: dict, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, format="png")
     plt.close(fig)
+
+
+def with_provenance(results: dict, source: str, note: str = "", previous: Optional[dict] = None,
+                    allow_incomplete: bool = False, allow_smoke: bool = False) -> dict:
+    """A results.json made fit to commit (notebooks/results/): the same dict with a "provenance" entry first.
+
+    Refused (ValueError, one line) unless the run is complete and not a smoke run (unless allowed), and unless the
+    report has the majority-class row and the per-seed values (rerunning `reproduce` with the same settings reuses
+    every finished stage and rewrites a report that has them). `previous`: the results file being replaced; its
+    table becomes the first entry of "other_runs" (followed by its own other_runs), so a published history stays.
+    """
+    if not results.get("complete") and not allow_incomplete:
+        raise ValueError(f"{source}: the reproduction is not complete (some method/seed stages have not run); "
+                         "finish it, or allow an incomplete table explicitly")
+    if results["config"].get("smoke") and not allow_smoke:
+        raise ValueError(f"{source}: a smoke run (a few dozen examples): its numbers are meaningless")
+    if "majority" not in results or any("per_seed" not in row for row in results["summary"]):
+        raise ValueError(f"{source} was written before reports had a majority-class row and per-seed values: rerun "
+                         "`python -m pea_kd reproduce` with the same settings (finished stages are reused)")
+    env = results["environment"]
+    provenance = {
+        "source": f"`python -m pea_kd reproduce --task {results['task'].lower()}` (make reproduce): {source}",
+        "code_commit": env.get("code_commit") or "not recorded",
+        "environment": f"{env.get('device')}, precision {env.get('precision', 'fp32')}, {env.get('cpu_count')} CPU "
+                       f"core(s), torch {env.get('torch')}, {env.get('jobs', 1)} training process(es) at a time",
+        "contents": "summary: mean ± std over seeds and, under per_seed, each seed's value (in %); runs: one record "
+                    "per method and seed with its training history; majority: the majority class of train on dev",
+        "published": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+    }
+    if note:
+        provenance["note"] = note
+    published = {"provenance": provenance, **{k: copy.deepcopy(v) for k, v in results.items() if k != "provenance"}}
+    if previous is not None:
+        described = previous.get("provenance", {}).get("source", "the previously published results")
+        published["other_runs"] = [{"description": f"previously published: {described}",
+                                    "seeds": previous["config"]["seeds"],
+                                    "summary": [{"method": r["method"], "final": r["final"]}
+                                                for r in previous["summary"]]}] + previous.get("other_runs", [])
+    return published
 
 
 def write_report(results: dict, root: Path) -> None:

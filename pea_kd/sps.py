@@ -20,8 +20,8 @@ Properties a reader can check in `tests/test_sps.py`:
   * nothing is random: the swap is fixed, always in the upper copy, in training and evaluation alike;
   * no parameters are added: an SPS-L student has exactly the parameters of a plain L-layer student;
   * each shared tensor is used twice per forward pass, so its gradient is the *sum* of both uses' gradients;
-  * 6-layer student ("sps6", the authors' code): layers 0..5 run normally, then only 3', 4', 5' run again
-    (9 effective layers, not 12).
+  * 6-layer student ("sps6", the authors' code, docs/method.md#the-6-layer-student): layers 0..5 run normally, then
+    only 3', 4', 5' run again (9 effective layers, not 12).
 
 In `bert_mini` the encoder runs an explicit plan, a list of `(layer_index, swap_qk)` steps; a variant is just a plan:
 

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 from pea_kd.glue import TASKS
-from pea_kd.metrics import (METRICS, accuracy, compute_metrics, f1_score, matthews_corrcoef, pearson, rankdata,
-                            spearman)
+from pea_kd.metrics import (METRICS, accuracy, compute_metrics, corr, f1_score, matthews_corrcoef, pearson,
+                            rankdata, spearman)
 
 # Shared binary example:        index  0  1  2  3  4  5
 PRED = np.array([1, 1, 0, 1, 0, 0])
@@ -66,6 +66,10 @@ def test_degenerate_inputs_are_defined_not_nan():
     assert pearson([2.5, 2.5, 2.5], [0.0, 1.0, 5.0]) == 0.0
     assert spearman([2.5, 2.5, 2.5], [0.0, 1.0, 5.0]) == 0.0
     assert pearson([1.0], [3.0]) == 0.0
+    # a constant whose mean is not exactly itself in floating point (STS-B's mean training score, 1500 times)
+    constant = np.full(1500, 2.7009990253653497)
+    assert np.mean(constant) != constant[0]
+    assert pearson(constant, np.linspace(0, 5, 1500)) == 0.0 and corr(constant, np.linspace(0, 5, 1500)) == 0.0
 
 
 def test_compute_metrics_keys_per_task():

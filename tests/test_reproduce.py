@@ -1,6 +1,7 @@
 """`make reproduce SMOKE=1` on real MRPC data: every stage runs, every artefact is written and well-formed."""
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +12,8 @@ import torch
 from pea_kd.glue import load_examples
 from pea_kd import reproduce
 from pea_kd.parallel import next_unit, resolve_jobs, start_order
-from pea_kd.reproduce import METHODS, ReproduceConfig, mean_std, smoke_data_dir, summarize
+from pea_kd.report import format_seed_table, format_table, majority_baseline, with_provenance
+from pea_kd.reproduce import METHODS, ReproduceConfig, code_commit, mean_std, smoke_data_dir, summarize
 
 ROOT = Path(__file__).resolve().parent.parent
 GLUE = Path(os.environ.get("GLUE_DIR") or ROOT.parent / "shared" / "glue_data")
@@ -27,13 +29,73 @@ def test_smoke_data_dir_keeps_header_and_first_rows(tmp_path):
     assert load_examples("cola", "dev", tmp_path) == load_examples("cola", "dev", GLUE)[:7]
 
 
-def test_summary_is_mean_and_sample_std_over_seeds():
-    runs = [{"method": "KD", "seed": s, "parameters": 5, "effective_layers": 3, "seconds": 10.0 * (s + 1),
+def test_summary_is_mean_and_sample_std_over_seeds_and_keeps_each_seed():
+    runs = [{"method": "KD", "slug": "kd", "seed": s, "parameters": 5, "effective_layers": 3, "seconds": 10.0 * (s + 1),
              "final": {"acc": a}, "best_dev": {"acc": b}} for s, a, b in ((0, 0.70, 0.72), (1, 0.74, 0.75))]
     (row,) = summarize(runs, ("acc",))
     assert row["final"]["acc"] == pytest.approx((72.0, 2 ** 0.5 * 2))  # stdev of 70, 74 = 2.83
     assert row["best_dev"]["acc"] == pytest.approx((73.5, 2 ** 0.5 * 1.5))
+    assert (row["slug"], row["seeds"]) == ("kd", [0, 1])
+    assert row["per_seed"] == {"final": {"acc": pytest.approx([70.0, 74.0])},
+                               "best_dev": {"acc": pytest.approx([72.0, 75.0])}}  # in %, in the order of "seeds"
     assert mean_std([3.0]) == (3.0, 0.0)
+
+
+def test_majority_baseline_is_the_most_frequent_training_label_scored_on_dev():
+    # train: class 1 twice, class 0 once -> predict 1 for every dev example; dev labels 1, 0, 1, 1
+    m = majority_baseline("mrpc", [1, 0, 1], [1, 0, 1, 1])
+    assert (m["rule"], m["prediction"], m["label"], m["train_share"]) == ("majority class of train", 1, "1", 2 / 3)
+    tp, fp, fn = 3, 1, 0  # F1 of class 1 = 2TP / (2TP + FP + FN)
+    assert m["metrics"] == pytest.approx({"acc": 0.75, "f1": 2 * tp / (2 * tp + fp + fn),
+                                          "acc_and_f1": (0.75 + 6 / 7) / 2})
+    assert (m["train_examples"], m["dev_examples"]) == (3, 4)
+    assert majority_baseline("sst2", [0, 1], [1, 1])["prediction"] == 0  # a tie goes to the lowest class id
+    assert majority_baseline("cola", [1, 1, 0], [0, 1])["metrics"] == {"mcc": 0.0}  # one class predicted: MCC 0
+    stsb = majority_baseline("stsb", [1.0, 2.0, 4.5], [0.5, 3.0])  # regression: the mean training score
+    assert (stsb["rule"], stsb["label"], stsb["train_share"]) == ("mean training score", None, None)
+    assert stsb["prediction"] == pytest.approx(2.5)
+    assert stsb["metrics"] == {"pearson": 0.0, "spearman": 0.0, "corr": 0.0}
+    with pytest.raises(ValueError, match="needs a non-empty 1-D array of training labels"):
+        majority_baseline("mrpc", [], [1])
+
+
+@needs_glue
+def test_majority_baseline_on_mrpc_is_the_known_floor():
+    train = [e.label for e in load_examples("mrpc", "train", GLUE)]
+    dev = [e.label for e in load_examples("mrpc", "dev", GLUE)]
+    m = majority_baseline("mrpc", train, dev)
+    positives = sum(dev)  # 279 of 408 dev pairs are paraphrases
+    assert (m["prediction"], len(train), len(dev), positives) == (1, 3668, 408, 279)
+    assert m["train_share"] == pytest.approx(sum(train) / 3668)
+    assert m["metrics"]["acc"] == pytest.approx(positives / 408)  # 68.4%
+    assert m["metrics"]["f1"] == pytest.approx(2 * positives / (2 * positives + (408 - positives)))  # 81.2%
+    assert (round(100 * m["metrics"]["acc"], 1), round(100 * m["metrics"]["f1"], 1)) == (68.4, 81.2)
+
+
+def test_a_report_without_majority_or_per_seed_values_still_renders():
+    """results.json files written before the majority row (and the hand-made notebooks/results file) keep working."""
+    committed = json.loads((ROOT / "notebooks" / "results" / "mrpc_results.json").read_text())
+    assert '| majority class ("1") | - | - | - | 68.4 | 81.2 | 68.4 | 81.2 | - |' in format_table(committed)
+    old = {k: v for k, v in committed.items() if k != "majority"}
+    old["summary"] = [{k: v for k, v in row.items() if k != "per_seed"} for row in old["summary"]]
+    table = format_table(old)
+    assert "majority" not in table and len(table.splitlines()) == 2 + 1 + len(old["summary"])  # head, teacher, rows
+    assert format_seed_table(old) == ""
+
+
+def test_publish_refuses_smoke_incomplete_and_old_reports():
+    base = {"task": "MRPC", "complete": True, "config": {"smoke": False, "seeds": [0]}, "environment": {},
+            "majority": {}, "summary": [{"method": "FT", "per_seed": {}}]}
+    with pytest.raises(ValueError, match="not complete"):
+        with_provenance({**base, "complete": False}, "r.json")
+    with pytest.raises(ValueError, match="smoke run"):
+        with_provenance({**base, "config": {"smoke": True}}, "r.json")
+    with pytest.raises(ValueError, match="rerun `python -m pea_kd reproduce` with the same settings"):
+        with_provenance({k: v for k, v in base.items() if k != "majority"}, "r.json")
+    published = with_provenance(base, "runs/mrpc/results.json", note="a quiet machine")
+    assert list(published)[0] == "provenance" and published["provenance"]["note"] == "a quiet machine"
+    assert "runs/mrpc/results.json" in published["provenance"]["source"]
+    assert published["provenance"]["code_commit"] == "not recorded"
 
 
 def test_jobs_split_the_threads():
@@ -89,6 +151,15 @@ def test_reproduce_smoke_writes_every_artefact_and_resumes(tmp_path):
     assert first.returncode == 0, first.stderr[-3000:]
     root = tmp_path / "mrpc-smoke"
     results = json.loads((root / "results.json").read_text())
+    # the overall progress (no terminal: log lines): the plan, "stage k of 7 done" per stage in whatever order the two
+    # workers finish, the real time beside the expected one; results.json keeps the ETA errors
+    assert "reproduce plan: 7 stages" in first.stderr and "expected at the start" in first.stderr
+    assert sorted(re.findall(r"reproduce: stage (\d) of 7 done", first.stderr)) == list("1234567")
+    progress = results["progress"]
+    assert (progress["stages"], progress["done"], progress["reused"], progress["jobs"]) == (7, 7, [], 2)
+    assert progress["real_seconds"] > 0 and len(progress["history"]) == 8 and progress["history"][-1]["eta_s"] == 0
+    assert progress["eta_error_seconds"] == pytest.approx(progress["expected_seconds"] - progress["real_seconds"])
+    assert progress["history"][-1]["error_s"] == pytest.approx(0.0, abs=1e-6)
     assert results["complete"] and results["task"] == "MRPC"
     assert (results["environment"]["jobs"], results["environment"]["torch_threads"]) == (2, 1)
     assert [r["method"] for r in results["summary"]] == [m.name for m in METHODS]
@@ -104,6 +175,20 @@ def test_reproduce_smoke_writes_every_artefact_and_resumes(tmp_path):
     assert (root / "teacher" / "teacher_outputs.pt").is_file()
     table = (root / "results.md").read_text()
     assert "SMOKE RUN" in table and "| Pea-KD | 1 | 17.4M | 6 |" in table and "best dev" in table
+    # the floor: the majority class of the (smoke) training rows, scored on the (smoke) dev rows with pea_kd.metrics
+    smoke_train = [e.label for e in load_examples("mrpc", "train", root / "glue")]
+    smoke_dev = [e.label for e in load_examples("mrpc", "dev", root / "glue")]
+    assert results["majority"] == majority_baseline("mrpc", smoke_train, smoke_dev)
+    floor = results["majority"]["metrics"]
+    label = results["majority"]["label"]
+    assert f'| majority class ("{label}") | - | - | - | {100 * floor["acc"]:.1f} | {100 * floor["f1"]:.1f} |' in table
+    share = 100 * results["majority"]["train_share"]
+    assert f"the most frequent label of the training set ({share:.1f}% of 64 examples)" in table
+    for row in results["summary"]:  # each seed's values, in %, are those of the runs
+        mine = [r for r in results["runs"] if r["method"] == row["method"]]
+        assert row["per_seed"]["final"]["f1"] == [100 * r["final"]["f1"] for r in mine]
+        assert row["per_seed"]["best_dev"]["acc"] == [100 * r["best_dev"]["acc"] for r in mine]
+    assert results["environment"]["code_commit"] == code_commit()
     for png in ("results.png", "curves.png"):
         assert (root / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not list(root.rglob("*.tmp*")) and not list(root.rglob("checkpoint.pt"))
@@ -113,7 +198,31 @@ def test_reproduce_smoke_writes_every_artefact_and_resumes(tmp_path):
     assert again.returncode == 0, again.stderr[-3000:]
     assert (root / "pea-kd" / "seed0" / "result.json").stat().st_mtime_ns == stamp  # finished stages are reused
     resumed = json.loads((root / "results.json").read_text())
-    assert resumed["summary"] == results["summary"]
+    assert resumed["summary"] == results["summary"] and resumed["majority"] == results["majority"]
+    assert len(resumed["progress"]["reused"]) == 7 and resumed["progress"]["real_seconds"] is None  # nothing ran
+    assert "reproduce: all 7 stages were reused from an earlier run" in again.stderr
+
+    # publish-results copies it with its provenance; a smoke run only when asked, and never half-written
+    dest = tmp_path / "published" / "mrpc_results.json"
+    publish = [sys.executable, "-m", "pea_kd", "publish-results", "--task", "mrpc", "--from",
+               str(root / "results.json"), "--to", str(dest)]
+    refused = subprocess.run(publish, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 1 and "a smoke run" in refused.stderr and not dest.parent.exists()
+    dest.parent.mkdir()
+    dest.write_text(json.dumps({"provenance": {"source": "hand-made"}, "config": {"seeds": [0, 1]},
+                                "summary": [{"method": "FT", "final": {"acc": [70.0, 1.0]}}],
+                                "other_runs": [{"description": "older", "seeds": [0], "summary": []}]}))
+    done = subprocess.run(publish + ["--allow-smoke", "--keep-previous", "--note", "test"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    published = json.loads(dest.read_text())
+    assert list(published)[0] == "provenance" and published["provenance"]["note"] == "test"
+    assert published["provenance"]["code_commit"] == resumed["environment"]["code_commit"]
+    assert {k: v for k, v in published.items() if k not in ("provenance", "other_runs")} == \
+        {k: v for k, v in resumed.items()}
+    assert [o["description"] for o in published["other_runs"]] == ["previously published: hand-made", "older"]
+    assert published["other_runs"][0]["summary"] == [{"method": "FT", "final": {"acc": [70.0, 1.0]}}]
+    assert not list(dest.parent.glob("*.tmp*"))
     assert resumed["teacher"]["cache_seconds"] == results["teacher"]["cache_seconds"]  # the time it took, not a reload
 
     # --estimate trains nothing and shows the finished runs' seconds next to each stage's FLOPs. "of R" compares
@@ -159,7 +268,8 @@ def test_jobs_on_a_cuda_machine_get_one_gpu_each_round_robin(monkeypatch, tmp_pa
 
     monkeypatch.setattr(reproduce, "_teacher_stage", lambda *a: (SimpleNamespace(meta={"device": "cuda"}), None))
     monkeypatch.setattr(reproduce, "_student_stage", student_stage)
-    monkeypatch.setattr(reproduce, "executor", lambda jobs, threads: ThreadPoolExecutor(jobs))
+    monkeypatch.setattr(reproduce, "executor", lambda jobs, threads, log_level: ThreadPoolExecutor(jobs))
+    monkeypatch.setattr(reproduce, "plan_progress", lambda *a: None)  # its matmul rate would need a real GPU
     for name in ("_teacher_record", "summarize", "write_report", "_precision"):
         monkeypatch.setattr(reproduce, name, lambda *a: None)
     caplog.set_level("INFO", logger="pea_kd.reproduce")

@@ -105,7 +105,7 @@ def test_parameter_count_bert_base_shape_matches_method_notes():
     torch.manual_seed(0)
     model = BertForSequenceClassification(BertConfig(num_hidden_layers=3), num_labels=2)  # bert-base shape, random
     expected, emb, layer, pooler = bert_param_count(V=30522, H=768, I=3072, L=3, C=2)
-    assert (emb, layer, pooler) == (23_837_184, 7_087_872, 590_592)  # the numbers of method notes section 5
+    assert (emb, layer, pooler) == (23_837_184, 7_087_872, 590_592)  # docs/method.md#students-and-sizes
     without_head = count_parameters(model, include_head=False)
     assert without_head == 45_691_392 and round(without_head / 1e6, 2) == 45.69
     apply_plan(model, "sps")

@@ -1,4 +1,4 @@
-"""The three losses of the Pea-KD final stage (method notes section 3) and the PKD layer map.
+"""The three losses of the Pea-KD final stage (docs/method.md#final-stage-loss) and the PKD layer map.
 
     L = alpha * T^2 * KL(softmax(z_t/T) || softmax(z_s/T)) + (1 - alpha) * CE(z_s, y)      "kd"  (contains "ce")
       + beta * MSE(normalize(h_s[CLS]), normalize(h_t[CLS]))  over the layer map             "pkd"
@@ -140,7 +140,7 @@ def normalized_mse(a: Tensor, b: Tensor) -> Tensor:
     return F.mse_loss(F.normalize(a, p=2, dim=-1), F.normalize(b, p=2, dim=-1))  # mean over batch x layers x hidden
 
 
-@register_loss("pkd", requires=("student_hidden_states", "teacher_cls_hidden"))
+@register_loss("pkd", requires=("student_hidden_states", "teacher_cls_hidden"), teacher_layers="layer_map")
 def pkd_loss(inputs: LossInputs) -> LossResult:
     """PKD patient loss: beta * MSE(normalize(h_s[CLS]), normalize(h_t[CLS])), averaged over config.layer_map's pairs.
 
@@ -163,7 +163,7 @@ def pkd_layer_map(teacher_layers: int, student_effective_layers: int) -> list[tu
     Rule: g = gcd(L_s, L_t); pair student layer k*L_s/g with teacher layer k*L_t/g for k = 1 .. g-1, i.e. the layers
     at the same relative depth k/g, evenly spaced. k = g (both last layers) is left out: the student's last state
     feeds the classifier, which the KD logits already supervise. Indices are 1-based layers (0 = embeddings).
-    It reproduces the authors' table (method notes section 3) for a 12-layer teacher:
+    It reproduces the authors' table (docs/method.md#pkd-layer-map) for a 12-layer teacher:
         L_s=1 -> []   2 -> [(1,6)]   3 -> [(1,4),(2,8)]   4 -> [(1,3),(2,6),(3,9)]
         6 -> [(1,2),(2,4),(3,6),(4,8),(5,10)]   9 (SPS 6L) -> [(3,4),(6,8)]
     L_s is the number of *effective* layers, e.g. 2L for an SPS student with L real layers.
