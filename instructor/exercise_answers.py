@@ -212,9 +212,22 @@ def exercises() -> dict:
     }
 
 
+# A float answer must lie at least this far (in units of its last decimal) from a rounding boundary, so that the
+# digest of its rounding is the same on every CPU. Measured: the float32 answers of 01.3 moved by 0.001 units between
+# AVX2 and ATEN_CPU_CAPABILITY=default kernels; the float64 ones not at all. (A student's value is graded with a
+# shift of 0.49 units either way, so students are safe whatever this margin; it keeps exercises.json CPU-independent.)
+BOUNDARY_MARGIN = 0.01
+
+
 def _canonical_digest(key, field, spec, value) -> str:
-    """The digest of the answer itself (a float rounded once, not the checker's tolerant candidates)."""
+    """The digest of the answer itself (a float rounded once, not the checker's tolerant candidates). ValueError for
+    a float within BOUNDARY_MARGIN of a rounding boundary."""
     if spec["kind"] == "float":
+        units = float(value) * 10.0 ** spec["decimals"]
+        if abs(units - math.floor(units) - 0.5) < BOUNDARY_MARGIN:
+            raise ValueError(f"{key} {field}: {value!r} lies within {BOUNDARY_MARGIN} of a unit of its last decimal "
+                             f"from a rounding boundary ({spec['decimals']} decimals); another CPU's last bits could "
+                             "round it the other way: ask for another number of decimals or change the case")
         return digest(key, field, format_float(value, spec["decimals"]))
     [answer_digest] = candidate_digests(key, field, value, spec)  # one canonical text for every other kind
     return answer_digest

@@ -5,6 +5,7 @@ Nothing here knows about training; `pea_kd.trainer` and the stages build on it.
 from __future__ import annotations
 
 import logging
+import os
 import random
 from typing import Optional
 
@@ -35,6 +36,29 @@ def native_bf16(device) -> bool:
     if device.type == "cpu":
         return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
     return False
+
+
+AUTO_BF16_ENV = "PEA_KD_AUTO_BF16"
+
+
+def auto_bf16(device) -> bool:
+    """Whether `--amp auto` computes in bf16 on `device`: native_bf16(device), unless $PEA_KD_AUTO_BF16 decides.
+
+    PEA_KD_AUTO_BF16=1: auto picks bf16, as on a device with native bf16 (where the device has none, bf16 is
+    emulated: slower, and a warning says so); =0: auto never picks bf16 (fp32 on CPU, fp16 on CUDA). On MPS auto
+    stays fp32 either way. The tests use it to run as on a CPU with and without native bf16 (`make test-cpus`). It
+    changes the choice only, never what native_bf16 reports. ValueError (one line) for another value.
+    """
+    value = os.environ.get(AUTO_BF16_ENV, "")
+    if value == "":
+        return native_bf16(device)
+    if value not in ("0", "1"):
+        raise ValueError(f"${AUTO_BF16_ENV}={value!r}: expected 1 (--amp auto picks bf16), 0 (it never does) or "
+                         "unset (native bf16 decides)")
+    if value == "1" and not native_bf16(device):
+        log.warning("%s=1: --amp auto uses bf16 on %s, which has no native bf16 (emulated, slower than fp32)",
+                    AUTO_BF16_ENV, device)
+    return value == "1"
 
 
 DEVICE_TYPES = ("cpu", "cuda", "mps")  # what pea-kd trains on; "auto" tries them in the order cuda, mps, cpu
@@ -82,7 +106,8 @@ def resolve_device(name: str = "auto") -> torch.device:
 def resolve_amp(amp: str, device: torch.device) -> Optional[torch.dtype]:
     """The autocast dtype of a run, or None for float32 throughout.
 
-    "auto": bf16 where the device runs it natively (native_bf16); else fp16 on CUDA (with a GradScaler), fp32 on CPU.
+    "auto": bf16 where the device runs it natively (auto_bf16: native_bf16, or $PEA_KD_AUTO_BF16); else fp16 on CUDA
+        (with a GradScaler), fp32 on CPU.
         On MPS (Apple silicon) fp32: no 16-bit training on MPS was measured in this project, whether an Apple GPU
         has bf16 in hardware depends on the chip and torch cannot tell, and fp32 is the precision of the project's
         measured tables. fp16 and bf16 are there to be asked for.
@@ -97,7 +122,7 @@ def resolve_amp(amp: str, device: torch.device) -> Optional[torch.dtype]:
     if amp == "auto":
         if device.type == "mps":
             return None
-        if native_bf16(device):
+        if auto_bf16(device):
             return torch.bfloat16
         return torch.float16 if device.type == "cuda" else None
     if amp == "fp16":
@@ -130,6 +155,18 @@ PRECISION_NAMES = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
 def precision_name(amp_dtype: Optional[torch.dtype]) -> str:
     """How a run computed: "fp32" (no autocast), "bf16" or "fp16" (autocast dtype; weights and loss in fp32)."""
     return PRECISION_NAMES[amp_dtype]
+
+
+def precision_note(device="cpu") -> str:
+    """One line that says how `device` computes here, for the first output of a notebook: forward passes without
+    autocast are fp32; what training with --amp auto uses (auto_bf16); the CPU's kernels (their last bits differ
+    between AVX2, AVX-512 and ATEN_CPU_CAPABILITY=default) or the GPU's name; native bf16 or not."""
+    device = torch.device(device)
+    hardware = (f"{torch.backends.cpu.get_cpu_capability()} CPU kernels" if device.type == "cpu"
+                else torch.cuda.get_device_name(device) if device.type == "cuda" else device.type)
+    forced = f", {AUTO_BF16_ENV}={os.environ[AUTO_BF16_ENV]}" if os.environ.get(AUTO_BF16_ENV) else ""
+    return (f"precision: forward passes fp32, training with --amp auto {precision_name(resolve_amp('auto', device))} "
+            f"({hardware}, native bf16: {'yes' if native_bf16(device) else 'no'}{forced})")
 
 
 def rng_state() -> dict:
