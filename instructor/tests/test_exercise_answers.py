@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 
 import pytest
+import torch
 import torch.nn.functional as F
 
 from pea_kd.assignments.exercises import EXERCISES_FILE, cos_cls_inputs, grade_exercise, load_exercises
@@ -97,7 +98,8 @@ def test_known_slips_get_their_hint():
              ("04.2", "alpha", 0.7 / 3, "alpha also scales the CE term"), ("04.2", "alpha", 0.7, "different loss"),
              ("a3.3", "steps_per_epoch", 114, "last, smaller batch"),
              ("05.5", "unrolled_layers", {1}, "used twice"),
-             ("01.4", "differing_terms", ("token_type",), "positions"), ("07.6", "primary_metric", "accuracy", "key")]
+             ("01.4", "differing_terms", ("token_type",), "positions"), ("07.6", "primary_metric", "accuracy", "key"),
+             ("a3.5", "end", 100 * E.soft_to_hard_gradient(1.0, 1.0), "T_n^2 = 1")]
     for key, field, value, phrase in cases:
         status, detail = grade_exercise(key, {field: value})[field]
         assert status == "wrong" and phrase in detail, (key, field, detail)
@@ -117,7 +119,11 @@ def test_computed_answers_agree_with_independent_formulas():
     assert mrpc["mcc"] == 0.0
     assert E.ptp_nine_correct() == {"median_example_class": 1, "histogram": [4, 5, 0, 0]}
     assert E.ptp_no_mistakes() == {"t2": 1.0, "histogram": [3, 3, 0, 0]}
-    assert math.isclose(E.soft_gradient_ratio(10.0), 100.0, rel_tol=1e-12)
+    z_s, z_t, y = (torch.tensor(E.BALANCE_BATCH[k], dtype=torch.float64) for k in ("z_s", "z_t", "y"))
+    hard = 0.3 * (z_s.softmax(-1) - F.one_hot(y.long(), 3)) / 4  # d((1 - alpha) CE)/dz_s, alpha = 0.7, B = 4
+    for T, factor in ((10.0, 100.0), (1.0, 1.0), (1.0, 100.0)):  # d(alpha factor KL_T)/dz_s = alpha factor (p_s - p_t)/(T B)
+        soft = 0.7 * factor * ((z_s / T).softmax(-1) - (z_t / T).softmax(-1)) / (T * 4)
+        assert math.isclose(E.soft_to_hard_gradient(T, factor), (soft.norm() / hard.norm()).item(), rel_tol=1e-9)
     assert E.last_map(12, 3) == [(1, 10), (2, 11)] and E.last_map(6, 3) == [(1, 4), (2, 5)]
     result = E.cos_cls(cos_cls_inputs(1))
     assert isinstance(result, LossResult) and 0 <= float(result.total) <= 2
@@ -128,6 +134,14 @@ def test_notebook_06_shows_the_logits_the_answer_was_computed_from():
     source = next("".join(c["source"]) for c in nb["cells"] if 'check_exercise("06.2"' in "".join(c["source"]))
     shown = re.search(r"torch\.tensor\((\[\[.*?\]\])\)", source).group(1)
     assert json.loads(shown) == E.NO_MISTAKES_LOGITS
+
+
+def test_assignment_3_shows_the_batch_the_answer_was_computed_from():
+    nb = json.loads((ROOT / "notebooks" / "assignments" / "a3_temperature_annealing.ipynb").read_text(encoding="utf-8"))
+    source = next("".join(c["source"]) for c in nb["cells"] if 'check_exercise("a3.5"' in "".join(c["source"]))
+    for name in ("z_s", "z_t", "y"):
+        shown = re.search(rf"^{name} = torch\.tensor\((\[.*?\])(?:, dtype|\))", source, re.M).group(1)
+        assert json.loads(shown) == E.BALANCE_BATCH[name], name
 
 
 def test_exercises_file_is_up_to_date_and_holds_no_plain_answer():
