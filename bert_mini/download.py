@@ -4,6 +4,7 @@ Two entry points:
 
     download_file(url, dest, sha256=None)        one file -> dest
     fetch_model("bert-base-uncased")             a hub checkpoint -> <cache>/bert-base-uncased/
+                                                 config.json, vocab.txt (or a WordPiece tokenizer.json), weights
 
 Design
 ------
@@ -21,10 +22,13 @@ Design
   kept, a ``.part`` is resumed). If nothing at all was downloaded, the staging directory is removed again.
 * **Validation.** A server can answer 200 with an HTML error page, or close a body without Content-Length early.
   So each file is checked for what it claims to be before it is renamed into place (``check_file``: config.json
-  parses as a JSON object, vocab.txt is UTF-8 text and not HTML, model.safetensors has a readable header and exactly
-  the size it announces, pytorch_model.bin is a zip or pickle); a failing file is deleted and the fetch fails with
-  one line. A cache hit is checked the same way (cheap: headers and sizes), so a corrupt entry names its directory
-  and how to refresh it instead of failing later inside the loader.
+  and tokenizer.json parse as JSON objects, vocab.txt is UTF-8 text and not HTML, model.safetensors has a readable
+  header and exactly the size it announces, pytorch_model.bin is a zip or pickle); a failing file is deleted and the
+  fetch fails with one line. A cache hit is checked the same way (cheap: headers and sizes), so a corrupt entry names
+  its directory and how to refresh it instead of failing later inside the loader.
+* **Tokenizer.** vocab.txt, or where the hub has none (404) tokenizer.json, the file transformers 5 writes instead.
+  bert_mini reads BERT's WordPiece only (``BertTokenizer.from_tokenizer_json``): a tokenizer.json of another kind
+  (BPE, Unigram) is refused in one line before any weights are fetched, and nothing is cached.
 * **Cache location.** ``cache_dir`` argument, else ``$PEA_KD_CACHE``, else ``~/.cache/pea_kd/models``; hub names
   map to one directory each, ``org/name`` becoming ``org--name``. The hub URL is ``base_url``, else
   ``$PEA_KD_HUB_URL``, else https://huggingface.co; files are read from ``{base}/{name}/resolve/main/{file}``.
@@ -47,8 +51,9 @@ from pathlib import Path
 from typing import Callable, Optional
 
 DEFAULT_HUB_URL = "https://huggingface.co"
-CHECKPOINT_FILES = ("config.json", "vocab.txt")
-WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")  # first one the server has wins
+CHECKPOINT_FILES = ("config.json",)
+TOKENIZER_FILES = ("vocab.txt", "tokenizer.json")  # first one the server has wins
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")  # idem
 _CHUNK = 1 << 20  # 1 MiB per read
 _USER_AGENT = "pea-kd-downloader/1.0 (+urllib)"
 # A hub name: "name" or "org/name"; each part starts with a letter or digit, so "..", "." and "/abs" are refused.
@@ -69,6 +74,10 @@ class NotFoundError(DownloadError):
 
 class ChecksumError(DownloadError):
     """The downloaded bytes do not have the expected SHA-256."""
+
+
+class UnsupportedCheckpointError(DownloadError):
+    """The hub's files are well formed but bert_mini cannot use them (e.g. a BPE tokenizer.json)."""
 
 
 def sha256_of(path: Path) -> str:
@@ -136,7 +145,7 @@ def check_file(path: Path, name: Optional[str] = None) -> None:
         head = f.read(1 << 16)
     if head.lstrip()[:15].lower().startswith((b"<!doctype", b"<html")):
         raise ValueError("an HTML page")
-    if name == "config.json":
+    if name in ("config.json", "tokenizer.json"):
         try:
             value = json.loads(path.read_text(encoding="utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError) as err:
@@ -247,16 +256,44 @@ def default_cache_dir() -> Path:
 
 
 def _is_complete(directory: Path) -> bool:
-    return all((directory / f).is_file() for f in CHECKPOINT_FILES) and any(
-        (directory / f).is_file() for f in WEIGHT_FILES
+    return all((directory / f).is_file() for f in CHECKPOINT_FILES) and all(
+        any((directory / f).is_file() for f in choices) for choices in (TOKENIZER_FILES, WEIGHT_FILES)
     )
 
 
-def fetch_model(name: str, cache_dir=None, base_url: Optional[str] = None, progress: bool = True) -> Path:
-    """Download hub checkpoint `name` (config.json, vocab.txt, weights) once; return its cache directory.
+def _first_available(choices: tuple[str, ...], base: str, name: str, staging: Path, progress: bool) -> Path:
+    """The first of `choices` already in `staging` or that the hub has (a 404 tries the next one)."""
+    for filename in choices:
+        if (staging / filename).is_file():
+            return staging / filename
+    for filename in choices:
+        try:
+            return download_file(f"{base}/{name}/resolve/main/{filename}", staging / filename, progress=progress,
+                                 check=check_file)
+        except NotFoundError:
+            continue
+    raise NotFoundError(f"{name}: the hub at {base} has none of {', '.join(choices)}")
 
-    `name` is a hub id such as "bert-base-uncased" or "google/bert_uncased_L-4_H-256_A-4". Weights: model.safetensors,
-    or pytorch_model.bin when the server answers 404 for it. A complete cache entry is returned without any request.
+
+def _check_wordpiece(path: Path, name: str, url: str) -> None:
+    """UnsupportedCheckpointError (one line) unless `path`, a tokenizer.json, is one bert_mini reads."""
+    from .tokenization import BertTokenizer  # needs `tokenizers`; only checkpoints without vocab.txt come here
+
+    try:
+        BertTokenizer.from_tokenizer_json(path)
+    except ValueError as err:
+        reason = str(err).removeprefix(f"{path}: ")
+        raise UnsupportedCheckpointError(f"{name}: the hub has no vocab.txt and its tokenizer.json ({url}) is refused: "
+                                         f"{reason}; nothing was kept") from None
+
+
+def fetch_model(name: str, cache_dir=None, base_url: Optional[str] = None, progress: bool = True) -> Path:
+    """Download hub checkpoint `name` (config.json, tokenizer, weights) once; return its cache directory.
+
+    `name` is a hub id such as "bert-base-uncased" or "google/bert_uncased_L-4_H-256_A-4". Tokenizer: vocab.txt, or a
+    WordPiece tokenizer.json when the server answers 404 for vocab.txt (UnsupportedCheckpointError for another kind).
+    Weights: model.safetensors, or pytorch_model.bin when the server answers 404 for it. A complete cache entry is
+    returned without any request.
     """
     if not isinstance(name, str) or not _HUB_NAME.match(name):
         raise ValueError(
@@ -267,7 +304,8 @@ def fetch_model(name: str, cache_dir=None, base_url: Optional[str] = None, progr
     base = (base_url or os.environ.get("PEA_KD_HUB_URL") or DEFAULT_HUB_URL).rstrip("/")
     final = cache_dir / name.replace("/", "--")
     if _is_complete(final):
-        for f in (*CHECKPOINT_FILES, next(w for w in WEIGHT_FILES if (final / w).is_file())):
+        present = [next(f for f in choices if (final / f).is_file()) for choices in (TOKENIZER_FILES, WEIGHT_FILES)]
+        for f in (*CHECKPOINT_FILES, *present):
             try:
                 check_file(final / f)
             except ValueError as err:
@@ -284,17 +322,13 @@ def fetch_model(name: str, cache_dir=None, base_url: Optional[str] = None, progr
             if not (staging / filename).is_file():
                 download_file(f"{base}/{name}/resolve/main/{filename}", staging / filename, progress=progress,
                               check=check_file)
-        if not any((staging / f).is_file() for f in WEIGHT_FILES):
-            for i, filename in enumerate(WEIGHT_FILES):
-                try:
-                    download_file(f"{base}/{name}/resolve/main/{filename}", staging / filename, progress=progress,
-                                  check=check_file)
-                    break
-                except NotFoundError:
-                    if i == len(WEIGHT_FILES) - 1:
-                        raise NotFoundError(
-                            f"{name}: the hub at {base} has none of {', '.join(WEIGHT_FILES)}"
-                        ) from None
+        tokenizer = _first_available(TOKENIZER_FILES, base, name, staging, progress)
+        if tokenizer.name == "tokenizer.json":  # checked before the weights, the large download, are fetched
+            _check_wordpiece(tokenizer, name, f"{base}/{name}/resolve/main/{tokenizer.name}")
+        _first_available(WEIGHT_FILES, base, name, staging, progress)
+    except UnsupportedCheckpointError:
+        shutil.rmtree(staging)  # this checkpoint can never be used here: nothing to resume
+        raise
     except BaseException:
         if not any(staging.iterdir()):  # nothing worth resuming: leave no trace
             staging.rmdir()

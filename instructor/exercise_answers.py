@@ -110,16 +110,22 @@ def ptp_no_mistakes() -> dict:
     return {"t2": res.t2, "histogram": [res.histogram[c] for c in PTP_CLASSES]}
 
 
-def soft_gradient_ratio(temperature: float = 10.0) -> float:
-    """a3.5: ||d(T^2 KL)/dz_s|| / ||d KL/dz_s|| at temperature T, on a random batch (exactly T^2)."""
-    z_s = torch.randn(4, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0), requires_grad=True)
-    z_t = torch.randn(4, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
-    norms = []
-    for factor in (temperature ** 2, 1.0):
-        kl = F.kl_div(F.log_softmax(z_s / temperature, -1), F.softmax(z_t / temperature, -1), reduction="batchmean")
-        (grad,) = torch.autograd.grad(factor * kl, z_s)
-        norms.append(grad.norm().item())
-    return norms[0] / norms[1]
+BALANCE_BATCH = {  # a3.5: the batch the notebook's check cell shows (float64 logits, gold labels)
+    "z_s": [[1.0, -0.5, 0.3], [0.2, 0.8, -1.0], [-0.3, 0.1, 0.9], [1.5, 0.0, -0.5]],
+    "z_t": [[3.0, -1.0, 0.5], [-0.5, 2.5, -2.0], [0.0, -1.5, 2.0], [2.0, 1.0, -3.0]],
+    "y": [0, 1, 2, 1],
+}
+
+
+def soft_to_hard_gradient(temperature: float, factor: float, alpha: float = 0.7) -> float:
+    """a3.5: ||d(alpha * factor * KL(softmax(z_t/T) || softmax(z_s/T)))/dz_s|| / ||d((1 - alpha) CE(z_s, y))/dz_s||
+    on BALANCE_BATCH (KL with "batchmean", CE averaged over the batch)."""
+    z_t, y = torch.tensor(BALANCE_BATCH["z_t"], dtype=torch.float64), torch.tensor(BALANCE_BATCH["y"])
+    z_s = torch.tensor(BALANCE_BATCH["z_s"], dtype=torch.float64, requires_grad=True)
+    kl = F.kl_div(F.log_softmax(z_s / temperature, -1), F.softmax(z_t / temperature, -1), reduction="batchmean")
+    (soft,) = torch.autograd.grad(alpha * factor * kl, z_s)
+    (hard,) = torch.autograd.grad((1 - alpha) * F.cross_entropy(z_s, y), z_s)
+    return (soft.norm() / hard.norm()).item()
 
 
 # ---------------------------------------------------------------- the exercises
@@ -135,6 +141,8 @@ def _field(kind, help_text, answer, **extra):
 def exercises() -> dict:
     """{key: {"title", "notebook", "fields": {name: spec with "answer" (and "hints": {wrong value: hint})}}}."""
     mrpc, nine, none_wrong = constant_paraphrase_metrics(), ptp_nine_correct(), ptp_no_mistakes()
+    balance = {"start": soft_to_hard_gradient(10.0, 100.0), "end": soft_to_hard_gradient(1.0, 1.0),
+               "end_with_t0_squared": soft_to_hard_gradient(1.0, 100.0)}
     return {
         "01.3": {"title": "Pre-LN", "notebook": "01_bert_from_scratch.ipynb", "fields": {
             "pre_ln_layer": _field("function", "a function (layer, x) -> x' for x of shape (T, H)", pre_ln_layer,
@@ -190,14 +198,36 @@ def exercises() -> dict:
             "total_steps": _field("int", "steps in 6 epochs", 6 * math.ceil(3668 / 32)),
             "anneal_steps": _field("int", "N for annealing over the first half", 3 * math.ceil(3668 / 32))}},
         "a3.5": {"title": "T_n^2 or T_0^2?", "notebook": "assignments/a3_temperature_annealing.ipynb", "fields": {
-            "ratio_at_T10": _f("the gradient norm with T^2 divided by the one without, at T = 10, 1 decimal",
-                               soft_gradient_ratio(10.0), 1)}},
+            "start": _f("soft/hard gradient norm at T = T_0 = 10 with the factor T_0^2 = 100, 2 decimals",
+                        balance["start"], 2,
+                        hints={balance["start"] / 100: "the soft term is alpha T^2 KL: include T^2 = 100",
+                               balance["start"] * 0.3 / 0.7: "weight the soft term by alpha and the CE term by "
+                                                             "1 - alpha"}),
+            "end": _f("soft/hard gradient norm at T = T_n = 1 with the factor T_n^2 = 1, 2 decimals", balance["end"], 2,
+                      hints={balance["end_with_t0_squared"]: "at the end of annealing the factor is T_n^2 = 1, "
+                                                             "not T_0^2"}),
+            "end_with_t0_squared": _f("soft/hard gradient norm at T = T_n = 1 with the factor T_0^2 = 100 (the "
+                                      "mistake), 1 decimal", balance["end_with_t0_squared"], 1,
+                                      hints={balance["end"]: "this one keeps the factor T_0^2 = 100 at T_n = 1"})}},
     }
 
 
+# A float answer must lie at least this far (in units of its last decimal) from a rounding boundary, so that the
+# digest of its rounding is the same on every CPU. Measured: the float32 answers of 01.3 moved by 0.001 units between
+# AVX2 and ATEN_CPU_CAPABILITY=default kernels; the float64 ones not at all. (A student's value is graded with a
+# shift of 0.49 units either way, so students are safe whatever this margin; it keeps exercises.json CPU-independent.)
+BOUNDARY_MARGIN = 0.01
+
+
 def _canonical_digest(key, field, spec, value) -> str:
-    """The digest of the answer itself (a float rounded once, not the checker's tolerant candidates)."""
+    """The digest of the answer itself (a float rounded once, not the checker's tolerant candidates). ValueError for
+    a float within BOUNDARY_MARGIN of a rounding boundary."""
     if spec["kind"] == "float":
+        units = float(value) * 10.0 ** spec["decimals"]
+        if abs(units - math.floor(units) - 0.5) < BOUNDARY_MARGIN:
+            raise ValueError(f"{key} {field}: {value!r} lies within {BOUNDARY_MARGIN} of a unit of its last decimal "
+                             f"from a rounding boundary ({spec['decimals']} decimals); another CPU's last bits could "
+                             "round it the other way: ask for another number of decimals or change the case")
         return digest(key, field, format_float(value, spec["decimals"]))
     [answer_digest] = candidate_digests(key, field, value, spec)  # one canonical text for every other kind
     return answer_digest

@@ -13,14 +13,15 @@ optimiser come on top, so `bound` is a floor under the wall time. The batches ar
 
     python -m pea_kd reproduce --task mrpc --estimate     (make reproduce TASK=mrpc ESTIMATE=1)
 prints the table below without training anything; where runs/<task>/results.json holds finished runs of the same
-setting, their measured seconds and the fraction of R they reached are shown next to the bound.
+setting, their measured seconds and the fraction of R they reached are shown next to the bound. A reproduction's own
+progress view (pea_kd.progress) predicts its time from the same counts, stage by stage and seed by seed.
 """
 from __future__ import annotations
 
 import json
 import statistics
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
 import numpy as np
@@ -33,10 +34,10 @@ from .glue import get_task
 from .ptp import PTP_CLASSES
 from .ptp_stage import PTP_HOLDOUT
 from .sps import make_plan
-from .runtime import native_bf16, precision_name, resolve_amp, resolve_device
+from .runtime import mps_bf16, native_bf16, precision_name, resolve_amp, resolve_device
 from .trainer import TrainConfig
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}  # the precisions a rate is measured in
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}  # the precisions a rate is measured in
 
 
 def forward_flops(config, batch: int, seq_len: int, steps: Optional[int] = None, num_labels: int = 2) -> float:
@@ -53,9 +54,11 @@ def forward_flops(config, batch: int, seq_len: int, steps: Optional[int] = None,
 
 
 def sync(device: str) -> None:
-    """Wait for `device`'s queued work (CUDA runs asynchronously), so that a clock reading covers it."""
+    """Wait for `device`'s queued work (CUDA and MPS run asynchronously), so that a clock reading covers it."""
     if device.startswith("cuda"):
         torch.cuda.synchronize(device)
+    elif device.startswith("mps"):
+        torch.mps.synchronize()
 
 
 def matmul_gflops(device: str, size: int, repeats: int = 1, dtype: torch.dtype = torch.float32) -> float:
@@ -73,10 +76,11 @@ def matmul_gflops(device: str, size: int, repeats: int = 1, dtype: torch.dtype =
 
 
 def default_matmul_size(device: str, precision: str) -> int:
-    """The ceiling's product size: 8192 on CUDA, 2048 on CPU, 512 for emulated bf16 (a 2048^3 one takes minutes)."""
+    """The ceiling's product size: 8192 on CUDA, 2048 on CPU and MPS, 512 for emulated bf16 on CPU (a 2048^3 one takes
+    minutes)."""
     if device.startswith("cuda"):
         return 8192
-    return 2048 if precision == "fp32" or native_bf16(device) else 512
+    return 2048 if precision == "fp32" or device.startswith("mps") or native_bf16(device) else 512
 
 
 # Settings that change how much work a run is: a results.json made with other values is not compared.
@@ -93,6 +97,7 @@ class StageBudget:
     effective_layers: int
     flops: float  # all runs together
     measured_seconds: Optional[float] = None  # from results.json, all runs together
+    seed_flops: dict = field(default_factory=dict)  # a method's row: seed -> FLOPs of that seed's run(s)
 
 
 def count_evaluations(steps_per_epoch: Sequence[int], eval_every: int) -> int:
@@ -148,14 +153,16 @@ def reproduce_budget(cfg) -> list[StageBudget]:
     for method in METHODS:
         if method.slug not in cfg.methods:
             continue
-        steps, flops = len(make_plan(cfg.student_layers, method.variant)), 0.0
+        steps, seed_flops = len(make_plan(cfg.student_layers, method.variant)), {}
         for seed in cfg.seeds:
+            seed_flops[seed] = 0.0
             if method.ptp:  # PTP trains on train minus a held-out part and selects on that part
                 fit, held = split_holdout(len(train), PTP_HOLDOUT, seed)
-                flops += run_flops(student_config, train[fit], train[held], config(cfg.ptp_epochs, cfg.lr, seed),
-                                   steps, len(PTP_CLASSES))
-            flops += run_flops(student_config, train, dev, config(cfg.student_epochs, cfg.lr, seed), steps, labels)
-        rows.append(StageBudget(method.name, len(cfg.seeds), steps, flops))
+                seed_flops[seed] += run_flops(student_config, train[fit], train[held],
+                                              config(cfg.ptp_epochs, cfg.lr, seed), steps, len(PTP_CLASSES))
+            seed_flops[seed] += run_flops(student_config, train, dev, config(cfg.student_epochs, cfg.lr, seed), steps,
+                                          labels)
+        rows.append(StageBudget(method.name, len(cfg.seeds), steps, sum(seed_flops.values()), seed_flops=seed_flops))
     return rows
 
 
@@ -213,11 +220,17 @@ def format_budget(rows: list[StageBudget], rates: dict, precision: str, where: s
     return "\n".join(lines)
 
 
-def matmul_rates(device: torch.device, repeats: int = 5) -> dict:
+def matmul_rates(device: torch.device, repeats: int = 5, precisions=("fp32", "bf16")) -> dict:
     """{"fp32": (n, R), "bf16": (n, R)}: GFLOP/s of an n^3 product on `device` in each precision, n as `make bench`
     measures its ceiling (default_matmul_size: 512^3 for bf16 where the device only emulates it)."""
-    sizes = {p: default_matmul_size(str(device), p) for p in ("fp32", "bf16")}
+    sizes = {p: default_matmul_size(str(device), p) for p in precisions}
     return {p: (n, matmul_gflops(str(device), n, repeats, DTYPES[p])) for p, n in sizes.items()}
+
+
+def compared_precisions(device: torch.device, precision: str) -> tuple:
+    """What --estimate measures: fp32, the run's precision, and bf16 where the device holds it (MPS: macOS 14+)."""
+    bf16 = () if device.type == "mps" and not mps_bf16() else ("bf16",)
+    return tuple(dict.fromkeys(("fp32", precision, *bf16)))
 
 
 def estimate(cfg, repeats: int = 5) -> str:
@@ -225,16 +238,21 @@ def estimate(cfg, repeats: int = 5) -> str:
     rows = reproduce_budget(cfg)
     device = resolve_device(cfg.device)
     precision = precision_name(resolve_amp(cfg.amp, device))
-    rates = matmul_rates(device, repeats)
+    rates = matmul_rates(device, repeats, compared_precisions(device, precision))
     path = cfg.run_root / "results.json"
     note = ""
     if path.is_file() and not attach_measurements(rows, json.loads(path.read_text(encoding="utf-8")), cfg, precision):
         note = f"\n- {path} was made with other settings or in another precision; its times are not compared."
     title = f"reproduce --task {get_task(cfg.task).name}, seeds {','.join(map(str, cfg.seeds))}"
+    return format_budget(rows, rates, precision, device_words(device), title) + note
+
+
+def device_words(device: torch.device) -> str:
+    """The device in words: "cpu, 2 threads", "cuda", "mps"."""
     threads = torch.get_num_threads()
-    where = f"{device}, {threads} thread{'s' * (threads > 1)}" if device.type == "cpu" else str(device)
-    return format_budget(rows, rates, precision, where, title) + note
+    return f"{device}, {threads} thread{'s' * (threads > 1)}" if device.type == "cpu" else str(device)
 
 
-__all__ = ["forward_flops", "matmul_gflops", "default_matmul_size", "StageBudget", "count_evaluations", "run_flops", "inference_flops", "reproduce_budget",
-           "attach_measurements", "format_budget", "matmul_rates", "estimate"]
+__all__ = ["forward_flops", "matmul_gflops", "default_matmul_size", "StageBudget", "count_evaluations", "run_flops",
+           "inference_flops", "reproduce_budget", "attach_measurements", "format_budget", "matmul_rates",
+           "compared_precisions", "estimate", "device_words"]

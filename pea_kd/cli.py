@@ -33,6 +33,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from bert_mini.download import DownloadError
+
 from . import distributed
 from .storage import DirectoryInUse, StorageError
 from .trainer import NonFiniteLossError, TrainConfig
@@ -99,7 +101,7 @@ def add_training_args(p: argparse.ArgumentParser, stage: str) -> None:
     g.add_argument("--keep-best", action=argparse.BooleanOptionalAction, default=d["keep_best"],
                    help="also save the best-on-dev model in <out-dir>/best/ "
                         f"(default {'on' if d['keep_best'] else 'off'})")
-    g.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:N (default auto)")
+    add_device_arg(g)
     add_amp_arg(g)
     g.add_argument("--max-train-examples", type=positive_int, default=None,
                    help="train on the first N examples (smoke runs; N >= 1)")
@@ -108,12 +110,19 @@ def add_training_args(p: argparse.ArgumentParser, stage: str) -> None:
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
+def add_device_arg(parser) -> None:
+    """--device, shared by every command that computes (runtime.resolve_device)."""
+    parser.add_argument("--device", default="auto",
+                        help="auto (cuda if available, else mps on Apple silicon, else cpu), cpu, cuda, cuda:N, mps "
+                             "(default auto)")
+
+
 def add_amp_arg(parser) -> None:
     """--amp, shared by every training command and reproduce."""
     parser.add_argument("--amp", default="auto", choices=("auto", "bf16", "fp16", "off"),
                         help="mixed precision: auto = bf16 autocast where the device has native bf16 (CUDA Ampere+, "
-                             "CPUs with AVX512-BF16/AMX), else fp16 on CUDA and fp32 on CPU; bf16; fp16 (CUDA); "
-                             "off = fp32 (default auto)")
+                             "CPUs with AVX512-BF16/AMX), else fp16 on CUDA and fp32 on CPU and mps; bf16; fp16 "
+                             "(CUDA, mps); off = fp32 (default auto)")
 
 
 def positive_int(text: str) -> int:
@@ -173,16 +182,45 @@ def _configure_cache(p):
                    help="which teacher model (default final)")
     p.add_argument("--splits", default="train,dev", help="comma-separated splits to cache (default train,dev)")
     p.add_argument("--batch-size", type=int, default=64, help="inference batch size (default 64)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (default auto)")
+    add_device_arg(p)
+    p.add_argument("--layers", type=_layer_list, default=None,
+                   help="teacher layers whose [CLS] vectors to keep, e.g. 4,8 (0 = embeddings; default: all). "
+                        "PKD reads only its layer map; distill and reproduce ask for what they read by themselves")
+    p.add_argument("--cls-dtype", default="float32", choices=("float32", "float16", "bfloat16"),
+                   help="storage dtype of the [CLS] vectors: float32 (exact, default) or float16/bfloat16 (half the "
+                        "bytes; losses are computed in float32 from them). Kept when a run adds layers later")
+    p.add_argument("--verify", action="store_true",
+                   help="compute nothing: re-read the existing cache and check every row against the digests "
+                        "recorded when it was written (runs trust those digests without re-reading)")
+
+
+def _layer_list(text: str) -> tuple:
+    """argparse type: comma-separated layer indices >= 0 (an empty string: none, logits only)."""
+    try:
+        layers = tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        layers = (-1,)
+    if any(x < 0 for x in layers):
+        raise argparse.ArgumentTypeError(f"expected comma-separated layer indices >= 0, got {text!r}")
+    return layers
 
 
 def _run_cache(args, parser):
-    from .teacher import CACHE_FILE, cache_teacher_outputs
+    from .teacher import CACHE_FILE, cache_teacher_outputs, verify_teacher_outputs
+    path = Path(args.teacher_dir) / CACHE_FILE
+    if args.verify:
+        changed = {split: keys for split, keys in verify_teacher_outputs(path).items() if keys}
+        if changed:
+            raise ValueError(f"{path}: rows differ from the digests recorded when it was written ("
+                             + "; ".join(f"{split}: {', '.join(keys)}" for split, keys in changed.items())
+                             + "); recompute it")
+        return {"teacher_outputs": str(path), "verified": True}
     if not distributed.is_main():  # under torchrun: rank 0 alone computes it; the others wait for it
         distributed.barrier()
-        return {"teacher_outputs": str(Path(args.teacher_dir) / CACHE_FILE)}
+        return {"teacher_outputs": str(path)}
     path = cache_teacher_outputs(args.teacher_dir, args.task, tuple(s for s in args.splits.split(",") if s),
-                                 args.max_length, args.data_dir, args.batch_size, args.checkpoint, args.device)
+                                 args.max_length, args.data_dir, args.batch_size, args.checkpoint, args.device,
+                                 layers=args.layers, cls_dtype=args.cls_dtype)
     distributed.barrier()
     return {"teacher_outputs": str(path)}
 
@@ -238,12 +276,35 @@ def _run_distill(args, parser):
         teacher_checkpoint=args.teacher_checkpoint, resume=args.resume, overwrite=args.overwrite)
 
 
+# ---------------------------------------------------------------- bench-scale (implemented in pea_kd_bench.scale)
+
+def _configure_bench_scale(p):
+    p.add_argument("--examples", type=positive_int, action="append", required=True, metavar="N",
+                   help="training examples of the synthetic pair task; repeat it to compare sizes (each is built in "
+                        "its own process, their steps are timed in alternation)")
+    p.add_argument("--steps", type=positive_int, default=50, help="optimiser steps timed per size (default 50)")
+    p.add_argument("--rounds", type=positive_int, default=5,
+                   help="blocks the steps are timed in, the sizes alternating (default 5)")
+    p.add_argument("--threads", type=positive_int, default=None, help="torch threads (default: torch's choice)")
+    p.add_argument("--work-dir", default=None,
+                   help="where the temporary GLUE directory and caches go (default: the system's temporary "
+                        "directory); removed afterwards")
+
+
+def _run_bench_scale(args, parser):
+    from pea_kd_bench.scale import bench_scale  # the command line may import the benchmarks; pea_kd's modules never
+    for record in bench_scale(args.examples, args.steps, args.rounds, args.threads, args.work_dir):
+        print(json.dumps(record), flush=True)  # one JSON object per size, one per line
+
+
 register_command("finetune-teacher", "fine-tune the teacher on a GLUE task (CE; MSE for STS-B)",
                  _configure_teacher, _run_teacher)
 register_command("cache-teacher", "cache the teacher's logits and per-layer [CLS] states (teacher_outputs.pt)",
                  _configure_cache, _run_cache)
 register_command("distill", "train a student (FT, KD, KD+PKD, ...) from the cached teacher outputs",
                  _configure_distill, _run_distill)
+register_command("bench-scale", "benchmark: cost of features, teacher cache, trainer build and steps vs. data size",
+                 _configure_bench_scale, _run_bench_scale)
 
 
 def import_plugin(name: str) -> None:
@@ -315,7 +376,8 @@ def main(argv=None) -> int:
     distributed.init_from_env()  # under torchrun: join the other processes (a plain run has no process group)
     try:
         result = args._command.run(args, args._parser)
-    except (ValueError, FileNotFoundError, FileExistsError, NonFiniteLossError, StorageError, DirectoryInUse) as err:
+    except (ValueError, FileNotFoundError, FileExistsError, NonFiniteLossError, StorageError, DirectoryInUse,
+            DownloadError) as err:  # DownloadError: a hub checkpoint that could not be fetched (bert_mini.download)
         if args.traceback:
             raise
         args._parser.exit(1, f"{args._parser.prog}: error: {err}\n")

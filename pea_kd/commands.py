@@ -6,6 +6,7 @@
     python -m pea_kd reproduce --task mrpc --estimate          -> FLOPs per stage, least time here (trains nothing)
     python -m pea_kd teacher-search --task rte --lrs 5e-5,1e-4 --epochs 3,6   -> runs/rte/teacher-search/search.md
     python -m pea_kd publish-results --task mrpc     runs/mrpc/results.json -> notebooks/results/mrpc_results.json
+    python -m pea_kd download-glue --tasks mrpc,rte                -> $GLUE_DIR, else data/glue (make data TASK=...)
 """
 from __future__ import annotations
 
@@ -13,9 +14,9 @@ import argparse
 import dataclasses
 from pathlib import Path
 
-from . import distributed
-from .cli import (add_amp_arg, add_data_args, add_training_args, default_lr, register_command, run_root,
-                  train_config_from_args)
+from . import distributed, glue_download
+from .cli import (add_amp_arg, add_data_args, add_device_arg, add_training_args, default_lr, register_command,
+                  run_root, train_config_from_args)
 from .ptp_stage import PTP_HOLDOUT
 from .sps import VARIANTS
 
@@ -141,7 +142,7 @@ def _configure_reproduce(p):
     p.add_argument("--estimate", action="store_true",
                    help="train nothing: print the compute budget (FLOPs per stage, the least time on this machine)")
     p.add_argument("--out-root", default=None, help="where runs/<task>/ goes (default: <project>/runs)")
-    p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda (default auto)")
+    add_device_arg(p)
     add_amp_arg(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
@@ -185,7 +186,7 @@ def _configure_teacher_search(p):
     p.add_argument("--warmup", type=float, default=0.1, help="warm-up fraction of all steps (default 0.1)")
     p.add_argument("--out-dir", default=None, help="default: runs/<task>/teacher-search")
     p.add_argument("--keep-models", action="store_true", help="keep every run's final/ model (default: delete)")
-    p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda (default auto)")
+    add_device_arg(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
@@ -250,3 +251,5 @@ register_command("teacher-search", "choose the teacher's lr and epochs on a held
                  _configure_teacher_search, _run_teacher_search)
 register_command("publish-results", "copy a finished reproduction's results.json, with its provenance, into "
                  "notebooks/results/", _configure_publish, _run_publish)
+register_command("download-glue", "download GLUE tasks where the reader looks: $GLUE_DIR, else data/glue (make data)",
+                 glue_download.configure, glue_download.run)

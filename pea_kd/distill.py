@@ -14,7 +14,7 @@ import dataclasses
 import logging
 from typing import Optional
 
-from bert_mini import load_pretrained, load_tokenizer
+from bert_mini import BertConfig, load_pretrained, load_tokenizer
 
 from .features import load_features
 from .glue import get_task
@@ -22,6 +22,7 @@ from .losses import LossConfig, build_loss, pkd_layer_map
 from .sps import make_plan
 from .students import build_student, effective_layers, save_student
 from .teacher import ensure_teacher_outputs, teacher_model_dir
+from .teacher_rows import TeacherRows
 from .runtime import set_seed
 from .trainer import TrainConfig, TrainResult, train
 
@@ -33,6 +34,19 @@ LAYER_FIELDS = frozenset({"student_hidden_states", "teacher_cls_hidden"})  # los
 def loss_requires(spec: str) -> frozenset:
     """The LossInputs fields a loss spec reads (built with placeholder sizes; only `requires` is used)."""
     return build_loss(spec, student_hidden=8, teacher_hidden=8).requires
+
+
+def teacher_layers_needed(teacher_dir, runs, which: str = "final") -> tuple[int, ...]:
+    """The teacher layers whose [CLS] vectors the distillation `runs`, [(loss, num_layers, variant), ...], read
+    together: the union of their PKD layer maps (pkd_layer_map(L_t, effective layers)), every layer 0..L_t when a loss
+    may read any (LossModule.teacher_layers_read). What the teacher cache has to hold for all of them."""
+    num_teacher_layers = BertConfig.from_json(teacher_model_dir(teacher_dir, which) / "config.json").num_hidden_layers
+    needed = set()
+    for loss, num_layers, variant in runs:
+        layer_map = pkd_layer_map(num_teacher_layers, len(make_plan(num_layers, variant)))
+        needed.update(build_loss(loss, student_hidden=8, teacher_hidden=8).teacher_layers_read(layer_map,
+                                                                                              num_teacher_layers))
+    return tuple(sorted(needed))
 
 
 def check_distill_args(loss: str, num_layers: int, variant: str, teacher_dir) -> None:
@@ -68,18 +82,18 @@ def distill_student(task, *, out_dir, teacher_dir=None, student_model: str = "mi
     dev_data = load_features(spec, spec.dev_split, tokenizer, max_length, data_dir)
     teacher, live_teacher, teacher_layers = None, None, None
     if teacher_dir is not None and any(f in requires for f in TEACHER_FIELDS):
+        layers = teacher_layers_needed(teacher_dir, [(loss, num_layers, variant)], teacher_checkpoint)
         cache = ensure_teacher_outputs(teacher_dir, spec, ("train", "dev"), max_length, data_dir, teacher_checkpoint,
-                                       config.device)
+                                       config.device, layers=layers)  # only the layers this loss reads
         if cache["tokenizer"] != tokenizer.fingerprint:
             log.warning("student tokenizer %s differs from the teacher's %s: the teacher saw other token ids",
                         tokenizer.fingerprint, cache["tokenizer"])
-        teacher = cache["splits"]["train"]
-        teacher_layers = teacher["cls_hidden"].shape[1] - 1
+        # the first n examples were kept: teacher rows 0..n-1 stay aligned
+        teacher = TeacherRows.from_cache(cache, "train").head(len(train_data))
+        teacher_layers = cache["num_layers"]
         if "teacher_attentions" in requires:  # the cache has no attention maps: this loss needs a live teacher
             live_teacher = load_pretrained(teacher_model_dir(teacher_dir, teacher_checkpoint),
                                            num_labels=spec.num_labels)
-    # the first n examples were kept: teacher rows 0..n-1 stay aligned
-    teacher = teacher and {k: v[:len(train_data)] for k, v in teacher.items() if v is not None}
     set_seed(config.seed)  # the new task head's initial weights depend on the seed only
     student = build_student(student_model, num_layers, spec.num_labels, variant, encoder_from=init_from)
     layer_map = pkd_layer_map(teacher_layers, effective_layers(student)) if teacher_layers else []

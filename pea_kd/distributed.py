@@ -15,6 +15,7 @@ Every rank then holds the same g, clips it by the same norm and takes the same A
 Rank 0 alone evaluates and writes (log.jsonl, checkpoint.pt, final/, result.json, the teacher cache); the others wait
 at a barrier and read what it wrote, so the run directory must be on a file system that every machine sees.
 Backend: gloo on CPU; on a CUDA machine NCCL for CUDA tensors (and gloo for CPU ones), each rank on GPU LOCAL_RANK.
+MPS (Apple silicon) is refused under torchrun (check_device): no backend handles MPS tensors.
 
 A plain `python -m pea_kd ...` has no process group: every function here is then a no-op (rank 0 of 1).
 """
@@ -87,6 +88,15 @@ def main_process_first():
     yield
     if is_main() and is_distributed():
         barrier()
+
+
+def check_device(device: torch.device) -> None:
+    """Refuse, in one line, a device that data-parallel training cannot use: MPS under torchrun. torch.distributed has
+    no backend for MPS tensors (gloo, the one for non-CUDA tensors, handles CPU and CUDA: Backend.backend_capability),
+    and a Mac has one GPU to share anyway."""
+    if is_distributed() and device.type == "mps":
+        raise ValueError("under torchrun the processes train on cpu or cuda: torch.distributed has no backend for MPS "
+                         "tensors; pass --device cpu, or train on mps in one plain process (python -m pea_kd)")
 
 
 def wrap(model: torch.nn.Module, loss_fn: torch.nn.Module) -> torch.nn.Module:

@@ -198,7 +198,7 @@ def get_task(task: str | TaskSpec) -> TaskSpec:
     return spec
 
 
-def _data_dir(data_dir: str | os.PathLike | None) -> tuple[Path, str]:
+def resolve_data_dir(data_dir: str | os.PathLike | None) -> tuple[Path, str]:
     """The GLUE root directory and where it came from: the argument, else $GLUE_DIR, else <project root>/data/glue."""
     if data_dir is not None:
         return Path(data_dir), "the data_dir argument"
@@ -211,40 +211,34 @@ def split_path(task: str | TaskSpec, split: str, data_dir: str | os.PathLike | N
     """Path of the TSV file holding `split` of `task` (the file need not exist)."""
     spec = get_task(task)
     file_name = spec.files[spec.resolve_split(split)][0]
-    return _data_dir(data_dir)[0] / spec.directory / file_name
+    return resolve_data_dir(data_dir)[0] / spec.directory / file_name
 
 
 def ensure_task_data(task: str | TaskSpec, data_dir: str | os.PathLike | None = None, progress: bool = True) -> Path:
     """Make sure the task's train and dev files exist, downloading the task when they do not; returns the GLUE root.
 
-    The download goes through data/download_glue.py (official sources, or the mirror in $PEA_KD_GLUE_URL) into the
-    data dir the reader uses (the argument, else $GLUE_DIR, else data/glue). Without a network, or without the
-    downloader (an installed package), it raises FileNotFoundError in one line naming GLUE_DIR and `make data`.
+    The download goes through pea_kd.glue_download (official sources, or the mirror in $PEA_KD_GLUE_URL) into the
+    data dir the reader uses (the argument, else $GLUE_DIR, else <project>/data/glue: the current directory's data/glue
+    where pea-kd is pip-installed). Without a network it raises FileNotFoundError in one line naming GLUE_DIR and
+    `make data`.
     """
+    from .glue_download import download_task
+
     spec = get_task(task)
-    root, source = _data_dir(data_dir)
+    root, source = resolve_data_dir(data_dir)
     if all(split_path(spec, split, data_dir).is_file() for split in ("train", spec.dev_split)):
         return root
-    how = (f"set GLUE_DIR to a directory holding {spec.directory}/, or run `make data TASK={spec.directory.lower()}` "
-           "on a machine with a network")
-    downloader = _SOURCE_ROOT / "data" / "download_glue.py"
-    if not downloader.is_file():
-        raise FileNotFoundError(f"GLUE {spec.name} is not in {root} (data dir from {source}) and {downloader} is "
-                                f"missing; {how}")
-    import importlib.util
-    module_spec = importlib.util.spec_from_file_location("download_glue", downloader)
-    download_glue = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(download_glue)
     log.info("GLUE %s is not in %s (data dir from %s): downloading it", spec.name, root, source)
     try:
-        download_glue.download_task(spec.directory, root, base_url=os.environ.get("PEA_KD_GLUE_URL"),
-                                    progress=progress)
+        download_task(spec.directory, root, base_url=os.environ.get("PEA_KD_GLUE_URL"), progress=progress)
     except (RuntimeError, OSError) as err:  # DownloadError, GlueDownloadError, a read-only or full disk
         from bert_mini.download import NoNetworkError
         reason = ("no network connection" if isinstance(err, NoNetworkError)
                   else f"the download failed: {(str(err).strip().splitlines() or [type(err).__name__])[0]}")
         raise FileNotFoundError(f"GLUE {spec.name} is not in {root} (data dir from {source}) and cannot be "
-                                f"downloaded ({reason}); {how}") from None
+                                f"downloaded ({reason}); set GLUE_DIR to a directory holding {spec.directory}/, or "
+                                f"run `make data TASK={spec.directory.lower()}` (python -m pea_kd download-glue "
+                                f"--tasks {spec.directory}) on a machine with a network") from None
     return root
 
 
@@ -259,11 +253,11 @@ def load_examples(task: str | TaskSpec, split: str, data_dir: str | os.PathLike 
     split = spec.resolve_split(split)
     path = split_path(spec, split, data_dir)
     if not path.is_file():
-        root, source = _data_dir(data_dir)
+        root, source = resolve_data_dir(data_dir)
         raise FileNotFoundError(
             f"GLUE {spec.name} split {split!r} not found: no file {path} (data dir {root} from {source}); "
             f"download it with `make data TASK={spec.directory.lower()}` or "
-            f"`python data/download_glue.py --tasks {spec.directory}`")
+            f"`python -m pea_kd download-glue --tasks {spec.directory}`")
     layout = spec.files[split][1]
     lines = _read_lines(path)
     first = 2 if layout.header else 1  # 1-based line number of the first data row

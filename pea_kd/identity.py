@@ -8,11 +8,21 @@
              + architecture: model config digest and execution plan                    SPS variant, layers
              + starting weights: sha256 of the model's (and the loss's) initial tensors pre-trained or PTP encoder,
                                                                                         new head (seeded)
-             + teacher targets: sha256 of the teacher rows the loss reads             which teacher, which cache
+             + teacher targets: digest of the teacher rows the loss reads, their layers which teacher, which cache
+               and storage dtype (teacher_targets, teacher_layers, teacher_dtype)       rows, layout
              + precision: "fp32", "bf16" or "fp16"                                     resolved autocast dtype
 
 Weights are identified by their content, never by their path: a copied or moved teacher directory is the same
 teacher, and a teacher retrained in the same directory is another one.
+
+Nothing here re-reads data that was identified once. The digests of the model inputs are computed when the features
+are encoded and stored in their cache file (Features.digest); the teacher rows' digests, one per tensor and per
+stored layer, when the teacher cache is written (pea_kd.teacher_rows). A run combines the recorded digests of what
+it reads; a part of them (a subset, the first n rows) is named by derived_digest(recorded digest, how it was taken).
+What this promises: both files are written atomically (pea_kd.storage) with their digests inside, so a file that was
+replaced by another cache brings its own digests and is judged by them. A file edited in place by hand keeping its
+old digests is not detected: that would take re-reading every row, the cost this design removes (`cache-teacher
+--verify` re-reads a teacher cache on request; the features file's zip CRCs are checked on every read).
 """
 from __future__ import annotations
 
@@ -24,7 +34,6 @@ import os
 from pathlib import Path
 from typing import Optional
 
-import numpy as np
 import torch
 
 from .runtime import precision_name
@@ -52,13 +61,28 @@ def tensors_digest(tensors: dict) -> str:
     """sha256 (16 hex digits) over the names, dtypes, shapes and bytes of a dict of tensors (e.g. a state_dict)."""
     h = hashlib.sha256()
     for name in sorted(tensors):
-        t = tensors[name]
-        if t is None:
-            continue
-        h.update(f"{name}|{t.dtype}|{tuple(t.shape)};".encode())
-        flat = t.detach().cpu().contiguous().reshape(-1)  # 1-D: view(uint8) also works on a 0-dim tensor
-        h.update(flat.view(torch.uint8).numpy() if flat.numel() else b"")  # the buffer itself: no copy
+        if tensors[name] is not None:
+            h.update(f"{name}|".encode())
+            _hash_tensor(h, tensors[name])
     return h.hexdigest()[:16]
+
+
+def rows_digest(rows: torch.Tensor) -> str:
+    """sha256 (16 hex digits) over one tensor's dtype, shape and bytes, e.g. one layer of the teacher cache's
+    cls_hidden[:, k]: computed when the cache is written, so that runs name what they read without reading it."""
+    h = hashlib.sha256()
+    _hash_tensor(h, rows)
+    return h.hexdigest()[:16]
+
+
+def _hash_tensor(h, t: torch.Tensor, block_rows: int = 1 << 16) -> None:
+    """Feed dtype, shape and bytes (row-major) to `h`, `block_rows` rows at a time: a strided slice of a large
+    memory-mapped tensor is copied one block at a time, never whole."""
+    h.update(f"{t.dtype}|{tuple(t.shape)};".encode())
+    t = t.detach().cpu().reshape(1) if t.dim() == 0 else t.detach().cpu()  # 1-D at least: view(uint8) needs it
+    for start in range(0, len(t), block_rows):
+        flat = t[start:start + block_rows].contiguous().reshape(-1)
+        h.update(flat.view(torch.uint8).numpy() if flat.numel() else b"")  # the buffer itself: no further copy
 
 
 def file_digest(path) -> str:
@@ -77,29 +101,35 @@ def _file_digest(path: str, size: int, mtime_ns: int, inode: int) -> str:
     return h.hexdigest()[:16]
 
 
-def features_digest(features) -> str:
-    """sha256 (16 hex digits) of all token ids and segment ids: equal digests = identical model inputs."""
-    h = hashlib.sha256()
-    for ids, types in zip(features.input_ids, features.token_type_ids):
-        h.update(ids.astype("int32").tobytes() + b"|" + types.astype("int8").tobytes() + b";")
+def derived_digest(parent: str, *parts: bytes) -> str:
+    """sha256 (16 hex digits) of a recorded digest and what was done to its rows (e.g. b"subset" + the indices): names
+    a part of something already identified without reading it."""
+    h = hashlib.sha256(parent.encode())
+    for part in parts:
+        h.update(b"|" + part)
     return h.hexdigest()[:16]
+
+
+def features_digest(features) -> str:
+    """The digest of the model inputs (token and segment ids) recorded with `features` (Features.digest): equal
+    digests = identical model inputs."""
+    return features.digest
 
 
 def data_digest(features) -> str:
-    """features_digest plus the labels: what a training or evaluation split really is."""
-    h = hashlib.sha256(features_digest(features).encode())
-    if features.labels is not None:
-        h.update(np.ascontiguousarray(features.labels).tobytes())
-    return h.hexdigest()[:16]
+    """The recorded digests of the inputs and of the labels together: what a training or evaluation split really is."""
+    return hashlib.sha256(f"{features_digest(features)}|{features.labels_digest}".encode()).hexdigest()[:16]
 
 
-def run_identity(config, model, loss_fn, loss_config, train_data, dev_data, teacher_targets: Optional[dict],
+def run_identity(config, model, loss_fn, loss_config, train_data, dev_data, teacher: Optional[dict],
                  amp_dtype: Optional[torch.dtype]) -> dict:
     """The flat dict that identifies a training run (see the module docstring); call it before the first step.
 
     model: a bert_mini BertForSequenceClassification with its starting weights (its config and execution plan, e.g.
     SPS, are part of the identity); loss_fn: the built loss (its spec and initial parameters, e.g. projections);
-    teacher_targets: the teacher rows (or live teacher's state_dict) the loss reads, None without a teacher.
+    train_data, dev_data: Features, named by their recorded digests (Features.digest) and their labels;
+    teacher: what the loss reads of the teacher, {"teacher_targets": digest, ...} (TeacherRows.identity, from the
+    digests recorded in the cache, or a live teacher's weights digest), None without a teacher.
     """
     settings = {k: v for k, v in dataclasses.asdict(config).items() if k not in RUNTIME_FIELDS}
     losses = dataclasses.asdict(loss_config)
@@ -113,7 +143,7 @@ def run_identity(config, model, loss_fn, loss_config, train_data, dev_data, teac
             "model_config": hashlib.sha256(architecture).hexdigest()[:16],
             "plan": [[int(i), bool(swap)] for i, swap in model.bert.encoder.plan],
             "start_weights": tensors_digest(start),
-            "teacher_targets": None if teacher_targets is None else tensors_digest(teacher_targets),
+            **(teacher or {"teacher_targets": None}),
             "precision": precision_name(amp_dtype)}
 
 

@@ -83,14 +83,16 @@ class _InProcess:
         return future
 
 
-def executor(jobs: int, threads: int):
-    """The stage runner of reproduce.run_all: in this process for jobs=1, else a pool of spawned workers."""
+def executor(jobs: int, threads: int, log_level: Optional[int] = None):
+    """The stage runner of reproduce.run_all: in this process for jobs=1, else a pool of spawned workers that log at
+    `log_level` (default: this process's level)."""
     if jobs == 1:
         return _InProcess()
     # max_tasks_per_child=1: every stage gets a fresh process, so the memory one stage leaves fragmented in the
     # allocator (the teacher's peak: ~2.5 GB on MRPC) is returned before the next one starts
     return ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker,
-                               initargs=(threads, logging.getLogger().getEffectiveLevel()), max_tasks_per_child=1)
+                               initargs=(threads, log_level or logging.getLogger().getEffectiveLevel()),
+                               max_tasks_per_child=1)
 
 
 def _init_worker(threads: int, level: int) -> None:

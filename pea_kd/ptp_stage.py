@@ -64,14 +64,14 @@ def run_ptp(task, *, out_dir, teacher_dir, student_model: str = "minilm-l6", num
     tokenizer = load_tokenizer(student_model)
     data = load_features(spec, "train", tokenizer, max_length, data_dir).head(max_train_examples)
     cache = ensure_teacher_outputs(teacher_dir, spec, ("train",), max_length, data_dir, teacher_checkpoint,
-                                   config.device)["splits"]["train"]
-    cache = {k: v[:len(data)] for k, v in cache.items() if v is not None}  # rows of the examples kept
+                                   config.device, layers=())  # logits and labels: any cache serves
+    cache = {k: v[:len(data)] for k, v in cache["splits"]["train"].items() if k in ("logits", "labels")}  # kept rows
     fit_idx, held_idx = split_holdout(len(data), holdout, config.seed)
     fit = build_ptp_labels(cache["logits"][fit_idx], cache["labels"][fit_idx], t1, t2)
     held = build_ptp_labels(cache["logits"][held_idx], cache["labels"][held_idx], fit.t1, fit.t2)
     log.info("PTP labels (fit part of train):\n%s", format_histogram(fit))
-    ptp_train = dataclasses.replace(data.subset(fit_idx), labels=fit.labels.numpy().astype(np.int64))
-    ptp_held = dataclasses.replace(data.subset(held_idx), labels=held.labels.numpy().astype(np.int64))
+    ptp_train = data.subset(fit_idx).with_labels(fit.labels.numpy().astype(np.int64))
+    ptp_held = data.subset(held_idx).with_labels(held.labels.numpy().astype(np.int64))
 
     set_seed(config.seed)  # the 4-way head's initial weights depend on the seed only
     model = build_ptp_student(student_model, num_layers, variant)

@@ -43,16 +43,19 @@ from safetensors import safe_open
 from bert_mini import BertConfig, resolve_model_dir
 
 from . import __version__, distributed
+from .budget import device_words, matmul_rates, reproduce_budget
 from .cli import default_lr
-from .distill import distill_student
+from .distill import distill_student, teacher_layers_needed
 from .glue import PROJECT_ROOT, ensure_task_data, get_task, load_examples, split_path
 from .identity import RunMismatch
 from .losses import LossConfig
 from .parallel import executor, is_sps, next_unit, peak_rss_mb, resolve_jobs, start_order, worker_devices
+from .progress import ASSUMED_FRACTION, Eta, ReproduceProgress, Stage, stage_status
 from .ptp_stage import ptp_encoder_dir, run_ptp
 from .report import majority_baseline, write_report
+from .runtime import precision_name, resolve_amp, resolve_device
 from .sps import make_plan
-from .teacher import ensure_teacher_outputs, finetune_teacher
+from .teacher import CACHE_FILE, ensure_teacher_outputs, finetune_teacher
 from .storage import write_atomic
 from .trainer import TrainConfig, TrainResult
 
@@ -152,6 +155,9 @@ class ReproduceConfig:
                              f"{teacher_layers}-layer teacher {self.teacher}, so 1..{teacher_layers}")
         for variant in {m.variant for m in METHODS if m.slug in self.methods}:
             make_plan(self.student_layers, variant)
+        if self.jobs > 1 and resolve_device(self.device).type == "mps":
+            raise ValueError(f"--jobs {self.jobs} on mps: the worker processes would share the Mac's one GPU and its "
+                             "memory (not measured here); use --jobs 1, or --device cpu for CPU worker processes")
         if self.max_length < 2 or self.smoke_examples < 1:
             raise ValueError(f"--max-length must be >= 2 and smoke_examples >= 1, got {self.max_length}, "
                              f"{self.smoke_examples}")
@@ -209,18 +215,22 @@ def run_all(cfg: ReproduceConfig) -> dict:
     if jobs > 1 and distributed.is_distributed():
         raise ValueError("reproduce: --jobs > 1 under torchrun; the torchrun processes already share every stage: "
                          "use --jobs 1 (the default)")
-    if jobs > 1:  # interleaved progress bars from several processes are unreadable: log lines instead
-        cfg = dataclasses.replace(cfg, progress=False)
+    units = [(seed, m) for seed in cfg.seeds for m in METHODS if m.slug in cfg.methods]  # seed-major table order
+    order = {(seed, m.name): i for i, (seed, m) in enumerate(units)}
+    queue = start_order(units)
+    # the overall view (pea_kd.progress): rank 0 alone under torchrun
+    progress = plan_progress(cfg, queue, jobs, teacher_dir, data_dir) if distributed.is_main() else None
+    quiet_workers = False
+    if jobs > 1:  # one bar per process would be unreadable: the workers train without bars, and under the overall
+        cfg = dataclasses.replace(cfg, progress=False)  # bar they log warnings only (its log line says each stage)
+        quiet_workers = progress is not None and progress.show_bar
         log.info("running %d training processes at a time, %d torch thread(s) each", jobs, threads)
     devices = worker_devices(jobs, cfg.device) if jobs > 1 else [cfg.device]  # CUDA: one GPU per worker slot
     if devices != [cfg.device] * jobs:
         log.info("worker devices (round-robin over %d visible GPUs): %s", torch.cuda.device_count(),
                  ", ".join(f"slot {i} -> {d}" for i, d in enumerate(devices)))
     free_slots = list(range(jobs))
-    units = [(seed, m) for seed in cfg.seeds for m in METHODS if m.slug in cfg.methods]  # seed-major table order
-    order = {(seed, m.name): i for i, (seed, m) in enumerate(units)}
-    queue = start_order(units)
-    runs, running, slots = [], {}, {}  # running: future -> is it an SPS stage; slots: future -> worker slot
+    runs, running, slots = [], {}, {}  # running: future -> (seed, Method); slots: future -> worker slot
 
     def report(teacher, cache_seconds, peak_mb):
         runs.sort(key=lambda r: order[(r["seed"], r["method"])])
@@ -236,33 +246,45 @@ def run_all(cfg: ReproduceConfig) -> dict:
                             "peak_rss_mb": peak_mb},
             "complete": len(runs) == len(units),
             "wall_seconds_this_invocation": time.perf_counter() - started,
+            "progress": progress.summary() if progress else None,  # the plan's and the ETA's errors, when complete
         }
         if distributed.is_main():  # under torchrun: rank 0 writes it
             write_report(results, root)  # after every run, so a partial table is always on disk
         return results
 
-    with executor(jobs, threads) as pool, _fresh_start_hint(root):
+    with executor(jobs, threads, logging.WARNING if quiet_workers else None) as pool, _fresh_start_hint(root), \
+            progress or contextlib.nullcontext():
+        if progress:
+            progress.begin("teacher")
         teacher, cache_seconds = pool.submit(_teacher_stage, cfg, teacher_dir, data_dir, jobs * threads).result()
+        if progress:
+            progress.end("teacher")
         while queue or running:
             while len(running) < jobs:
-                unit = next_unit(queue, sps_running=sum(running.values()), jobs=jobs)
+                unit = next_unit(queue, sps_running=sum(is_sps(m) for _, m in running.values()), jobs=jobs)
                 if unit is None:
                     break
                 queue.remove(unit)
                 slot = free_slots.pop(0)
                 if devices[slot] != cfg.device:
                     log.info("%s seed %d: worker slot %d on %s", unit[1].name, unit[0], slot, devices[slot])
+                if progress:
+                    progress.begin(stage_name(*unit))
                 future = pool.submit(_student_stage, dataclasses.replace(cfg, device=devices[slot]), unit[1], unit[0],
                                      teacher_dir, data_dir)
-                running[future], slots[future] = is_sps(unit[1]), slot
+                running[future], slots[future] = unit, slot
             done, _ = wait(running, return_when=FIRST_COMPLETED)
             for future in done:
-                del running[future]
+                unit = running.pop(future)
                 free_slots.append(slots.pop(future))
                 runs.append(future.result())  # a failed stage raises here and stops the rest
+                if progress:
+                    progress.end(stage_name(*unit))
             results = report(teacher, cache_seconds, peak_rss_mb())
     if jobs > 1:  # the workers have exited: their peak memory is known now
         results = report(teacher, cache_seconds, peak_rss_mb())
+    if progress:
+        progress.finish(results["progress"])
     return results
 
 
@@ -278,6 +300,41 @@ def code_commit() -> Optional[str]:
     except (OSError, subprocess.SubprocessError):
         return None
     return head + ("+changes" if changed else "")
+
+
+def stage_name(seed: int, method: Method) -> str:
+    """A student stage's name in the progress view: "<method> seed <k>"."""
+    return f"{method.name} seed {seed}"
+
+
+def stage_dirs(root: Path, method: Method, seed: int) -> list[Path]:
+    """The run directories of one student: its PTP stage (when the method has one), then its distillation."""
+    ptp = [root / f"ptp-{method.variant}" / f"seed{seed}"] if method.ptp else []
+    return ptp + [root / method.slug / f"seed{seed}"]
+
+
+def plan_progress(cfg: ReproduceConfig, queue: list[tuple], jobs: int, teacher_dir: Path,
+                  data_dir) -> ReproduceProgress:
+    """The overall progress view of run_all: the teacher, then the students in the order they start, each with its
+    FLOPs (pea_kd.budget, on the data the stages read) and whether an earlier run already did it; R measured now in
+    the run's precision."""
+    rows = reproduce_budget(dataclasses.replace(cfg, data_dir=data_dir))
+    by_method = {row.name: row for row in rows[2:]}
+    stages = [_stage("teacher", rows[0].flops + rows[1].flops, stage_status([teacher_dir], [teacher_dir / CACHE_FILE]),
+                     alone=True)]
+    stages += [_stage(stage_name(seed, m), by_method[m.name].seed_flops[seed],
+                      stage_status(stage_dirs(cfg.run_root, m, seed))) for seed, m in queue]
+    device = resolve_device(cfg.device)
+    precision = precision_name(resolve_amp(cfg.amp, device))
+    ((size, gflops),) = matmul_rates(device, repeats=1, precisions=(precision,)).values()
+    rate = {"precision": precision, "size": size, "gflops": gflops}
+    eta = Eta(stages, 1 / (ASSUMED_FRACTION * rate["gflops"] * 1e9), jobs)
+    return ReproduceProgress(eta, rate, device_words(device), bar=cfg.progress)
+
+
+def _stage(name: str, flops: float, status: str, alone: bool = False) -> Stage:
+    return Stage(name, flops, alone=alone, status="reused" if status == "reused" else "todo",
+                 resumed=status == "resumed")
 
 
 def _precision(metas: list[dict]) -> str:
@@ -309,8 +366,10 @@ def _teacher_stage(cfg: ReproduceConfig, teacher_dir: Path, data_dir,
         teacher = finetune_teacher(cfg.task, out_dir=teacher_dir, model_name=cfg.teacher, max_length=cfg.max_length,
                                    config=_train_config(cfg, cfg.teacher_epochs, cfg.teacher_lr, 0),
                                    data_dir=data_dir, resume=True)
+        # one cache for every student: the union of their layer maps (every layer only if a loss may read any)
+        students = [(m.loss, cfg.student_layers, m.variant) for m in METHODS if m.slug in cfg.methods]
         cache = ensure_teacher_outputs(teacher_dir, cfg.task, ("train", "dev"), cfg.max_length, data_dir,
-                                       device=cfg.device)
+                                       device=cfg.device, layers=teacher_layers_needed(teacher_dir, students))
         return teacher, cache.get("seconds")  # the time computing it took, also when reused (None: not recorded)
     finally:
         torch.set_num_threads(before)
@@ -324,17 +383,16 @@ def _student_stage(cfg: ReproduceConfig, method: Method, seed: int, teacher_dir:
 def train_method(cfg: ReproduceConfig, method: Method, seed: int, teacher_dir: Path, data_dir,
                  root: Optional[Path] = None) -> tuple[TrainResult, Optional[TrainResult]]:
     """One student of the table: the PTP stage first when the method uses it, then distillation from the cache."""
-    root = root or cfg.run_root
+    *ptp_dirs, run_dir = stage_dirs(root or cfg.run_root, method, seed)
     ptp_result, init_from = None, None
     if method.ptp:
-        ptp_dir = root / f"ptp-{method.variant}" / f"seed{seed}"
+        ptp_dir = ptp_dirs[0]
         log.info("%s seed %d: PTP stage -> %s", method.name, seed, ptp_dir)
         ptp_result = run_ptp(cfg.task, out_dir=ptp_dir, teacher_dir=teacher_dir, student_model=cfg.teacher,
                              num_layers=cfg.student_layers, variant=method.variant,
                              config=_train_config(cfg, cfg.ptp_epochs, cfg.lr, seed),
                              max_length=cfg.max_length, data_dir=data_dir, resume=True)
         init_from = ptp_encoder_dir(ptp_dir)
-    run_dir = root / method.slug / f"seed{seed}"
     log.info("%s seed %d: distillation -> %s", method.name, seed, run_dir)
     result = distill_student(cfg.task, out_dir=run_dir, teacher_dir=teacher_dir if method.loss != "ce" else None,
                              student_model=cfg.teacher, num_layers=cfg.student_layers, variant=method.variant,

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import os
 import random
 import sys
 from typing import Optional
@@ -39,43 +40,105 @@ def native_bf16(device) -> bool:
     return False
 
 
+AUTO_BF16_ENV = "PEA_KD_AUTO_BF16"
+
+
+def auto_bf16(device) -> bool:
+    """Whether `--amp auto` computes in bf16 on `device`: native_bf16(device), unless $PEA_KD_AUTO_BF16 decides.
+
+    PEA_KD_AUTO_BF16=1: auto picks bf16, as on a device with native bf16 (where the device has none, bf16 is
+    emulated: slower, and a warning says so); =0: auto never picks bf16 (fp32 on CPU, fp16 on CUDA). On MPS auto
+    stays fp32 either way. The tests use it to run as on a CPU with and without native bf16 (`make test-cpus`). It
+    changes the choice only, never what native_bf16 reports. ValueError (one line) for another value.
+    """
+    value = os.environ.get(AUTO_BF16_ENV, "")
+    if value == "":
+        return native_bf16(device)
+    if value not in ("0", "1"):
+        raise ValueError(f"${AUTO_BF16_ENV}={value!r}: expected 1 (--amp auto picks bf16), 0 (it never does) or "
+                         "unset (native bf16 decides)")
+    if value == "1" and not native_bf16(device):
+        log.warning("%s=1: --amp auto uses bf16 on %s, which has no native bf16 (emulated, slower than fp32)",
+                    AUTO_BF16_ENV, device)
+    return value == "1"
+
+
+DEVICE_TYPES = ("cpu", "cuda", "mps")  # what pea-kd trains on; "auto" tries them in the order cuda, mps, cpu
+
+
+def mps_available() -> bool:
+    """Whether this torch can run on an Apple-silicon GPU now (built with MPS and the device present)."""
+    return torch.backends.mps.is_available()
+
+
+def mps_bf16() -> bool:
+    """Whether MPS tensors can be bf16 here: Metal's bfloat16 type needs macOS 14 or newer."""
+    return mps_available() and torch.backends.mps.is_macos_or_newer(14, 0)
+
+
 def resolve_device(name: str = "auto") -> torch.device:
-    """The device called `name`: "auto" = cuda when available, else cpu; otherwise as torch reads it ("cuda:1").
-    ValueError (one line) for a name torch does not know or a CUDA device this machine does not have."""
+    """The device called `name`: "auto" = cuda when available, else mps (Apple silicon), else cpu; otherwise as torch
+    reads it ("cuda:1", "mps"). ValueError (one line) for a name torch does not know, a device type pea-kd does not
+    train on, or a CUDA/MPS device this machine does not have."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        return torch.device("mps" if mps_available() else "cpu")
     try:
         device = torch.device(name)
     except (RuntimeError, TypeError):
-        raise ValueError(f"unknown device {name!r}; expected auto, cpu, cuda or cuda:N") from None
+        raise ValueError(f"unknown device {name!r}; expected auto, cpu, cuda, cuda:N or mps") from None
+    if device.type not in DEVICE_TYPES:
+        raise ValueError(f"device {name!r}: pea-kd trains on cpu, cuda or mps (Apple silicon); use --device auto")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {name!r}: this machine has no CUDA GPU (torch.cuda.is_available() is False); "
                          "use --device cpu or auto")
     if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
         raise ValueError(f"device {name!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    if device.type == "mps" and not mps_available():
+        why = ("this torch build has no MPS support (torch.backends.mps.is_built() is False)"
+               if not torch.backends.mps.is_built() else "no Apple-silicon GPU is available (macOS 12.3+ on an "
+               "M-series Mac; torch.backends.mps.is_available() is False)")
+        raise ValueError(f"device {name!r}: {why}; use --device cpu or auto")
+    if device.type == "mps" and (device.index or 0) > 0:
+        raise ValueError(f"device {name!r}: a Mac has one MPS device; use --device mps")
     return device
 
 
 def resolve_amp(amp: str, device: torch.device) -> Optional[torch.dtype]:
     """The autocast dtype of a run, or None for float32 throughout.
 
-    "auto": bf16 where the device runs it natively (native_bf16); else fp16 on CUDA (with a GradScaler), fp32 on CPU.
-    "bf16": bf16 autocast on CPU or CUDA (a warning where it is only emulated).  "fp16": CUDA only.  "off": fp32.
+    "auto": bf16 where the device runs it natively (auto_bf16: native_bf16, or $PEA_KD_AUTO_BF16); else fp16 on CUDA
+        (with a GradScaler), fp32 on CPU.
+        On MPS (Apple silicon) fp32: no 16-bit training on MPS was measured in this project, whether an Apple GPU
+        has bf16 in hardware depends on the chip and torch cannot tell, and fp32 is the precision of the project's
+        measured tables. fp16 and bf16 are there to be asked for.
+    "bf16": bf16 autocast (a warning where it is only emulated or not measured); on MPS it needs macOS 14 (Metal's
+        bfloat16 type), an older macOS is refused.
+    "fp16": CUDA or MPS, with a GradScaler (torch ships the scaler's kernels for both); refused on CPU.
+    "off": fp32.
     Under autocast the master weights and the optimiser state stay fp32; only the matrix products run in 16 bits.
     """
     if amp == "off":
         return None
     if amp == "auto":
-        if native_bf16(device):
+        if device.type == "mps":
+            return None
+        if auto_bf16(device):
             return torch.bfloat16
         return torch.float16 if device.type == "cuda" else None
     if amp == "fp16":
-        if device.type != "cuda":
-            raise ValueError(f"--amp fp16 needs a CUDA device (it trains with a GradScaler); on {device} use "
+        if device.type not in ("cuda", "mps"):
+            raise ValueError(f"--amp fp16 needs a CUDA device or mps (it trains with a GradScaler); on {device} use "
                              "--amp bf16 or --amp off")
         return torch.float16
     if amp == "bf16":
-        if not native_bf16(device):
+        if device.type == "mps" and not mps_bf16():
+            raise ValueError("--amp bf16 on mps needs macOS 14 or newer (Metal's bfloat16 type); use --amp fp16 or "
+                             "--amp off")
+        if device.type == "mps":
+            log.warning("amp=bf16 on mps: not measured in this project; --amp off (the default there) is fp32")
+        elif not native_bf16(device):
             log.warning("amp=bf16 on %s: this device has no native bf16, so it is emulated and slower than fp32",
                         device)
         return torch.bfloat16
@@ -106,6 +169,12 @@ def keep_freed_memory() -> bool:
     return bool(mallopt(M_MMAP_MAX, 0)) and bool(mallopt(M_TRIM_THRESHOLD, KEPT_FREE_BYTES))
 
 
+def non_blocking(device: torch.device) -> bool:
+    """Whether host-to-device copies may be asynchronous: on CUDA only. On MPS an asynchronous copy of a CPU tensor
+    that is freed right after (a batch) can read released memory and silently corrupt the data (pytorch #189690)."""
+    return device.type == "cuda"
+
+
 PRECISION_NAMES = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
 
 
@@ -114,11 +183,24 @@ def precision_name(amp_dtype: Optional[torch.dtype]) -> str:
     return PRECISION_NAMES[amp_dtype]
 
 
+def precision_note(device="cpu") -> str:
+    """One line that says how `device` computes here, for the first output of a notebook: forward passes without
+    autocast are fp32; what training with --amp auto uses (auto_bf16); the CPU's kernels (their last bits differ
+    between AVX2, AVX-512 and ATEN_CPU_CAPABILITY=default) or the GPU's name; native bf16 or not."""
+    device = torch.device(device)
+    hardware = (f"{torch.backends.cpu.get_cpu_capability()} CPU kernels" if device.type == "cpu"
+                else torch.cuda.get_device_name(device) if device.type == "cuda" else device.type)
+    forced = f", {AUTO_BF16_ENV}={os.environ[AUTO_BF16_ENV]}" if os.environ.get(AUTO_BF16_ENV) else ""
+    return (f"precision: forward passes fp32, training with --amp auto {precision_name(resolve_amp('auto', device))} "
+            f"({hardware}, native bf16: {'yes' if native_bf16(device) else 'no'}{forced})")
+
+
 def rng_state() -> dict:
-    """Every random generator's state (python, numpy, torch, CUDA), for a checkpoint."""
+    """Every random generator's state (python, numpy, torch, CUDA, MPS), for a checkpoint."""
     kind, keys, pos, has_gauss, gauss = np.random.get_state()
     return {"python": random.getstate(), "numpy": (kind, keys.tolist(), pos, has_gauss, gauss),
-            "torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+            "torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "mps": torch.mps.get_rng_state() if mps_available() else None}
 
 
 def set_rng_state(rng: dict) -> None:
@@ -129,3 +211,5 @@ def set_rng_state(rng: dict) -> None:
     torch.set_rng_state(rng["torch"])
     if rng["cuda"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(rng["cuda"])
+    if rng.get("mps") is not None and mps_available():  # absent from checkpoints written before MPS support
+        torch.mps.set_rng_state(rng["mps"])

@@ -4,20 +4,27 @@
                                            -> out_dir/final/ (+ best/), result.json, log.jsonl  (docs/method.md#teacher)
     cache_teacher_outputs(out_dir, task)   one eval-mode pass over train and dev -> out_dir/teacher_outputs.pt:
         logits      z_t (N, C)                                 for the KD term  alpha T^2 KL(p_t || p_s)
-        cls_hidden  (N, L_t + 1, H_t), row i = h_t^(i)[CLS]    for the PKD term beta MSE(norm(h_s), norm(h_t));
-                    i = 0 is the embeddings output, i = 1..L_t the layers (not pooled, as the authors' code)
+        cls_hidden  (N, K, H_t), column k = h_t^(l_k)[CLS]     for the PKD term beta MSE(norm(h_s), norm(h_t));
+                    l_k = layers[k]: 0 is the embeddings output, 1..L_t the layers (not pooled, as the authors' code)
         labels      (N,) gold labels, for PTP's correct/wrong split
-    load_teacher_outputs(...)              the cache, after checking it belongs to this task, tokenizer, max_length
-                                           and data; a stale cache raises StaleTeacherCache (ensure_* recomputes it)
+    load_teacher_outputs(...)              the cache, after checking it belongs to this task, tokenizer, max_length,
+                                           data and holds the layers asked for; a stale cache raises
+                                           StaleTeacherCache (ensure_* recomputes it)
 
-Rows are in example order, so a training batch's `index` selects its teacher rows.
+Rows are in example order, so a training batch's `index` selects its teacher rows (pea_kd.teacher_rows).
+
+Which layers: `cache-teacher` keeps every layer (K = L_t + 1) unless told otherwise; distillation asks
+`ensure_teacher_outputs` for the layers its loss reads, which for PKD is the layer map only. For MNLI's 392,702
+training examples and a 12-layer, 768-wide teacher, float32, that is 13 x 768 x 4 bytes = 39.9 kB a row, 15.7 GB,
+with every layer; 2 layers (PKD, 3-layer student: 4 and 8) 2.4 GB; 5 (the union over reproduce's students: 2, 4, 6,
+8, 10) 6.0 GB; logits only (KD, PTP) 4.7 MB. Stored as float16 (`cls_dtype`, chosen and recorded), half of each.
 """
 from __future__ import annotations
 
 import logging
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 
@@ -29,15 +36,26 @@ from .glue import get_task
 from .identity import features_digest, file_digest
 from .runtime import precision_name, resolve_amp, resolve_device, set_seed
 from .storage import directory_lock, write_atomic
+from .teacher_rows import row_digests
 from .trainer import TrainConfig, TrainResult, train
 
 log = logging.getLogger(__name__)
 CACHE_FILE = "teacher_outputs.pt"
-CACHE_VERSION = 2  # 2: the teacher is identified by a digest of its weights, not its path; precision recorded
+CLS_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}  # cls_hidden storage
+CACHE_VERSION = 3  # 2: teacher identified by its weights' digest, precision recorded; 3: chosen layers, row digests
 
 
 class StaleTeacherCache(ValueError):
     """teacher_outputs.pt is missing, unreadable or was computed for other data, tokenizer, task or max_length."""
+
+
+class MissingTeacherLayers(StaleTeacherCache):
+    """The teacher cache is valid but lacks [CLS] layers a loss reads; `stored` lists the layers it has, `cls_dtype`
+    their storage dtype."""
+
+    def __init__(self, message: str, stored, cls_dtype: str):
+        super().__init__(message)
+        self.stored, self.cls_dtype = list(stored), cls_dtype
 
 
 def checkpoint_saver(tokenizer, label_names):
@@ -88,55 +106,76 @@ def teacher_model_dir(teacher_dir, which: str = "final") -> Path:
 
 
 @torch.inference_mode()
-def teacher_forward(model, data: Features, device, batch_size: int = 64, amp_dtype=None) -> dict:
-    """Eval-mode pass over `data` in sorted-by-length batches: logits (N, C) and cls_hidden (N, L+1, H), float32."""
+def teacher_forward(model, data: Features, device, batch_size: int = 64, amp_dtype=None,
+                    layers: Optional[Sequence[int]] = None, cls_dtype: torch.dtype = torch.float32) -> dict:
+    """Eval-mode pass over `data` in sorted-by-length batches: logits (N, C) float32 and cls_hidden (N, K, H), column
+    k = the [CLS] vector of hidden state layers[k] (default: every layer, 0 = embeddings .. L; none: None), computed
+    in float32 (or under `amp_dtype` autocast) and stored as `cls_dtype`."""
     model.eval()
-    n, layers, hidden = len(data), len(model.bert.encoder.plan) + 1, model.config.hidden_size
-    logits = torch.empty(n, model.num_labels)
-    cls_hidden = torch.empty(n, layers, hidden)
+    layers = list(range(len(model.bert.encoder.plan) + 1) if layers is None else layers)
+    logits = torch.empty(len(data), model.num_labels)
+    cls_hidden = torch.empty(len(data), len(layers), model.config.hidden_size, dtype=cls_dtype) if layers else None
     for idx in make_batches(data, batch_size, shuffle=False):
         b = collate(data, idx, pad_token_id=model.config.pad_token_id)
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
             out = model(b["input_ids"].to(device), b["attention_mask"].to(device), b["token_type_ids"].to(device),
-                        output_hidden_states=True)
+                        output_hidden_states=bool(layers))
         logits[b["index"]] = out.logits.float().cpu()
-        cls_hidden[b["index"]] = torch.stack([h[:, 0] for h in out.hidden_states], dim=1).float().cpu()  # [CLS]
+        if layers:
+            cls_hidden[b["index"]] = torch.stack([out.hidden_states[i][:, 0] for i in layers], dim=1).float().cpu().to(
+                cls_dtype)
     return {"logits": logits, "cls_hidden": cls_hidden}
 
 
 def cache_teacher_outputs(teacher_dir, task, splits=("train", "dev"), max_length: int = 128, data_dir=None,
-                          batch_size: int = 64, which: str = "final", device: str = "auto", amp: str = "off") -> Path:
+                          batch_size: int = 64, which: str = "final", device: str = "auto", amp: str = "off",
+                          layers: Optional[Sequence[int]] = None, cls_dtype: str = "float32") -> Path:
     """Run the fine-tuned teacher once per split and write <teacher_dir>/teacher_outputs.pt atomically.
 
+    layers: the teacher layers whose [CLS] vectors to keep (0 = embeddings .. L_t); None = all of them, () = none
+    (logits only, e.g. for PTP). PKD reads only its layer map, so `ensure_teacher_outputs` asks for just those.
+    cls_dtype: how cls_hidden is stored, "float32" (exact, the default), "float16" or "bfloat16" (half the bytes;
+    the trainer computes the loss in float32 from them; float16 keeps 11 significant bits, bfloat16 8).
     File: {"version", "task", "teacher" (model dir, for information), "teacher_weights" (sha256 of its
     model.safetensors: what identifies the teacher), "precision" ("fp32", "bf16", "fp16"), "max_length",
-    "tokenizer" (fingerprint), "num_examples": {split: N}, "digests": {split: features_digest},
-    "splits": {split: {"logits", "cls_hidden", "labels"}}, "seconds": wall time of computing it}.
+    "tokenizer" (fingerprint), "num_layers" (L_t), "hidden_size" (H_t), "layers" (the stored ones, sorted),
+    "cls_dtype" (storage dtype of cls_hidden), "num_examples": {split: N}, "digests": {split: features_digest},
+    "row_digests": {split: {"logits": .., "cls_hidden/<layer>": ..}} (pea_kd.teacher_rows: what run identities are
+    made of), "splits": {split: {"logits" (N, C), "cls_hidden" (N, K, H_t) or None, "labels"}}, "seconds"}.
     amp: float32 by default ("off"), so the cached targets are exact; "auto" uses bf16/fp16 on CUDA.
     """
     started = time.perf_counter()
     spec = get_task(task)
+    if cls_dtype not in CLS_DTYPES:
+        raise ValueError(f"cache_teacher_outputs: cls_dtype must be one of {', '.join(CLS_DTYPES)}, got {cls_dtype!r}")
     model_dir = teacher_model_dir(teacher_dir, which).resolve()
     model = load_pretrained(model_dir, num_labels=spec.num_labels)
     if model.load_report.newly_initialized:
         raise ValueError(f"{model_dir}: no fine-tuned {spec.name} head with {spec.num_labels} outputs; "
                          "is this a teacher for another task?")
+    num_layers = len(model.bert.encoder.plan)
+    layers = sorted(set(range(num_layers + 1) if layers is None else (int(x) for x in layers)))
+    if layers and not 0 <= layers[0] <= layers[-1] <= num_layers:
+        raise ValueError(f"cache_teacher_outputs: layers {layers} out of range for a {num_layers}-layer teacher "
+                         f"(0 = embeddings .. {num_layers})")
     tokenizer = load_tokenizer(model_dir)
     dev = resolve_device(device)
     amp_dtype = resolve_amp(amp, dev)
     model.to(dev)
     payload = {"version": CACHE_VERSION, "task": spec.name, "teacher": str(model_dir),
                "teacher_weights": file_digest(model_dir / "model.safetensors"), "precision": precision_name(amp_dtype),
-               "max_length": max_length, "tokenizer": tokenizer.fingerprint, "num_examples": {}, "digests": {},
-               "splits": {}}
+               "max_length": max_length, "tokenizer": tokenizer.fingerprint, "num_layers": num_layers,
+               "hidden_size": model.config.hidden_size, "layers": layers, "cls_dtype": cls_dtype,
+               "num_examples": {}, "digests": {}, "row_digests": {}, "splits": {}}
     for split in splits:
         data = load_features(spec, split, tokenizer, max_length, data_dir)
-        outputs = teacher_forward(model, data, dev, batch_size, amp_dtype)
+        outputs = teacher_forward(model, data, dev, batch_size, amp_dtype, layers, CLS_DTYPES[cls_dtype])
         outputs["labels"] = torch.from_numpy(data.labels) if data.labels is not None else None
         payload["splits"][split] = outputs
         payload["num_examples"][split] = len(data)
         payload["digests"][split] = features_digest(data)
-        log.info("teacher cache: %s %s: %d examples", spec.name, split, len(data))
+        payload["row_digests"][split] = row_digests(outputs["logits"], outputs["cls_hidden"], layers)
+        log.info("teacher cache: %s %s: %d examples, layers %s", spec.name, split, len(data), layers)
     payload["seconds"] = time.perf_counter() - started
     path = Path(teacher_dir) / CACHE_FILE
     write_atomic(path, lambda f: torch.save(payload, f))
@@ -145,24 +184,23 @@ def cache_teacher_outputs(teacher_dir, task, splits=("train", "dev"), max_length
 
 def load_teacher_outputs(path, task, max_length: int, tokenizer_fingerprint: str, split_sizes: dict,
                          digests: Optional[dict] = None, teacher_weights: Optional[str] = None,
-                         precision: Optional[str] = None) -> dict:
+                         precision: Optional[str] = None, layers: Optional[Sequence[int]] = None,
+                         cls_dtype: Optional[str] = None) -> dict:
     """Read a teacher cache and refuse it (StaleTeacherCache, one line saying what differs) unless it matches.
 
     split_sizes: {split: N expected}; digests: optional {split: features_digest(...)} for an exact data check;
     teacher_weights: optional file_digest of the model.safetensors the cache must come from (the weights, not the
-    path: a retrained teacher is another teacher, a moved one the same); precision: optional "fp32"/"bf16"/"fp16".
+    path: a retrained teacher is another teacher, a moved one the same); precision: optional "fp32"/"bf16"/"fp16";
+    layers: the teacher layers the caller reads (None = every layer); a cache holding fewer raises
+    MissingTeacherLayers; cls_dtype: optional storage dtype of cls_hidden ("float32", ...). Nothing is re-read to
+    check it: the comparisons use what the file recorded.
     """
     path = Path(path)
-    if not path.is_file():
-        raise StaleTeacherCache(f"{path}: no teacher cache; run `python -m pea_kd cache-teacher`")
-    try:
-        cache = torch.load(path, map_location="cpu", weights_only=True, mmap=True)  # pages shared, read on demand
-    except Exception as err:  # truncated, corrupt or not a torch file
-        raise StaleTeacherCache(f"{path}: unreadable teacher cache ({type(err).__name__}); recompute it") from None
+    cache = _open_cache(path)
     spec = get_task(task)
     expected = {"version": CACHE_VERSION, "task": spec.name, "max_length": max_length,
                 "tokenizer": tokenizer_fingerprint, **({"teacher_weights": teacher_weights} if teacher_weights else {}),
-                **({"precision": precision} if precision else {})}
+                **({"precision": precision} if precision else {}), **({"cls_dtype": cls_dtype} if cls_dtype else {})}
     for key, value in expected.items():
         if cache.get(key) != value:
             raise StaleTeacherCache(f"{path}: stale teacher cache: {key} is {cache.get(key)!r}, expected {value!r}")
@@ -176,14 +214,34 @@ def load_teacher_outputs(path, task, max_length: int, tokenizer_fingerprint: str
                                     f"examples, the data has {n}")
         if digests and split in digests and cache["digests"].get(split) != digests[split]:
             raise StaleTeacherCache(f"{path}: stale teacher cache: the {split} inputs changed (data or tokenisation)")
+    wanted = range(cache["num_layers"] + 1) if layers is None else layers
+    absent = sorted(set(wanted) - set(cache["layers"]))
+    if absent:
+        raise MissingTeacherLayers(f"{path}: the teacher cache holds layers {cache['layers']} of "
+                                   f"0..{cache['num_layers']}, not {absent}", cache["layers"], cache["cls_dtype"])
     return cache
 
 
+def _open_cache(path: Path) -> dict:
+    """torch.load the cache memory-mapped (pages shared between processes, read on demand); StaleTeacherCache when
+    it is missing or unreadable."""
+    if not path.is_file():
+        raise StaleTeacherCache(f"{path}: no teacher cache; run `python -m pea_kd cache-teacher`")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as err:  # truncated, corrupt or not a torch file
+        raise StaleTeacherCache(f"{path}: unreadable teacher cache ({type(err).__name__}); recompute it") from None
+
+
 def ensure_teacher_outputs(teacher_dir, task, splits=("train", "dev"), max_length: int = 128, data_dir=None,
-                           which: str = "final", device: str = "auto", amp: str = "off") -> dict:
+                           which: str = "final", device: str = "auto", amp: str = "off",
+                           layers: Optional[Sequence[int]] = None, cls_dtype: Optional[str] = None) -> dict:
     """The validated teacher cache of `splits` (tokenised with the teacher's tokenizer), recomputed if missing/stale.
 
-    Valid = same task, data, tokenizer, max_length, teacher *weights* and precision (resolve_amp(amp, device)).
+    Valid = same task, data, tokenizer, max_length, teacher *weights* and precision (resolve_amp(amp, device)), and
+    it holds the [CLS] vectors of `layers` (None = every layer), stored as `cls_dtype` (None: as the file has them;
+    a cache computed here is float32). A cache that lacks some layers is recomputed with the layers it had *and* the
+    new ones, in its dtype, so students with different layer maps end up sharing one cache.
     Recomputing holds the teacher directory's lock: a second process waits for it, then reads its cache.
     """
     model_dir = teacher_model_dir(teacher_dir, which).resolve()
@@ -192,7 +250,7 @@ def ensure_teacher_outputs(teacher_dir, task, splits=("train", "dev"), max_lengt
     path = Path(teacher_dir) / CACHE_FILE
     args = (task, max_length, tokenizer.fingerprint, {s: len(f) for s, f in features.items()},
             {s: features_digest(f) for s, f in features.items()}, file_digest(model_dir / "model.safetensors"),
-            precision_name(resolve_amp(amp, resolve_device(device))))
+            precision_name(resolve_amp(amp, resolve_device(device))), layers, cls_dtype)
     with distributed.main_process_first():  # under torchrun: rank 0 checks (or recomputes) it, the others then read
         try:
             return load_teacher_outputs(path, *args)
@@ -204,7 +262,25 @@ def ensure_teacher_outputs(teacher_dir, task, splits=("train", "dev"), max_lengt
         with directory_lock(teacher_dir, wait=True):
             try:  # another process may have computed it while this one waited
                 return load_teacher_outputs(path, *args)
+            except MissingTeacherLayers as err:  # valid, but for students with other layer maps: keep theirs too
+                keep, dtype = (None if layers is None else sorted(set(layers) | set(err.stored))), err.cls_dtype
             except StaleTeacherCache:
-                cache_teacher_outputs(teacher_dir, task, tuple(splits), max_length, data_dir, which=which,
-                                      device=device, amp=amp)
+                keep, dtype = layers, cls_dtype or "float32"
+            cache_teacher_outputs(teacher_dir, task, tuple(splits), max_length, data_dir, which=which,
+                                  device=device, amp=amp, layers=keep, cls_dtype=dtype)
         return load_teacher_outputs(path, *args)
+
+
+def verify_teacher_outputs(path) -> dict:
+    """Re-read every row of a teacher cache and compare it with the digests recorded when it was written:
+    {split: [keys whose rows changed]} (empty lists: intact). What runs skip, for a file someone may have edited."""
+    cache = _open_cache(Path(path))
+    if cache.get("version") != CACHE_VERSION:
+        raise StaleTeacherCache(f"{path}: a version {cache.get('version')} teacher cache records no row digests; "
+                                "recompute it")
+    changed = {}
+    for split, rows in cache["splits"].items():
+        now = row_digests(rows["logits"], rows.get("cls_hidden"), cache["layers"])
+        changed[split] = sorted(k for k in now.keys() | cache["row_digests"][split].keys()
+                                if now.get(k) != cache["row_digests"][split].get(k))
+    return changed

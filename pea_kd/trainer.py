@@ -42,13 +42,14 @@ import torch
 from tqdm.auto import tqdm
 
 from . import distributed
-from .features import Features, collate, make_batches
+from .features import Features, collate, count_batches, make_batches
 from .glue import get_task
-from .identity import check_same_run, run_identity
+from .identity import check_same_run, run_identity, tensors_digest
 from .losses import LossConfig, LossInputs, build_loss, task_loss
-from .runtime import (keep_freed_memory, precision_name, resolve_amp, resolve_device, rng_state, set_rng_state,
-                      set_seed)
+from .runtime import (keep_freed_memory, non_blocking, precision_name, resolve_amp, resolve_device, rng_state,
+                      set_rng_state, set_seed)
 from .storage import directory_lock, storage_error, write_atomic
+from .teacher_rows import TeacherRows
 
 log = logging.getLogger(__name__)
 CHECKPOINT, LOG, RESULT = "checkpoint.pt", "log.jsonl", "result.json"
@@ -68,9 +69,10 @@ class TrainConfig:
     checkpoint_every: None = write checkpoint.pt at every evaluation, N = every N steps, 0 = never.
     select: dev score that picks `best_dev_*`: "auto" (the task's primary metric, or the first key of metrics_fn),
         a metric name (higher is better), or "loss" (dev loss, lower is better; used by PTP).
-    device: "auto" (cuda if available, else cpu), "cpu", "cuda", "cuda:1", ...
+    device: "auto" (cuda if available, else mps on Apple silicon, else cpu), "cpu", "cuda", "cuda:1", "mps".
     amp: "auto" (bf16 autocast where the device has native bf16, CPU or CUDA; else fp16 with a GradScaler on CUDA,
-        fp32 on CPU), "bf16", "fp16" (CUDA), "off" (fp32). Weights, optimiser state and loss stay fp32 (runtime).
+        fp32 on CPU and MPS), "bf16", "fp16" (CUDA, MPS), "off" (fp32). Weights, optimiser state and loss stay fp32
+        (runtime.resolve_amp).
     progress: tqdm bar; None = only when stderr is a terminal.
     """
 
@@ -103,7 +105,8 @@ class TrainConfig:
             raise ValueError("TrainConfig: eval_every, checkpoint_every and seed must be >= 0")
         if self.amp not in ("auto", "bf16", "fp16", "off"):
             raise ValueError(f"TrainConfig: amp must be auto, bf16, fp16 or off, got {self.amp!r}")
-        resolve_device(self.device)  # an unknown or absent device is refused here, before any work
+        # an unknown or absent device is refused here, before any work, and so is MPS under torchrun
+        distributed.check_device(resolve_device(self.device))
 
 
 @dataclass
@@ -200,9 +203,10 @@ def train(model, train_data: Features, dev_data: Features, *, task, out_dir, con
     task: GLUE task name for compute_metrics (ignored when metrics_fn(preds, labels) -> dict is given, e.g. PTP).
     loss: a spec for losses.build_loss ("ce", "kd", "kd+pkd", ...) or a built module with forward(LossInputs).
     loss_config: LossConfig (alpha, T, beta, layer_map, ...); is_regression is set from model.num_labels.
-    teacher: cached teacher outputs of the *train* split, {"logits": (N, C), "cls_hidden": (N, L_t+1, H_t)}, rows in
-        example order (teacher.load_teacher_outputs); live_teacher: a model run under no_grad, only for losses that
-        need what the cache lacks (teacher attentions).
+    teacher: cached teacher outputs of the *train* split, rows in example order: TeacherRows.from_cache(cache,
+        "train") (pea_kd.teacher_rows; it may hold only the layers the loss reads), or a dict {"logits": (N, C),
+        "cls_hidden": (N, L_t+1, H_t)} holding every layer; live_teacher: a model run under no_grad, only for losses
+        that need what the cache lacks (teacher attentions).
     save_fn(model, path): how to write final/ and best/ (default bert_mini.save_pretrained).
     resume: continue from out_dir/checkpoint.pt (or return the stored result of a finished run); without it an
         out_dir holding a run is refused unless overwrite=True.
@@ -235,50 +239,73 @@ class Trainer:
         self.amp_dtype = resolve_amp(config.amp, self.device)
         self.is_regression = model.num_labels == 1
         self.loss_config = dataclasses.replace(loss_config or LossConfig(), is_regression=self.is_regression)
-        self.loss_fn = (build_loss(loss, model.config.hidden_size, _teacher_hidden(teacher))
-                        if isinstance(loss, str) else loss)
+        if isinstance(teacher, dict):  # rows made in memory, every layer: hashed here, as nothing recorded them
+            teacher = TeacherRows.from_tensors(teacher.get("logits"), teacher.get("cls_hidden"))
+        teacher_hidden = teacher.hidden_size if teacher is not None else None
+        self.loss_fn = build_loss(loss, model.config.hidden_size, teacher_hidden) if isinstance(loss, str) else loss
         self.loss_name = getattr(self.loss_fn, "spec", type(self.loss_fn).__name__)
         self.requires = getattr(self.loss_fn, "requires", frozenset({"labels"}))
-        self.teacher_rows, self.live_teacher = self._teacher_inputs(teacher, live_teacher)
-        # what this run is (pea_kd.identity): a checkpoint or result is reused only when all of it matches
-        targets = self.teacher_rows or (live_teacher.state_dict() if live_teacher is not None else None)
-        self.identity = run_identity(config, model, self.loss_fn, self.loss_config, train_data, dev_data, targets,
-                                     self.amp_dtype)
+        self.teacher_rows, self.teacher_fields, self.live_teacher = self._teacher_inputs(teacher, live_teacher)
+        # what this run is (pea_kd.identity): a checkpoint or result is reused only when all of it matches. Data and
+        # teacher rows are named by the digests recorded when their cache files were written: nothing is re-read.
+        self.identity = run_identity(config, model, self.loss_fn, self.loss_config, train_data, dev_data,
+                                     self._teacher_identity(), self.amp_dtype)
         keep_freed_memory()  # each step's 47 MB word-embedding gradient from the heap, not from fresh pages (runtime)
         model.to(self.device)
         self.loss_fn.to(self.device)
         self.train_model = distributed.wrap(model, self.loss_fn)  # under torchrun: DDP (averages gradients), else model
-        # fused=True: one kernel updates every tensor (CPU and CUDA); an FT epoch on MRPC, 2 CPU threads: -2.5% time
+        # fused=True: one kernel updates every tensor (CPU, CUDA, MPS); an FT epoch on MRPC, 2 CPU threads: -2.5% time
         self.optimizer = torch.optim.AdamW(param_groups([model, self.loss_fn], config.weight_decay), lr=config.lr,
                                            fused=True)
-        self.steps_per_epoch = [len(make_batches(train_data, config.batch_size, True, config.seed, e))
-                                for e in range(config.epochs)]
+        self.steps_per_epoch = [count_batches(len(train_data), config.batch_size)] * config.epochs
         self.total_steps = sum(self.steps_per_epoch)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, linear_schedule(self.total_steps, int(config.warmup * self.total_steps)))
-        self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None  # fp16 only
+        # fp16 only (CUDA or MPS: runtime.resolve_amp refuses it elsewhere)
+        self.scaler = torch.amp.GradScaler(self.device.type) if self.amp_dtype == torch.float16 else None
         self.state = _State()
 
-    def _teacher_inputs(self, teacher, live_teacher):
-        """The cached teacher rows the loss reads (or the live teacher, for attentions). They stay where the cache put
-        them, in host memory (memory-mapped by load_teacher_outputs, so the ranks of a torchrun job share one copy);
-        each step moves only its batch's rows to the device."""
+    def _teacher_inputs(self, teacher: Optional[TeacherRows], live_teacher):
+        """(rows, {LossInputs field: cached tensor}, live teacher): the cached teacher rows the loss reads (or the live
+        teacher, for attentions). The rows stay where the cache put them, in host memory (memory-mapped by
+        load_teacher_outputs, so the ranks of a torchrun job share one copy); each step moves only its batch's rows
+        to the device. A loss that needs a layer the cache does not hold is refused here, in one line."""
         if "teacher_attentions" in self.requires and live_teacher is None:
             raise ValueError(f"train: loss {self.loss_name!r} needs teacher attentions, which the teacher cache "
                              "lacks; pass live_teacher=<teacher model>")
         if live_teacher is not None:
-            return {}, live_teacher.to(self.device).eval()
+            return None, {}, live_teacher.to(self.device).eval()
         fields = {f: k for f, k in (("teacher_logits", "logits"), ("teacher_cls_hidden", "cls_hidden"))
                   if f in self.requires}
-        missing = [f for f, k in fields.items() if teacher is None or k not in teacher]
+        missing = [f for f, k in fields.items() if teacher is None or getattr(teacher, k) is None]
         if missing:
             raise ValueError(f"train: loss {self.loss_name!r} needs {', '.join(missing)}: pass teacher=<cached "
                              "teacher outputs of the train split> (pea_kd.teacher.load_teacher_outputs)")
-        for k in fields.values():
-            if len(teacher[k]) != len(self.train_data):
-                raise ValueError(f"train: the teacher cache has {len(teacher[k])} rows of {k}, the train data "
-                                 f"{len(self.train_data)} examples")
-        return {f: teacher[k] for f, k in fields.items()}, None
+        if fields and len(teacher) != len(self.train_data):
+            raise ValueError(f"train: the teacher cache has {len(teacher)} rows, the train data "
+                             f"{len(self.train_data)} examples")
+        absent = teacher.missing_layers(self._teacher_layers(teacher)) if "cls_hidden" in fields.values() else []
+        if absent:
+            raise ValueError(f"train: loss {self.loss_name!r} reads teacher layers {_listed(absent)}, which the "
+                             f"teacher cache does not hold (it has {_listed(teacher.layers)} of 0..{teacher.num_layers}"
+                             "); recompute it with those layers (ensure_teacher_outputs(..., layers=...))")
+        return (teacher if fields else None), fields, None
+
+    def _teacher_layers(self, teacher: TeacherRows) -> tuple[int, ...]:
+        """The teacher_cls_hidden indices the loss reads; every layer for a loss module that does not say."""
+        if hasattr(self.loss_fn, "teacher_layers_read"):
+            return self.loss_fn.teacher_layers_read(self.loss_config.layer_map, teacher.num_layers)
+        return tuple(range(teacher.num_layers + 1))
+
+    def _teacher_identity(self) -> Optional[dict]:
+        """The teacher part of the run identity, from the digests recorded with the rows (or the live teacher's
+        weights); None without a teacher."""
+        if self.live_teacher is not None:
+            return {"teacher_targets": tensors_digest(self.live_teacher.state_dict())}
+        if self.teacher_rows is None:
+            return None
+        layers = self._teacher_layers(self.teacher_rows) if "cls_hidden" in self.teacher_fields.values() else ()
+        return self.teacher_rows.identity(set(self.teacher_fields.values()), layers)
 
     # ------------------------------------------------------------------ the loop
     def fit(self, resume: bool = False, overwrite: bool = False) -> TrainResult:
@@ -315,8 +342,9 @@ class Trainer:
         state = self.state
         self.model.train()
         self.show = (config.progress if config.progress is not None else sys.stderr.isatty()) and distributed.is_main()
+        # leave=None: kept on screen when it is the only bar, cleared when it runs under reproduce's overall bar
         bar = tqdm(total=self.total_steps, initial=state.step, disable=not self.show, unit="step",
-                   desc=f"train {self.out_dir.name}")
+                   desc=f"train {self.out_dir.name}", leave=None)
         for epoch in range(state.epoch, config.epochs):
             batches = make_batches(self.train_data, config.batch_size, shuffle=True, seed=config.seed, epoch=epoch)
             for b in range(state.batch_in_epoch, len(batches)):  # on resume: skip the batches already trained
@@ -350,9 +378,14 @@ class Trainer:
         examples, (indices, weight) = len(indices), distributed.share(indices)  # this rank's share, w_r = W n_r / N
         batch = collate(self.train_data, indices, pad_token_id=model.config.pad_token_id)
         tokens = int(batch["attention_mask"].sum())
-        teacher = {f: rows.index_select(0, batch["index"]).to(self.device, non_blocking=True)  # this batch's rows
-                   for f, rows in self.teacher_rows.items()}
-        batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+        copy = non_blocking(self.device)  # asynchronous host-to-device copies on CUDA only
+        teacher = {}  # this batch's teacher rows, moved to the device (only the stored layers of cls_hidden)
+        if "teacher_logits" in self.teacher_fields:
+            teacher["teacher_logits"] = self.teacher_rows.logits.index_select(0, batch["index"]).to(
+                self.device, non_blocking=copy)
+        if "teacher_cls_hidden" in self.teacher_fields:
+            teacher["teacher_cls_hidden"] = self.teacher_rows.cls_rows(batch["index"], self.device)
+        batch = {k: v.to(self.device, non_blocking=copy) for k, v in batch.items()}
         with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
             out = self.train_model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"],
                                    output_hidden_states="student_hidden_states" in self.requires,  # plain FT: none
@@ -500,8 +533,8 @@ def _fp32(x):
     return x.float() if x is not None and x.is_floating_point() else x
 
 
-def _teacher_hidden(teacher: Optional[dict]) -> Optional[int]:
-    return int(teacher["cls_hidden"].shape[-1]) if teacher and "cls_hidden" in teacher else None
+def _listed(layers) -> str:
+    return ", ".join(str(x) for x in layers) or "none"
 
 
 def _task_metrics(task) -> tuple:

@@ -275,7 +275,9 @@ INTEROP_SEED = 1234
 
 def _tiny_random_classifier(vocab_size: int, num_labels: int, seed: int, num_layers: int = 2):
     """An L-layer (default 2), H = 32 BERT classifier with seeded N(0, 0.1) weights (LayerNorm gains 1 + N(0, 0.1)): large enough
-    that the logits depend on every layer, unlike a fresh N(0, 0.02) init whose pooler output barely varies."""
+    that the logits depend on every layer, unlike a fresh N(0, 0.02) init whose pooler output barely varies. Drawn in
+    float64, then rounded to float32: torch's float32 randn has a vectorised AVX2 kernel whose last bits differ from
+    the other CPUs' (ATEN_CPU_CAPABILITY=default shows it), and the test checks these bytes by their sha256."""
     from bert_mini import BertConfig, BertForSequenceClassification
     config = BertConfig(vocab_size=vocab_size, hidden_size=32, num_hidden_layers=num_layers, num_attention_heads=4,
                         intermediate_size=64, max_position_embeddings=64)
@@ -283,7 +285,8 @@ def _tiny_random_classifier(vocab_size: int, num_labels: int, seed: int, num_lay
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in sorted(model.named_parameters()):
-            p.copy_(torch.randn(p.shape, generator=generator) * 0.1 + (1.0 if name.endswith("LayerNorm.weight") else 0))
+            noise = torch.randn(p.shape, generator=generator, dtype=torch.float64)
+            p.copy_(noise * 0.1 + (1.0 if name.endswith("LayerNorm.weight") else 0))
     return model.eval()
 
 

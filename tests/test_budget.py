@@ -78,6 +78,8 @@ def test_reproduce_budget_rows_relate_as_the_methods_do(tiny_env):
     head = examples * 2 * (32 * 32 + 32 * 2)
     assert rows["SPS + PKD"].flops == pytest.approx(2 * rows["PKD"].flops - head, rel=1e-12)
     assert rows["PTP + PKD"].flops > rows["PKD"].flops and rows["Pea-KD"].flops > rows["SPS + PKD"].flops
+    for row in list(rows.values())[2:]:  # each seed's share, what reproduce's progress view times stage by stage
+        assert set(row.seed_flops) == {0, 1} and sum(row.seed_flops.values()) == pytest.approx(row.flops, rel=1e-12)
     one_seed = {r.name: r for r in reproduce_budget(dataclasses.replace(cfg, seeds=(0,), methods=("ft",)))}
     assert list(one_seed) == ["teacher (2L)", "teacher cache", "FT"]
     assert one_seed["FT"].runs == 1 and one_seed["FT"].flops == pytest.approx(rows["FT"].flops / 2, rel=0.05)

@@ -13,7 +13,7 @@ import time
 import pytest
 
 from bert_mini.download import (
-    ChecksumError, DownloadError, NoNetworkError, NotFoundError, download_file, fetch_model,
+    ChecksumError, DownloadError, NoNetworkError, NotFoundError, UnsupportedCheckpointError, download_file, fetch_model,
 )
 
 
@@ -288,11 +288,13 @@ def test_fetch_model_unknown_name_404(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_fetch_model_no_weights_at_all(tmp_path):
-    files = hub_files("w")
-    del files["/w/resolve/main/model.safetensors"]
+@pytest.mark.parametrize("missing, choices", [("model.safetensors", "model.safetensors, pytorch_model.bin"),
+                                              ("vocab.txt", "vocab.txt, tokenizer.json")])
+def test_fetch_model_without_any_of_the_choices_for_a_file_names_them(tmp_path, missing, choices):
+    files = hub_files("w")  # no pytorch_model.bin, no tokenizer.json
+    del files[f"/w/resolve/main/{missing}"]
     with LocalHTTPServer(files) as srv:
-        with pytest.raises(NotFoundError, match="none of model.safetensors, pytorch_model.bin"):
+        with pytest.raises(NotFoundError, match=f"w: the hub at .* has none of {choices}"):
             fetch_model("w", cache_dir=tmp_path, base_url=srv.url, progress=False)
     assert not (tmp_path / "w").exists()
 
@@ -328,3 +330,63 @@ def test_a_corrupt_cache_entry_names_itself_and_how_to_refresh(tmp_path, monkeyp
         with pytest.raises(DownloadError, match=rf"{tmp_path}/bert-tiny/model.safetensors is corrupt .*cut short.*"
                                                 rf"delete {tmp_path}/bert-tiny \(rm -r\) and run again"):
             fetch_model("bert-tiny", base_url=srv.url, progress=False)
+
+
+# ------------------------------------------------------------------------------- tokenizer.json instead of vocab.txt
+
+def tokenizer_json(kind: str = "WordPiece") -> bytes:
+    """A `tokenizers` file as transformers 5 saves it for BERT (WordPiece), or a GPT-2-like BPE one."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
+
+    vocab = {t: i for i, t in enumerate(VOCAB.decode().split() + ["[MASK]"])}
+    if kind == "WordPiece":
+        tok = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]"))
+        tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+        tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    else:
+        tok = Tokenizer(models.BPE(vocab, merges=[], unk_token="[UNK]"))
+    return tok.to_str().encode()
+
+
+def test_a_checkpoint_with_only_tokenizer_json_is_fetched_and_its_tokenizer_loads(tmp_path):
+    from bert_mini import load_tokenizer
+
+    files = hub_files("tj-bert")
+    del files["/tj-bert/resolve/main/vocab.txt"]
+    files["/tj-bert/resolve/main/tokenizer.json"] = tokenizer_json()
+    with LocalHTTPServer(files) as srv:
+        out = fetch_model("tj-bert", cache_dir=tmp_path, base_url=srv.url, progress=False)
+        base = "/tj-bert/resolve/main/"
+        assert [r[1] for r in srv.requests] == [base + f for f in ("config.json", "vocab.txt", "tokenizer.json",
+                                                                   "model.safetensors")]
+        assert fetch_model("tj-bert", cache_dir=tmp_path, base_url=srv.url, progress=False) == out
+        assert len(srv.requests) == 4  # a cache hit: no request
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors", "tokenizer.json"]
+    tokenizer = load_tokenizer(out)
+    assert tokenizer.encode("Hello").input_ids == [2, 4, 3]  # [CLS] hello [SEP]: lower-cased by BertNormalizer
+
+
+def test_a_tokenizer_json_of_another_kind_is_refused_in_one_line_before_the_weights(tmp_path):
+    files = hub_files("bpe-model")
+    del files["/bpe-model/resolve/main/vocab.txt"]
+    files["/bpe-model/resolve/main/tokenizer.json"] = tokenizer_json("BPE")
+    with LocalHTTPServer(files) as srv:
+        with pytest.raises(UnsupportedCheckpointError) as err:
+            fetch_model("bpe-model", cache_dir=tmp_path, base_url=srv.url, progress=False)
+        assert not any(r[1].endswith(("model.safetensors", "pytorch_model.bin")) for r in srv.requests)
+    message = str(err.value)
+    assert "\n" not in message and message.startswith("bpe-model: the hub has no vocab.txt and its tokenizer.json")
+    assert "a BPE tokenizer; bert_mini only reads BERT's WordPiece" in message and "nothing was kept" in message
+    assert list(tmp_path.iterdir()) == []  # neither a cache entry nor a staging directory to resume
+
+
+def test_a_hub_checkpoint_that_cannot_be_fetched_is_a_one_line_cli_error(capsys, monkeypatch, tmp_path):
+    from test_cli import run_cli
+
+    monkeypatch.setenv("PEA_KD_HUB_URL", closed_port_url())
+    monkeypatch.setenv("PEA_KD_CACHE", str(tmp_path))
+    code, _, err = run_cli(capsys, "distill", "--task", "mrpc", "--student-model", "org/offline", "--loss", "ce",
+                           "--out-dir", tmp_path / "run")
+    lines = err.strip().splitlines()
+    assert code == 1 and len(lines) == 1 and "org/offline/resolve/main/config.json" in lines[0]
+    assert lines[0].startswith("python -m pea_kd distill: error: cannot download") and "no network" in lines[0]

@@ -1,8 +1,10 @@
-"""data/download_glue.py against a local HTTP server on 127.0.0.1, plus the MRPC conversion checked on real data."""
+"""pea_kd.glue_download (`python -m pea_kd download-glue`, `make data`) against a local HTTP server on 127.0.0.1,
+plus the MRPC conversion checked on real data."""
 from __future__ import annotations
 
-import importlib.util
 import io
+import json
+import logging
 import os
 import subprocess
 import sys
@@ -11,13 +13,13 @@ from pathlib import Path
 
 import pytest
 
+from pea_kd import glue_download as glue
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from test_cli import run_cli  # noqa: E402
 from test_download import LocalHTTPServer, closed_port_url  # noqa: E402  (the shared 127.0.0.1 test server)
 
 ROOT = Path(__file__).resolve().parent.parent
-_spec = importlib.util.spec_from_file_location("download_glue", ROOT / "data" / "download_glue.py")
-glue = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(glue)
 
 GLUE_DIR = Path(os.environ.get("GLUE_DIR", ROOT.parent / "shared" / "glue_data"))
 BOM_HEADER = "\ufeffQuality\t#1 ID\t#2 ID\t#1 String\t#2 String\n"
@@ -100,11 +102,10 @@ def test_wrong_archive_checksum_clear_error(tmp_path, monkeypatch):
     assert not (tmp_path / "RTE").exists() and leftovers(tmp_path) == []
 
 
-def test_unverified_archive_prints_warning(tmp_path, capsys):
-    with LocalHTTPServer({"/RTE.zip": RTE_ZIP}) as srv:
+def test_unverified_archive_logs_a_warning(tmp_path, caplog):
+    with LocalHTTPServer({"/RTE.zip": RTE_ZIP}) as srv, caplog.at_level(logging.WARNING, logger=glue.__name__):
         glue.download_task("RTE", tmp_path, base_url=srv.url, progress=False)
-    err = capsys.readouterr().err
-    assert "warning: no known sha256 for RTE.zip" in err and "checksum was not verified" in err
+    assert "no known sha256 for RTE.zip" in caplog.text and "checksum was not verified" in caplog.text
 
 
 def test_present_task_is_skipped_without_request(tmp_path):
@@ -211,35 +212,40 @@ def test_parse_tasks_aliases_and_all():
 
 
 def test_cli_bad_task_one_line_error(capsys):
-    assert glue.main(["--tasks", "MRPC,FOO", "--data-dir", "/nonexistent/never"]) == 2
-    err = capsys.readouterr().err.strip()
-    assert "\n" not in err and "'FOO'" in err and "CoLA, SST-2, MRPC, QQP, STS-B, MNLI, QNLI, RTE, WNLI" in err
+    code, _, err = run_cli(capsys, "download-glue", "--tasks", "MRPC,FOO", "--data-dir", "/nonexistent/never")
+    last = err.strip().splitlines()[-1]  # after the usage line, as every usage error of the CLI
+    assert code == 2 and "'FOO'" in last and "CoLA, SST-2, MRPC, QQP, STS-B, MNLI, QNLI, RTE, WNLI" in last
 
 
 def test_cli_help_documents_every_flag(capsys):
-    with pytest.raises(SystemExit) as info:
-        glue.main(["--help"])
-    assert info.value.code == 0
-    out = capsys.readouterr().out
+    code, out, _ = run_cli(capsys, "download-glue", "--help")
+    assert code == 0
     for flag in ("--tasks", "--data-dir", "--base-url", "--mrpc-dir", "--no-progress"):
         assert flag in out
 
 
-def test_cli_downloads_then_skips(tmp_path, capsys, monkeypatch):
+def test_cli_downloads_then_skips_into_glue_dir(tmp_path, capsys, monkeypatch):
     with LocalHTTPServer({"/RTE.zip": RTE_ZIP}) as srv:
         monkeypatch.setenv("PEA_KD_GLUE_URL", srv.url)
-        argv = ["--tasks", "rte", "--data-dir", str(tmp_path), "--no-progress"]
-        assert glue.main(argv) == 0
-        assert glue.main(argv) == 0
+        monkeypatch.setenv("GLUE_DIR", str(tmp_path))  # no --data-dir: where the reader looks
+        runs = [run_cli(capsys, "download-glue", "--tasks", "rte", "--no-progress") for _ in range(2)]
         assert len(srv.requests) == 1
-    out = capsys.readouterr().out
-    assert "RTE: downloaded" in out and "RTE: already present, skipped" in out
+    assert [code for code, _, _ in runs] == [0, 0]
+    assert [json.loads(out)["tasks"] for _, out, _ in runs] == [{"RTE": "downloaded"}, {"RTE": "present"}]
+    assert json.loads(runs[0][1])["data_dir"] == str(tmp_path) and (tmp_path / "RTE" / "dev.tsv").is_file()
+
+
+def test_make_data_runs_the_package_downloader():
+    makefile = (ROOT / "Makefile").read_text(encoding="utf-8")
+    assert "\t$(PY) -m pea_kd download-glue --tasks $(TASK)\n" in makefile
 
 
 def test_cli_network_failure_exit_1_one_line(tmp_path, capsys):
-    assert glue.main(["--tasks", "WNLI", "--data-dir", str(tmp_path), "--base-url", closed_port_url()]) == 1
-    err = [l for l in capsys.readouterr().err.splitlines() if "error" in l]
-    assert len(err) == 1 and "WNLI" in err[0] and "no network" in err[0] and "GLUE_DIR" in err[0]
+    code, _, err = run_cli(capsys, "download-glue", "--tasks", "WNLI", "--data-dir", tmp_path, "--base-url",
+                           closed_port_url())
+    lines = [l for l in err.splitlines() if "error" in l]
+    assert code == 1 and len(lines) == 1 and "WNLI" in lines[0] and "no network" in lines[0]
+    assert "GLUE_DIR" in lines[0]
 
 
 # ------------------------------------------------------------------------------ reproduce fetches a missing task

@@ -8,8 +8,8 @@ import torch
 
 from bert_mini import load_tokenizer, resolve_model_dir
 from bert_mini.tokenization import BertTokenizer
-from pea_kd.features import (CACHE_ENV, Features, collate, encode_examples, load_features, make_batches,
-                             padding_stats)
+from pea_kd.features import (CACHE_ENV, Features, collate, count_batches, encode_examples, load_features,
+                             make_batches, padding_stats)
 from pea_kd.glue import Example, load_examples, split_path
 
 WORDS = "the a movie film was great terrible boring quite surprisingly funny sad long plot actors music".split()
@@ -274,3 +274,43 @@ def test_real_mrpc_dev_cached_and_bucketed(tmp_path, tok):
     assert feats.input_ids[0].tolist() == tok.encode(examples[0].text_a, examples[0].text_b).input_ids
     stats = padding_stats(feats, 32, max_length=128)
     assert stats["saving_vs_fixed"] > 0.4 and stats["bucketed_pad"] < stats["random_pad"] / 3
+
+
+# ---------------------------------------------------------------- digests recorded once (run identity, issue 25)
+
+def test_the_inputs_digest_is_stored_with_the_cache_and_read_back_without_hashing(glue_dir, tmp_path, tok,
+                                                                                   monkeypatch):
+    from pea_kd import features as features_module
+    cache = tmp_path / "cache"
+    built = load_features("sst2", "train", tok, max_length=32, data_dir=glue_dir, cache_dir=cache)
+    content = features_module._inputs_digest(built.input_ids, built.token_type_ids)
+    assert built.digest == content
+    labels = built.labels_digest
+    monkeypatch.setattr(features_module, "_inputs_digest", lambda *a: pytest.fail("the examples were hashed again"))
+    monkeypatch.setattr(features_module, "rows_digest", lambda *a: pytest.fail("the labels were hashed again"))
+    read = load_features("sst2", "train", tok, max_length=32, data_dir=glue_dir, cache_dir=cache)
+    assert read.digest == content and read.labels_digest == labels
+    assert read.lengths.tolist() == built.lengths.tolist()
+
+
+def test_a_subset_digest_is_derived_and_a_relabelled_split_keeps_its_inputs_digest(tok):
+    feats = encode_examples([Example(f"t-{i}", " ".join(["x"] * i), "y", i % 2) for i in range(1, 9)], tok)
+    sub = feats.subset([5, 0, 2])
+    assert sub.digest == feats.subset(np.array([5, 0, 2])).digest  # the same rows taken the same way: same name
+    assert len({feats.digest, sub.digest, feats.subset([0, 2, 5]).digest, feats.subset([5, 0]).digest}) == 4
+    assert feats.head(8) is feats and feats.head(100) is feats
+    assert feats.head(3).digest == feats.subset([0, 1, 2]).digest
+    relabelled = sub.with_labels(np.zeros(3, dtype=np.int64))
+    assert relabelled.digest == sub.digest and relabelled.labels.tolist() == [0, 0, 0]
+    assert relabelled.labels_digest != sub.labels_digest != feats.labels_digest
+    import dataclasses  # a replace() may change the inputs: the digest is not carried over, it is recomputed
+    other = dataclasses.replace(sub, input_ids=[ids[::-1].copy() for ids in sub.input_ids])
+    assert other.digest not in (sub.digest, None)
+
+
+@pytest.mark.parametrize("n", [0, 1, 31, 32, 33, 1599, 1600, 1601, 5000])
+@pytest.mark.parametrize("batch_size", [1, 7, 32])
+def test_count_batches_is_the_number_of_batches_without_building_them(n, batch_size):
+    lengths = np.random.default_rng(n).integers(3, 60, n)
+    for shuffle in (True, False):
+        assert count_batches(n, batch_size, shuffle) == len(make_batches(lengths, batch_size, shuffle, 0, 3))

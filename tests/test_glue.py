@@ -223,7 +223,7 @@ def test_missing_split_names_path_and_download_command(tmp_path):
         load_examples("mrpc", "dev", tmp_path)
     message = str(err.value)
     assert str(tmp_path / "MRPC" / "dev.tsv") in message and "the data_dir argument" in message
-    assert "make data TASK=mrpc" in message and "python data/download_glue.py --tasks MRPC" in message
+    assert "make data TASK=mrpc" in message and "python -m pea_kd download-glue --tasks MRPC" in message
     assert "\n" not in message
 
 

@@ -383,3 +383,18 @@ def test_half_precision_inputs_are_computed_in_float32():
     out = L.attn_mse_loss(LossInputs(torch.zeros(1, 2), student_attentions=(s,), teacher_attentions=(t,),
                                      attention_mask=torch.tensor([[1, 1, 0]]), config=LossConfig(layer_map=[(1, 1)])))
     assert out.total.dtype == torch.float32 and out.total.item() == pytest.approx(0.25 ** 2 * 2 * 2 / 4, rel=1e-4)
+
+
+def test_teacher_layers_read_follows_what_each_component_declares(scratch_registry):
+    @register_loss("any_teacher_layer", requires=("teacher_cls_hidden",))
+    def any_teacher_layer(inputs: LossInputs) -> LossResult:
+        """Reads teacher_cls_hidden wherever it likes (a test loss)."""
+        return LossResult(inputs.teacher_cls_hidden.sum(), {})
+
+    layer_map = [(1, 4), (2, 8)]
+    assert build_loss("kd").teacher_layers_read(layer_map, 12) == ()
+    assert build_loss("kd+pkd").teacher_layers_read(layer_map, 12) == (4, 8)
+    assert build_loss("pkd_uncertainty", 8, 8).teacher_layers_read(layer_map, 12) == (4, 8)
+    assert build_loss("kd+pkd+any_teacher_layer").teacher_layers_read(layer_map, 12) == tuple(range(13))
+    with pytest.raises(ValueError, match="teacher_layers must be 'all' or 'layer_map'"):
+        register_loss("bad_layers", requires=("teacher_cls_hidden",), teacher_layers="some")

@@ -25,6 +25,7 @@ CPU = torch.device("cpu")
 
 
 def test_auto_picks_bf16_only_where_the_device_has_it(monkeypatch):
+    monkeypatch.delenv(runtime.AUTO_BF16_ENV, raising=False)  # the hardware decides (make test-cpus sets it)
     monkeypatch.setattr(runtime, "native_bf16", lambda device: False)
     assert resolve_amp("auto", CPU) is None  # emulated bf16 is slower than fp32: auto stays in fp32
     assert resolve_amp("bf16", CPU) is torch.bfloat16  # asked for explicitly: honoured (with a warning)
@@ -34,6 +35,38 @@ def test_auto_picks_bf16_only_where_the_device_has_it(monkeypatch):
     with pytest.raises(ValueError, match="fp16 needs a CUDA device"):
         resolve_amp("fp16", CPU)
     assert [precision_name(d) for d in (None, torch.bfloat16, torch.float16)] == ["fp32", "bf16", "fp16"]
+
+
+def test_auto_bf16_env_sets_what_auto_picks_and_nothing_else(monkeypatch, caplog):
+    """PEA_KD_AUTO_BF16 answers "does auto pick bf16?" for the tests of make test-cpus: 1 = as with native bf16
+    (emulated here, and the log says so), 0 = as without; native_bf16 still reports the hardware."""
+    monkeypatch.setattr(runtime, "native_bf16", lambda device: False)
+    monkeypatch.setenv(runtime.AUTO_BF16_ENV, "1")
+    with caplog.at_level("WARNING", logger="pea_kd.runtime"):
+        assert resolve_amp("auto", CPU) is torch.bfloat16
+    assert "PEA_KD_AUTO_BF16=1: --amp auto uses bf16 on cpu, which has no native bf16" in caplog.text
+    assert resolve_amp("off", CPU) is None and runtime.native_bf16(CPU) is False
+    monkeypatch.setattr(runtime, "native_bf16", lambda device: True)
+    monkeypatch.setenv(runtime.AUTO_BF16_ENV, "0")
+    assert resolve_amp("auto", CPU) is None  # as on a CPU without native bf16
+    assert resolve_amp("bf16", CPU) is torch.bfloat16  # an explicit choice is not the env's business
+    monkeypatch.setenv(runtime.AUTO_BF16_ENV, "yes")
+    with pytest.raises(ValueError, match=r"\$PEA_KD_AUTO_BF16='yes': expected 1 .*, 0 .* or unset"):
+        resolve_amp("auto", CPU)
+
+
+def test_precision_note_says_what_auto_trains_in_and_why(monkeypatch):
+    monkeypatch.delenv(runtime.AUTO_BF16_ENV, raising=False)
+    monkeypatch.setattr(runtime, "native_bf16", lambda device: False)
+    capability = torch.backends.cpu.get_cpu_capability()
+    assert runtime.precision_note() == \
+        f"precision: forward passes fp32, training with --amp auto fp32 ({capability} CPU kernels, native bf16: no)"
+    monkeypatch.setenv(runtime.AUTO_BF16_ENV, "1")
+    assert runtime.precision_note("cpu").endswith(
+        f"training with --amp auto bf16 ({capability} CPU kernels, native bf16: no, PEA_KD_AUTO_BF16=1)")
+    monkeypatch.setattr(runtime, "native_bf16", lambda device: True)
+    monkeypatch.delenv(runtime.AUTO_BF16_ENV)
+    assert runtime.precision_note().endswith(f"auto bf16 ({capability} CPU kernels, native bf16: yes)")
 
 
 def test_native_bf16_flag_agrees_with_the_cpu_flags():

@@ -1,6 +1,7 @@
 """`make reproduce SMOKE=1` on real MRPC data: every stage runs, every artefact is written and well-formed."""
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -150,6 +151,15 @@ def test_reproduce_smoke_writes_every_artefact_and_resumes(tmp_path):
     assert first.returncode == 0, first.stderr[-3000:]
     root = tmp_path / "mrpc-smoke"
     results = json.loads((root / "results.json").read_text())
+    # the overall progress (no terminal: log lines): the plan, "stage k of 7 done" per stage in whatever order the two
+    # workers finish, the real time beside the expected one; results.json keeps the ETA errors
+    assert "reproduce plan: 7 stages" in first.stderr and "expected at the start" in first.stderr
+    assert sorted(re.findall(r"reproduce: stage (\d) of 7 done", first.stderr)) == list("1234567")
+    progress = results["progress"]
+    assert (progress["stages"], progress["done"], progress["reused"], progress["jobs"]) == (7, 7, [], 2)
+    assert progress["real_seconds"] > 0 and len(progress["history"]) == 8 and progress["history"][-1]["eta_s"] == 0
+    assert progress["eta_error_seconds"] == pytest.approx(progress["expected_seconds"] - progress["real_seconds"])
+    assert progress["history"][-1]["error_s"] == pytest.approx(0.0, abs=1e-6)
     assert results["complete"] and results["task"] == "MRPC"
     assert (results["environment"]["jobs"], results["environment"]["torch_threads"]) == (2, 1)
     assert [r["method"] for r in results["summary"]] == [m.name for m in METHODS]
@@ -189,6 +199,8 @@ def test_reproduce_smoke_writes_every_artefact_and_resumes(tmp_path):
     assert (root / "pea-kd" / "seed0" / "result.json").stat().st_mtime_ns == stamp  # finished stages are reused
     resumed = json.loads((root / "results.json").read_text())
     assert resumed["summary"] == results["summary"] and resumed["majority"] == results["majority"]
+    assert len(resumed["progress"]["reused"]) == 7 and resumed["progress"]["real_seconds"] is None  # nothing ran
+    assert "reproduce: all 7 stages were reused from an earlier run" in again.stderr
 
     # publish-results copies it with its provenance; a smoke run only when asked, and never half-written
     dest = tmp_path / "published" / "mrpc_results.json"
@@ -256,7 +268,8 @@ def test_jobs_on_a_cuda_machine_get_one_gpu_each_round_robin(monkeypatch, tmp_pa
 
     monkeypatch.setattr(reproduce, "_teacher_stage", lambda *a: (SimpleNamespace(meta={"device": "cuda"}), None))
     monkeypatch.setattr(reproduce, "_student_stage", student_stage)
-    monkeypatch.setattr(reproduce, "executor", lambda jobs, threads: ThreadPoolExecutor(jobs))
+    monkeypatch.setattr(reproduce, "executor", lambda jobs, threads, log_level: ThreadPoolExecutor(jobs))
+    monkeypatch.setattr(reproduce, "plan_progress", lambda *a: None)  # its matmul rate would need a real GPU
     for name in ("_teacher_record", "summarize", "write_report", "_precision"):
         monkeypatch.setattr(reproduce, name, lambda *a: None)
     caplog.set_level("INFO", logger="pea_kd.reproduce")

@@ -271,3 +271,30 @@ def test_file_digest_reads_a_replaced_file_again(tmp_path):
     assert file_digest(path) == first
     storage.write_atomic(path, b"two")  # what save_pretrained / --overwrite does: a new file in its place
     assert file_digest(path) != first
+
+
+# ---------------------------------------------------------------- identity from recorded digests (issue 25)
+
+def test_a_run_is_identified_without_reading_the_teacher_rows_or_the_examples_again(tiny_env, tmp_path, monkeypatch):
+    from pea_kd import features, teacher_rows
+    teacher = tmp_path / "teacher"
+    make_teacher(tiny_env, teacher)
+    first = distill(tiny_env, tmp_path / "run", teacher, keep_checkpoint=True)
+    monkeypatch.setattr(teacher_rows, "rows_digest", lambda *a: pytest.fail("teacher rows hashed"))
+    monkeypatch.setattr(features, "_inputs_digest", lambda *a: pytest.fail("examples hashed"))
+    monkeypatch.setattr(teacher_module, "cache_teacher_outputs", lambda *a, **k: pytest.fail("recomputed"))
+    again = distill(tiny_env, tmp_path / "run", teacher, resume=True)  # every digest from the files' records
+    assert again.meta["identity"] == first.meta["identity"]
+
+
+def test_resume_after_the_teacher_changed_is_refused_and_after_the_cache_grew_is_not(tiny_env, tmp_path):
+    teacher = tmp_path / "teacher"
+    make_teacher(tiny_env, teacher)
+    distill(tiny_env, tmp_path / "run", teacher, keep_checkpoint=True)  # kd+pkd: the cache holds layer 1 only
+    assert torch.load(teacher / CACHE_FILE, weights_only=True)["layers"] == [1]
+    cache_teacher_outputs(teacher, "mrpc", max_length=32)  # every layer now; layer 1 and the logits bit-identical
+    assert distill(tiny_env, tmp_path / "run", teacher, resume=True).final_step == 8
+    make_teacher(tiny_env, teacher, seed=1, overwrite=True)  # another teacher: other targets
+    with pytest.raises(RunMismatch, match="result.json: cannot reuse this finished run, settings changed: "
+                                          "teacher_targets '[0-9a-f]{16}' -> '[0-9a-f]{16}'"):
+        distill(tiny_env, tmp_path / "run", teacher, resume=True)

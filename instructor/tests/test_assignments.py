@@ -3,6 +3,8 @@ against explicit loops and the built-in "kd"), the stored expected values are th
 accepts them, and each rejects typical wrong answers, written here the way a student would write them, with the
 message that names the mistake."""
 
+import json
+import json
 import math
 
 import pytest
@@ -83,9 +85,26 @@ def test_projection_solution_matches_explicit_loops():
 
 
 def test_stored_expected_values_are_the_model_answers():
-    """pea_kd/assignments/expected.json is what instructor/make_fixtures.py writes from the answers today."""
-    assert EXPECTED_FILE.read_text(encoding="utf-8") == make_fixtures.render(make_fixtures.build()), \
-        "expected.json is out of date: run python -m instructor.make_fixtures"
+    """pea_kd/assignments/expected.json is what instructor/make_fixtures.py writes from the answers today, up to the
+    last bits of its floats, which depend on the CPU's kernels (make_fixtures.RTOL)."""
+    stored = json.loads(EXPECTED_FILE.read_text(encoding="utf-8"))
+    problems = make_fixtures.differences(stored, json.loads(make_fixtures.render(make_fixtures.build())))
+    assert not problems, "expected.json is out of date: run python -m instructor.make_fixtures\n" + \
+        "\n".join(problems[:10])
+
+
+def test_fixture_comparison_forgives_float_noise_only():
+    def fixture(reference=1.0063770762709243, n=3, note="rtol 1e-5"):
+        return {"a": {"cases": [{"reference": reference, "n": n}]}, "note": note}
+
+    stored = fixture()
+    assert make_fixtures.differences(stored, fixture(1.0063770762709245)) == []  # another CPU's last bits
+    assert make_fixtures.differences(stored, fixture(1.00638)) == \
+        ["/a/cases[0]/reference: 1.0063770762709243 != 1.00638"]  # a value that moved
+    assert make_fixtures.differences(stored, fixture(n=4)) == ["/a/cases[0]/n: 3 != 4"]
+    assert make_fixtures.differences(stored, fixture(n=3.0)) == ["/a/cases[0]/n: 3 != 3.0"]
+    assert make_fixtures.differences(stored, fixture(note="x")) == ["/note: 'rtol 1e-5' != 'x'"]
+    assert make_fixtures.differences(stored, {"a": stored["a"]}) == ["/: keys ['a', 'note'] != ['a']"]
 
 
 def test_schedule_and_annealed_kd_solution_match_hand_values_and_builtin_kd():

@@ -123,6 +123,7 @@ class LossEntry:
     needs_params: bool
     requires: frozenset
     description: str
+    teacher_layers: str = "all"
 
 
 _REGISTRY: dict[str, LossEntry] = {}
@@ -138,7 +139,8 @@ def _identity(fn) -> tuple:
     return getattr(fn, "__module__", None), getattr(fn, "__qualname__", None)
 
 
-def register_loss(name: str, *, needs_params: bool = False, requires=(), replace: bool = False):
+def register_loss(name: str, *, needs_params: bool = False, requires=(), teacher_layers: str = "all",
+                  replace: bool = False):
     """Decorator: register a loss under `name` so specs like "kd+name" can select it.
 
     needs_params=False: the decorated object is fn(inputs: LossInputs) -> LossResult.
@@ -146,6 +148,9 @@ def register_loss(name: str, *, needs_params: bool = False, requires=(), replace
         forward(inputs) -> LossResult; build_loss creates it and its parameters join the optimiser.
     requires: the optional LossInputs fields it reads (e.g. ("student_hidden_states", "teacher_cls_hidden")); the
         trainer reads the union via LossModule.requires to decide what to compute.
+    teacher_layers: which rows of teacher_cls_hidden the loss reads: "all" (the default: any layer, so the teacher
+        cache must hold every layer) or "layer_map" (only the teacher indices of config.layer_map, as pkd: a cache
+        holding just those layers serves it; the others arrive as NaN).
     replace: allow re-registering an existing name. Re-running the same definition (a notebook cell, same module
         and qualified name) is always allowed.
     The description shown by available_losses() is the first line of the docstring.
@@ -153,6 +158,9 @@ def register_loss(name: str, *, needs_params: bool = False, requires=(), replace
     if not isinstance(name, str) or not _NAME.match(name):
         raise ValueError(f"register_loss: name must match [a-z][a-z0-9_]* (no '+'), got {name!r}")
     requires = frozenset(requires)
+    if teacher_layers not in ("all", "layer_map"):
+        raise ValueError(f"register_loss({name!r}): teacher_layers must be 'all' or 'layer_map', "
+                         f"got {teacher_layers!r}")
     unknown = requires - set(INPUT_FIELDS)
     if unknown:
         raise ValueError(f"register_loss({name!r}): requires has unknown fields {sorted(unknown)}; "
@@ -164,7 +172,7 @@ def register_loss(name: str, *, needs_params: bool = False, requires=(), replace
         if old is not None and not (replace or same_definition):
             raise ValueError(f"register_loss: {name!r} is already registered by {old.fn!r}; "
                              f"pick another name or pass replace=True")
-        _REGISTRY[name] = LossEntry(name, fn, needs_params, requires, _first_doc_line(fn))
+        _REGISTRY[name] = LossEntry(name, fn, needs_params, requires, _first_doc_line(fn), teacher_layers)
         return fn
 
     return decorator
@@ -219,6 +227,16 @@ class LossModule(nn.Module):
                 raise TypeError(f"loss {name!r}: its factory returned {type(module).__name__}, expected an nn.Module")
             self.param_losses[name] = module
         self.requires = frozenset().union(*(_REGISTRY[n].requires for n in self.names))
+
+    def teacher_layers_read(self, layer_map, num_teacher_layers: int) -> tuple[int, ...]:
+        """The indices of teacher_cls_hidden this loss reads: none when no component reads it; the teacher indices of
+        `layer_map` when all that do read only those (teacher_layers="layer_map"); else every layer, 0..L_t."""
+        readers = [_REGISTRY[n] for n in self.names if "teacher_cls_hidden" in _REGISTRY[n].requires]
+        if not readers:
+            return ()
+        if all(entry.teacher_layers == "layer_map" for entry in readers):
+            return tuple(sorted({int(t) for _, t in layer_map}))
+        return tuple(range(num_teacher_layers + 1))
 
     def forward(self, inputs: LossInputs) -> LossResult:
         total = None

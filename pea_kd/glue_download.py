@@ -1,8 +1,11 @@
-#!/usr/bin/env python
-"""Download the GLUE tasks into data/glue/<TASK>/ in the layout of the well-known download_glue_data.py.
+"""Download the GLUE tasks into <data dir>/<TASK>/ in the layout of the well-known download_glue_data.py.
 
-    python data/download_glue.py --tasks MRPC,RTE --data-dir data/glue
-    python data/download_glue.py --tasks all
+    python -m pea_kd download-glue --tasks MRPC,RTE          (make data TASK=MRPC,RTE; pea-kd download-glue ...)
+    python -m pea_kd download-glue --tasks all --data-dir data/glue
+
+The data dir is the one the GLUE reader uses (pea_kd.glue): --data-dir, else $GLUE_DIR, else <project>/data/glue
+(the repository in a source checkout, the current directory where pea-kd is pip-installed). `reproduce` calls
+download_task itself when its task is missing (glue.ensure_task_data).
 
 Sources are the official ones that download_glue_data.py uses: one zip per task from dl.fbaipublicfiles.com/glue/data/
 (CoLA, SST-2, QQP, STS-B, MNLI, QNLI, RTE, WNLI); MRPC is rebuilt from the original Microsoft files
@@ -23,20 +26,18 @@ warning is printed. The extracted split files are compared with reference hashes
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import re
 import shutil
-import sys
 import tempfile
 import zipfile
 from pathlib import Path
 from typing import Optional
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))  # so that `python data/download_glue.py` finds bert_mini
+from bert_mini.download import DownloadError, NoNetworkError, download_file, sha256_of
 
-from bert_mini.download import DownloadError, NoNetworkError, download_file, sha256_of  # noqa: E402
+log = logging.getLogger(__name__)
 
 SPLITS = ("train.tsv", "dev.tsv", "test.tsv")
 # task directory name -> (source file, split files that must exist)
@@ -127,8 +128,7 @@ def _fetch(filename: str, downloads: Path, base_url: Optional[str], progress: bo
     """Download one source file into the downloads dir (reusing a complete earlier copy), verifying a known hash."""
     url, dest, expected = source_url(filename, base_url), downloads / filename, SOURCE_SHA256.get(filename)
     if expected is None:
-        print(f"warning: no known sha256 for {filename} (not verified offline); its checksum was not verified",
-              file=sys.stderr)
+        log.warning("no known sha256 for %s (not verified offline); its checksum was not verified", filename)
     if dest.is_file() and (expected is None or sha256_of(dest) == expected):
         return dest
     return download_file(url, dest, sha256=expected, progress=progress)
@@ -210,8 +210,7 @@ def _verify_reference(task: str, task_dir: Path) -> None:
     for split in TASKS[task][1]:
         expected = REFERENCE_SHA256.get(f"{task}/{split}")
         if expected is not None and sha256_of(task_dir / split) != expected:
-            print(f"warning: {task}/{split} differs from the reference copy (sha256 {expected[:12]}...)",
-                  file=sys.stderr)
+            log.warning("%s/%s differs from the reference copy (sha256 %s...)", task, split, expected[:12])
 
 
 def download_task(task: str, data_dir: Path, base_url: Optional[str] = None, progress: bool = True,
@@ -267,15 +266,13 @@ def download_task(task: str, data_dir: Path, base_url: Optional[str] = None, pro
     return True
 
 
-def main(argv: Optional[list[str]] = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="download_glue.py",
-        description="Download GLUE tasks into <data-dir>/<TASK>/ (atomic per task; present tasks are skipped).",
-    )
+def configure(parser: argparse.ArgumentParser) -> None:
+    """The flags of `python -m pea_kd download-glue`."""
     parser.add_argument("--tasks", default="all",
                         help=f"comma-separated tasks or 'all' (default: all). Valid: {', '.join(TASKS)}")
-    parser.add_argument("--data-dir", type=Path, default=ROOT / "data" / "glue",
-                        help="output directory, one folder per task (default: <project>/data/glue)")
+    parser.add_argument("--data-dir", type=Path, default=None,
+                        help="output directory, one folder per task (default: $GLUE_DIR, else <project>/data/glue, "
+                             "where the GLUE reader looks)")
     parser.add_argument("--base-url", default=os.environ.get("PEA_KD_GLUE_URL"),
                         help="flat mirror to fetch every file from as <base-url>/<file> instead of the official "
                              "sources (default: $PEA_KD_GLUE_URL if set)")
@@ -283,23 +280,29 @@ def main(argv: Optional[list[str]] = None) -> int:
                         help="local directory holding msr_paraphrase_train.txt and msr_paraphrase_test.txt "
                              "(and optionally dev_ids.tsv / mrpc_dev_ids.tsv) to use instead of downloading them")
     parser.add_argument("--no-progress", action="store_true", help="do not show download progress bars")
-    args = parser.parse_args(argv)
+
+
+def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> dict:
+    """Download each task of --tasks that is missing; {"data_dir", "tasks": {task: "downloaded" | "present"}}.
+
+    A bad --tasks is a usage error; a failed download a one-line ValueError naming the task (and, without a network,
+    what to do instead), after the tasks before it have landed.
+    """
+    from .glue import resolve_data_dir  # the reader's rule: --data-dir, else $GLUE_DIR, else <project>/data/glue
+
     try:
         tasks = parse_tasks(args.tasks)
     except ValueError as err:
-        print(f"{parser.prog}: error: {err}", file=sys.stderr)
-        return 2
+        parser.error(str(err))
+    data_dir, _ = resolve_data_dir(args.data_dir)
+    done = {}
     for task in tasks:
         try:
-            done = download_task(task, args.data_dir, args.base_url, not args.no_progress, args.mrpc_dir)
+            fetched = download_task(task, data_dir, args.base_url, not args.no_progress, args.mrpc_dir)
         except (DownloadError, GlueDownloadError, OSError) as err:
-            hint = (f" (e.g. copy the task's TSV files into {args.data_dir / task}/, or point $GLUE_DIR at a GLUE copy)"
+            hint = (f" (e.g. copy the task's TSV files into {data_dir / task}/, or point $GLUE_DIR at a GLUE copy)"
                     if isinstance(err, NoNetworkError) else "")
-            print(f"{parser.prog}: error: {task}: {err}{hint}", file=sys.stderr)
-            return 1
-        print(f"{task}: {'downloaded' if done else 'already present, skipped'} -> {args.data_dir / task}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+            raise ValueError(f"{task}: {err}{hint}") from None
+        done[task] = "downloaded" if fetched else "present"
+        log.info("%s: %s -> %s", task, "downloaded" if fetched else "already present, skipped", data_dir / task)
+    return {"data_dir": str(data_dir), "tasks": done}
