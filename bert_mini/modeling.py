@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import BertConfig
+from .dropout import Dropout  # nn.Dropout's equation and interface; its CPU masks cost a fraction (see bert_mini.dropout)
 
 Plan = list[tuple[int, bool]]
 
@@ -47,7 +48,7 @@ class BertEmbeddings(nn.Module):
         self.position_embeddings = nn.Embedding(config.max_position_embeddings, config.hidden_size)
         self.token_type_embeddings = nn.Embedding(config.type_vocab_size, config.hidden_size)
         self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.dropout = Dropout(config.hidden_dropout_prob)
 
     def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor) -> torch.Tensor:
         positions = torch.arange(input_ids.shape[1], device=input_ids.device)  # (T,)
@@ -59,15 +60,20 @@ class BertEmbeddings(nn.Module):
 
 # Which kernel computes softmax(Q K^T / sqrt(d_k) + M) V, by (device type, dtype of Q). SDPA's fused kernel is used
 # in fp32 and on CUDA; under CPU bf16 autocast the explicit matmul-softmax-matmul, which was reported faster there on
-# a CPU with native bf16 (docs/performance.md, "Mixed precision (bf16)"). `python -m pea_kd_bench.throughput` (make bench) measures both on your machine.
+# a CPU with native bf16 (docs/performance.md, "Mixed precision (bf16)"). In CPU training (attention dropout on) the
+# explicit path always: SDPA's CPU kernel has no dropout, so SDPA falls back to its own unfused matmul-softmax-matmul
+# there and draws the mask with bernoulli_; the explicit path is that same computation with bert_mini.dropout's
+# cheaper masks. `python -m pea_kd_bench.throughput` (make bench) measures the kernels on your machine.
 EXPLICIT_ATTENTION = {("cpu", torch.bfloat16)}
-ATTENTION_KERNEL = "auto"  # "auto" (the table above), "sdpa" or "explicit": set by the benchmark to compare both
+ATTENTION_KERNEL = "auto"  # "auto" (the rules above), "sdpa" or "explicit": set by the benchmark to compare both
 
 
-def attention_kernel(q: torch.Tensor) -> str:
-    """ "explicit" or "sdpa": the attention kernel used for queries `q` (ATTENTION_KERNEL, else the measured table)."""
+def attention_kernel(q: torch.Tensor, dropout_p: float = 0.0) -> str:
+    """ "explicit" or "sdpa": the attention kernel for queries `q` with attention dropout `dropout_p` (0 = off)."""
     if ATTENTION_KERNEL != "auto":
         return ATTENTION_KERNEL
+    if dropout_p > 0 and q.device.type == "cpu":
+        return "explicit"
     return "explicit" if (q.device.type, q.dtype) in EXPLICIT_ATTENTION else "sdpa"
 
 
@@ -86,28 +92,32 @@ class BertSelfAttention(nn.Module):
         self.key = nn.Linear(config.hidden_size, config.hidden_size)
         self.value = nn.Linear(config.hidden_size, config.hidden_size)
         self.dropout_prob = config.attention_probs_dropout_prob
-        self.dropout = nn.Dropout(config.attention_probs_dropout_prob)
+        self.dropout = Dropout(config.attention_probs_dropout_prob)
 
     def _split_heads(self, x: torch.Tensor) -> torch.Tensor:
         batch, length, _ = x.shape
         return x.view(batch, length, self.num_heads, self.head_size).transpose(1, 2)  # (B, A, T, d_k)
 
     def forward(
-        self, x: torch.Tensor, additive_mask: torch.Tensor, swap_qk: bool = False, output_attentions: bool = False
+        self, x: torch.Tensor, additive_mask: Optional[torch.Tensor], swap_qk: bool = False,
+        output_attentions: bool = False
     ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
         query_proj, key_proj = (self.key, self.query) if swap_qk else (self.query, self.key)
         q = self._split_heads(query_proj(x))  # Q = x W_q + b_q   (B, A, T, d_k)
         k = self._split_heads(key_proj(x))  # K = x W_k + b_k
         v = self._split_heads(self.value(x))  # V = x W_v + b_v
-        if output_attentions or attention_kernel(q) == "explicit":
-            scores = q @ k.transpose(-1, -2) / math.sqrt(self.head_size) + additive_mask  # (B, A, T, T)
+        dropout_p = self.dropout_prob if self.training else 0.0
+        if output_attentions or attention_kernel(q, dropout_p) == "explicit":
+            scores = (q / math.sqrt(self.head_size)) @ k.transpose(-1, -2)  # Q K^T / sqrt(d_k)   (B, A, T, T)
+            if additive_mask is not None:  # + M (None: no position is padded)
+                scores = scores + additive_mask
             probs = scores.softmax(dim=-1)  # P = softmax(Q K^T / sqrt(d_k) + M)
             context = self.dropout(probs) @ v  # P V
         else:
             # The same equation through PyTorch's fused kernel: identical maths, less memory traffic.
             probs = None
             context = F.scaled_dot_product_attention(
-                q, k, v, attn_mask=additive_mask, dropout_p=self.dropout_prob if self.training else 0.0
+                q, k, v, attn_mask=additive_mask, dropout_p=dropout_p
             )
         batch, _, length, _ = context.shape
         return context.transpose(1, 2).reshape(batch, length, -1), probs  # concat heads (B, T, H)
@@ -120,7 +130,7 @@ class BertSelfOutput(nn.Module):
         super().__init__()
         self.dense = nn.Linear(config.hidden_size, config.hidden_size)
         self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.dropout = Dropout(config.hidden_dropout_prob)
 
     def forward(self, context: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
         return self.LayerNorm(residual + self.dropout(self.dense(context)))  # LN(x + dropout(W_o c + b_o))
@@ -157,7 +167,7 @@ class BertOutputLayer(nn.Module):
         super().__init__()
         self.dense = nn.Linear(config.intermediate_size, config.hidden_size)
         self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.dropout = Dropout(config.hidden_dropout_prob)
 
     def forward(self, u: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
         return self.LayerNorm(residual + self.dropout(self.dense(u)))
@@ -242,8 +252,12 @@ class BertPreTrainedModel(nn.Module):
             nn.init.zeros_(module.bias)
 
 
-def extended_attention_mask(attention_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """(B, T) 1/0 mask -> (B, 1, 1, T) additive mask M: 0 where attended, the dtype's minimum where padded."""
+def extended_attention_mask(attention_mask: torch.Tensor, dtype: torch.dtype) -> Optional[torch.Tensor]:
+    """(B, T) 1/0 mask -> (B, 1, 1, T) additive mask M: 0 where attended, the dtype's minimum where padded.
+
+    None when nothing is padded: M would be all zeros, and adding it is a pass over every (B, A, T, T) score."""
+    if bool(attention_mask.all()):
+        return None
     return (1.0 - attention_mask[:, None, None, :].to(dtype)) * torch.finfo(dtype).min
 
 
@@ -279,7 +293,7 @@ class BertModel(BertPreTrainedModel):
         if token_type_ids is None:
             token_type_ids = torch.zeros_like(input_ids)
         x = self.embeddings(input_ids, token_type_ids)  # (B, T, H)
-        mask = extended_attention_mask(attention_mask, x.dtype)  # (B, 1, 1, T)
+        mask = extended_attention_mask(attention_mask, x.dtype)  # (B, 1, 1, T), or None without padding
         x, hidden_states, attentions = self.encoder(x, mask, output_hidden_states, output_attentions)
         return BertOutput(
             last_hidden_state=x,
@@ -302,7 +316,7 @@ class BertForSequenceClassification(BertPreTrainedModel):
         self.config = config
         self.num_labels = num_labels
         self.bert = BertModel(config)
-        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.dropout = Dropout(config.hidden_dropout_prob)
         self.classifier = nn.Linear(config.hidden_size, num_labels)
         self._init_weights(self.classifier)
 

@@ -46,7 +46,8 @@ from .features import Features, collate, count_batches, make_batches
 from .glue import get_task
 from .identity import check_same_run, run_identity, tensors_digest
 from .losses import LossConfig, LossInputs, build_loss, task_loss
-from .runtime import non_blocking, precision_name, resolve_amp, resolve_device, rng_state, set_rng_state, set_seed
+from .runtime import (keep_freed_memory, non_blocking, precision_name, resolve_amp, resolve_device, rng_state,
+                      set_rng_state, set_seed)
 from .storage import directory_lock, storage_error, write_atomic
 from .teacher_rows import TeacherRows
 
@@ -249,6 +250,7 @@ class Trainer:
         # teacher rows are named by the digests recorded when their cache files were written: nothing is re-read.
         self.identity = run_identity(config, model, self.loss_fn, self.loss_config, train_data, dev_data,
                                      self._teacher_identity(), self.amp_dtype)
+        keep_freed_memory()  # each step's 47 MB word-embedding gradient from the heap, not from fresh pages (runtime)
         model.to(self.device)
         self.loss_fn.to(self.device)
         self.train_model = distributed.wrap(model, self.loss_fn)  # under torchrun: DDP (averages gradients), else model

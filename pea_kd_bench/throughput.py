@@ -7,6 +7,9 @@
 Measured for `BertForSequenceClassification(num_labels=2)` on a B x T batch of real (unpadded) tokens:
   training step  forward + cross-entropy + backward + AdamW step; train mode, so dropout is on (p from config.json)
   inference      one forward under `torch.inference_mode()`, eval mode
+Every implementation runs under the settings of pea_kd's trainer: AdamW with fused=True, and the trainer's allocator
+setting (pea_kd.runtime.keep_freed_memory: tensors above 32 MB, such as the 47 MB word-embedding gradient, come from
+the heap instead of freshly faulted pages). Both are the same for all implementations, so the ratio compares models.
 Each time is the median of `--iters` timed steps after `--warmup` untimed ones; tokens/s = B * T / median.
 Precisions: fp32, and bf16 = the same step under `torch.autocast(dtype=torch.bfloat16)` (fp32 weights, AdamW state
 and loss), each next to the matmul ceiling *in that precision*. `--precision auto` (the default) measures bf16 only
@@ -32,7 +35,10 @@ How the numbers are kept honest:
   * The implementations' processes are stepped in alternation (A B C, C B A, ...), with one timed matmul after
     each round, so all of them see the same machine. Shared CPUs drift: on the 2-core development VM the 2048^3 matmul
     ran anywhere between 50 and 190 GFLOP/s within a minute. `ratio` is the median over rounds of t_ref / t_ours
-    (> 1: bert_mini is faster); its per-round range is printed to show how much to trust it.
+    (> 1: bert_mini is faster); its per-round range is printed to show how much to trust it. The same ratio is also
+    taken in process CPU time (time.process_time of each step): on a machine that other jobs share, a step's wall
+    time includes the time it waited for a core and its CPU time does not, so with `--threads 1` the CPU-time ratio
+    is the steadier of the two (with more threads, time spent spin-waiting for a descheduled thread counts as CPU).
   * FLOPs of a forward: 2 * (weights of the linear maps) * tokens + 4 * B * T^2 * H per layer step (Q K^T and P V),
     plus pooler and classifier on the B [CLS] vectors; a training step counts 3x a forward (backward ~ 2x forward).
     "% ceil" = achieved GFLOP/s / median matmul GFLOP/s (same precision) of the same rounds.
@@ -58,7 +64,7 @@ import torch.nn.functional as F
 
 from bert_mini import BertConfig, load_pretrained, resolve_model_dir
 from pea_kd.budget import DTYPES, default_matmul_size, forward_flops, matmul_gflops, sync
-from pea_kd.runtime import native_bf16
+from pea_kd.runtime import keep_freed_memory, native_bf16
 
 MODES = {"train": "training", "infer": "inference"}
 REFERENCES = {"reference": "sdpa", "reference-eager": "eager"}  # impl name -> transformers attn_implementation
@@ -94,6 +100,7 @@ class Runner:
 
     def __init__(self, spec: dict):
         self.spec, self.device = spec, spec["device"]
+        keep_freed_memory()  # as pea_kd's trainer does, for every implementation
         if spec.get("threads"):
             torch.set_num_threads(spec["threads"])
         torch.manual_seed(spec["seed"])
@@ -110,7 +117,7 @@ class Runner:
         self.inputs = {k: v.to(self.device) for k, v in self.inputs.items()}
         self.labels = torch.randint(0, 2, (batch,), generator=gen).to(self.device)
         if spec["mode"] == "train":
-            self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=1e-5)
+            self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=1e-5, fused=True)  # as pea_kd's trainer
         self.loaded_mib = _proc_status_mib("VmRSS")
         if self.device.startswith("cuda"):
             torch.cuda.synchronize(self.device)
@@ -130,10 +137,10 @@ class Runner:
         )
         return model, f"transformers {transformers.__version__} ({REFERENCES[impl]})"
 
-    def step(self) -> float:
-        """Seconds for one training step or one inference forward."""
+    def step(self) -> tuple[float, float]:
+        """(wall seconds, process CPU seconds) of one training step or one inference forward."""
         sync(self.device)
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         autocast = torch.autocast(self.device.split(":")[0], dtype=self.amp, enabled=self.amp is not None)
         if self.spec["mode"] == "train":
             self.optimizer.zero_grad(set_to_none=True)
@@ -146,7 +153,7 @@ class Runner:
             with torch.inference_mode(), autocast:
                 self.model(**self.inputs).logits
         sync(self.device)
-        return time.perf_counter() - start
+        return time.perf_counter() - start, time.process_time() - cpu_start
 
     def memory(self) -> dict:
         """Peak memory so far (process RSS on CPU, allocator on CUDA) and the level once everything was loaded."""
@@ -198,7 +205,7 @@ class _Remote:
             raise RuntimeError(f"bench: {self.name} worker failed: {value}")
         return value
 
-    def step(self) -> float:
+    def step(self) -> tuple[float, float]:
         self.conn.send("step")
         return self._receive()
 
@@ -221,7 +228,7 @@ def bench_mode(mode: str, impls: list[str], opts: dict, isolate: bool = True) ->
         for impl in impls:
             spec = {**opts, "impl": impl, "mode": mode}
             runners[impl] = _Remote(spec) if isolate else Runner(spec)
-        times, ceiling = {impl: [] for impl in impls}, []
+        times, cpu_times, ceiling = {impl: [] for impl in impls}, {impl: [] for impl in impls}, []
         for round_ in range(opts["warmup"] + opts["iters"]):
             order = impls if round_ % 2 == 0 else impls[::-1]  # neither side always goes first
             seconds = {impl: runners[impl].step() for impl in order}
@@ -229,15 +236,18 @@ def bench_mode(mode: str, impls: list[str], opts: dict, isolate: bool = True) ->
             if round_ >= opts["warmup"]:
                 ceiling.append(rate)
                 for impl in impls:
-                    times[impl].append(seconds[impl])
+                    times[impl].append(seconds[impl][0])
+                    cpu_times[impl].append(seconds[impl][1])
         result = {"ceiling_samples": ceiling}
         for impl in impls:
-            result[impl] = {"label": runners[impl].label, "times_s": times[impl], **runners[impl].memory()}
+            result[impl] = {"label": runners[impl].label, "times_s": times[impl], "cpu_times_s": cpu_times[impl],
+                            **runners[impl].memory()}
         references = [impl for impl in impls if impl in REFERENCES]
-        if references:  # against the faster reference of each round
-            ratios = [min(times[r][i] for r in references) / ours for i, ours in enumerate(times["ours"])]
-            result["ratio_ours_over_ref"] = statistics.median(ratios)
-            result["ratio_range"] = [min(ratios), max(ratios)]
+        if references:  # against the faster reference of each round, in wall time and in CPU time
+            for key, series in (("ratio", times), ("cpu_ratio", cpu_times)):
+                ratios = [min(series[r][i] for r in references) / ours for i, ours in enumerate(series["ours"])]
+                result[f"{key}_ours_over_ref"] = statistics.median(ratios)
+                result[f"{key}_range"] = [min(ratios), max(ratios)]
         return result
     finally:
         for runner in runners.values():
@@ -334,6 +344,9 @@ def format_report(report: dict) -> str:
         if "ratio_ours_over_ref" in result:
             low, high = result["ratio_range"]
             lines.append(f"{'':10} {'speed ratio ours/best reference':30} {result['ratio_ours_over_ref']:8.2f}x "
+                         f"(rounds {low:.2f}-{high:.2f})")
+            low, high = result["cpu_ratio_range"]
+            lines.append(f"{'':10} {'  the same in process CPU time':30} {result['cpu_ratio_ours_over_ref']:8.2f}x "
                          f"(rounds {low:.2f}-{high:.2f})")
     lines += ["", "memory: " + ("torch.cuda.max_memory_allocated; +work = peak minus allocated once loaded" if cuda
                                 else "peak RSS of each implementation's own process (imports + model + steps); "

@@ -30,12 +30,13 @@ def check_report(report, impls):
         assert set(result) >= set(impls)
         for impl in impls:
             e = result[impl]
-            assert len(e["times_s"]) == FAST["iters"] and e["median_s"] > 0
+            assert len(e["times_s"]) == len(e["cpu_times_s"]) == FAST["iters"] and e["median_s"] > 0
+            assert all(cpu > 0 for cpu in e["cpu_times_s"])
             assert e["tokens_per_s"] == pytest.approx(FAST["batch_size"] * FAST["seq_len"] / e["median_s"])
             assert e["gflops"] == pytest.approx(report["flops"][mode] / e["median_s"] / 1e9)
             assert e["fraction_of_ceiling"] == pytest.approx(e["gflops"] / report["matmul"]["gflops"])
             assert e["peak_mib"] > 0 and e["memory_kind"].startswith("cpu_peak_rss")
-        assert ("ratio_ours_over_ref" in result) == ("reference" in impls)
+        assert ("ratio_ours_over_ref" in result) == ("cpu_ratio_ours_over_ref" in result) == ("reference" in impls)
     text = bench.format_report(report)
     assert "bert_mini" in text and "training" in text and "inference" in text and "matmul ceiling" in text
 
@@ -101,3 +102,26 @@ def test_transformers_is_never_imported_at_module_level():
         if isinstance(node, ast.ImportFrom):
             names.append(node.module or "")
         assert not any(n.split(".")[0] == "transformers" for n in names)
+
+
+def test_step_profile_groups_a_trainer_steps_operators(tiny_env, tmp_path, single_thread):
+    """pea_kd_bench.step_profile on the tiny checkpoint and task: the shares cover every operator once and the
+    groups the issue asks about are seen (matrix products, the dropout masks of bert_mini.dropout)."""
+    from pea_kd_bench import step_profile
+
+    assert step_profile.group_of("aten::addmm").startswith("matrix products")
+    assert step_profile.group_of("aten::bernoulli_").startswith("dropout masks")
+    assert step_profile.group_of("aten::random_").startswith("dropout masks")
+    assert step_profile.group_of("aten::gelu_backward").startswith("GELU")
+    assert step_profile.group_of("aten::_fused_adamw_").startswith("optimiser")
+    assert step_profile.group_of("aten::tanh") == step_profile.OTHER
+    checkpoint, _ = tiny_env
+    out = tmp_path / "profile.json"
+    report = step_profile.main(["--model", str(checkpoint), "--layers", "1", "--steps", "2", "--warmup", "1",
+                                "--batch-size", "8", "--threads", "1", "--json", str(out)])
+    assert report["steps"] == 2 and report["tokens"] > 0 and report["cpu_s_per_step"] > 0
+    assert sum(report["shares"].values()) == pytest.approx(1.0)
+    assert report["shares"]["matrix products (mm, addmm, bmm, linear)"] > 0
+    assert report["shares"]["dropout masks (bernoulli, random words, their compare)"] > 0
+    assert "aten::bernoulli_" not in report["top_operators"]  # bert_mini draws its masks with random_
+    assert json.loads(out.read_text())["shares"] == report["shares"]

@@ -62,6 +62,15 @@ def test_padding_does_not_change_real_positions(with_attentions):
         assert long.attentions[0][..., 7:].abs().max() == 0
 
 
+def test_additive_mask_is_skipped_only_when_nothing_is_padded():
+    from bert_mini.modeling import extended_attention_mask
+
+    assert extended_attention_mask(torch.ones(2, 5, dtype=torch.long), torch.float32) is None
+    mask = extended_attention_mask(torch.tensor([[1, 1, 0], [1, 1, 1]]), torch.float32)
+    assert mask.shape == (2, 1, 1, 3)
+    assert mask.flatten().tolist() == [0.0, 0.0, torch.finfo(torch.float32).min, 0.0, 0.0, 0.0]
+
+
 def test_gradients_reach_every_parameter():
     torch.manual_seed(0)
     model = BertForSequenceClassification(BertConfig(**TINY), num_labels=3).train()
