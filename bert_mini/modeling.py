@@ -9,6 +9,11 @@ One departure from the textbook picture, on purpose: the encoder runs an explici
 layer more than once and may run it with its Query and Key projections exchanged; that is how Pea-KD's Shuffled
 Parameter Sharing (SPS) is expressed without new modules or parameters (see `pea_kd.sps`).
 
+A second, smaller one: `cls_only=True` computes only the [CLS] row of the *last* step. A classifier reads nothing
+else of it (the pooler takes x_L[:, 0]), so the other T - 1 rows of the last layer's queries, attention output and
+feed-forward would be computed and thrown away; their keys and values are still needed, as [CLS] attends to every
+token. The [CLS] row is the same equation on fewer rows (equal up to float rounding, tests/test_modeling.py).
+
 Module and parameter names mirror the Hugging Face checkpoints (`embeddings.word_embeddings.weight`,
 `encoder.layer.0.attention.self.query.weight`, ...), so loading a checkpoint is a plain `load_state_dict`.
 """
@@ -32,7 +37,7 @@ Plan = list[tuple[int, bool]]
 class BertOutput:
     """What a forward pass returns. `hidden_states`/`attentions` are None unless asked for."""
 
-    last_hidden_state: torch.Tensor  # (B, T, H)
+    last_hidden_state: torch.Tensor  # (B, T, H); (B, 1, H), the [CLS] row only, when called with cls_only=True
     pooler_output: torch.Tensor  # (B, H)
     hidden_states: Optional[tuple[torch.Tensor, ...]] = None  # embeddings + one (B, T, H) per plan step
     attentions: Optional[tuple[torch.Tensor, ...]] = None  # one (B, A, T, T) per plan step
@@ -100,10 +105,11 @@ class BertSelfAttention(nn.Module):
 
     def forward(
         self, x: torch.Tensor, additive_mask: Optional[torch.Tensor], swap_qk: bool = False,
-        output_attentions: bool = False
+        output_attentions: bool = False, cls_only: bool = False
     ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
         query_proj, key_proj = (self.key, self.query) if swap_qk else (self.query, self.key)
-        q = self._split_heads(query_proj(x))  # Q = x W_q + b_q   (B, A, T, d_k)
+        queries = x[:, :1] if cls_only else x  # cls_only: the [CLS] row asks, every token answers
+        q = self._split_heads(query_proj(queries))  # Q = x W_q + b_q   (B, A, T, d_k); T = 1 when cls_only
         k = self._split_heads(key_proj(x))  # K = x W_k + b_k
         v = self._split_heads(self.value(x))  # V = x W_v + b_v
         dropout_p = self.dropout_prob if self.training else 0.0
@@ -144,9 +150,9 @@ class BertAttention(nn.Module):
         self.self = BertSelfAttention(config)
         self.output = BertSelfOutput(config)
 
-    def forward(self, x, additive_mask, swap_qk=False, output_attentions=False):
-        context, probs = self.self(x, additive_mask, swap_qk, output_attentions)
-        return self.output(context, x), probs
+    def forward(self, x, additive_mask, swap_qk=False, output_attentions=False, cls_only=False):
+        context, probs = self.self(x, additive_mask, swap_qk, output_attentions, cls_only)
+        return self.output(context, x[:, :1] if cls_only else x), probs  # the residual of the rows computed
 
 
 class BertIntermediate(nn.Module):
@@ -182,8 +188,8 @@ class BertLayer(nn.Module):
         self.intermediate = BertIntermediate(config)
         self.output = BertOutputLayer(config)
 
-    def forward(self, x, additive_mask, swap_qk=False, output_attentions=False):
-        h, probs = self.attention(x, additive_mask, swap_qk, output_attentions)
+    def forward(self, x, additive_mask, swap_qk=False, output_attentions=False, cls_only=False):
+        h, probs = self.attention(x, additive_mask, swap_qk, output_attentions, cls_only)
         return self.output(self.intermediate(h), h), probs
 
 
@@ -210,11 +216,13 @@ class BertEncoder(nn.Module):
                 raise ValueError(f"encoder plan refers to layer {i}, but the encoder has {len(self.layer)} layers")
         self._plan = steps
 
-    def forward(self, x, additive_mask, output_hidden_states=False, output_attentions=False):
+    def forward(self, x, additive_mask, output_hidden_states=False, output_attentions=False, cls_only=False):
         hidden_states = [x] if output_hidden_states else None
         attentions = [] if output_attentions else None
-        for index, swap_qk in self._plan:
-            x, probs = self.layer[index](x, additive_mask, swap_qk, output_attentions)
+        last = len(self._plan) - 1
+        for step, (index, swap_qk) in enumerate(self._plan):
+            # cls_only: the last step computes its [CLS] row only, (B, 1, H); no later step reads the others
+            x, probs = self.layer[index](x, additive_mask, swap_qk, output_attentions, cls_only and step == last)
             if output_hidden_states:
                 hidden_states.append(x)
             if output_attentions:
@@ -279,8 +287,13 @@ class BertModel(BertPreTrainedModel):
         token_type_ids: Optional[torch.Tensor] = None,
         output_hidden_states: bool = False,
         output_attentions: bool = False,
+        cls_only: bool = False,
     ) -> BertOutput:
-        """input_ids (B, T); attention_mask (B, T) with 1 for real tokens; token_type_ids (B, T) segment ids."""
+        """input_ids (B, T); attention_mask (B, T) with 1 for real tokens; token_type_ids (B, T) segment ids.
+
+        cls_only=True: the last layer computes its [CLS] row only (module docstring), so `last_hidden_state` and the
+        last of `hidden_states` are (B, 1, H) and the last of `attentions` (B, A, 1, T); the pooled output is the same.
+        """
         if input_ids.dim() != 2:
             raise ValueError(f"input_ids must have shape (batch, length), got {tuple(input_ids.shape)}")
         if input_ids.shape[1] > self.config.max_position_embeddings:
@@ -294,7 +307,7 @@ class BertModel(BertPreTrainedModel):
             token_type_ids = torch.zeros_like(input_ids)
         x = self.embeddings(input_ids, token_type_ids)  # (B, T, H)
         mask = extended_attention_mask(attention_mask, x.dtype)  # (B, 1, 1, T), or None without padding
-        x, hidden_states, attentions = self.encoder(x, mask, output_hidden_states, output_attentions)
+        x, hidden_states, attentions = self.encoder(x, mask, output_hidden_states, output_attentions, cls_only)
         return BertOutput(
             last_hidden_state=x,
             pooler_output=self.pooler(x),
@@ -327,8 +340,10 @@ class BertForSequenceClassification(BertPreTrainedModel):
         token_type_ids: Optional[torch.Tensor] = None,
         output_hidden_states: bool = False,
         output_attentions: bool = False,
+        cls_only: bool = False,
     ) -> BertOutput:
-        """Same inputs as `BertModel.forward`; the output also carries `logits` (B, num_labels)."""
-        out = self.bert(input_ids, attention_mask, token_type_ids, output_hidden_states, output_attentions)
+        """Same inputs as `BertModel.forward`; the output also carries `logits` (B, num_labels), which cls_only=True
+        leaves unchanged (they read the [CLS] row only) at less cost: what training and evaluation pass."""
+        out = self.bert(input_ids, attention_mask, token_type_ids, output_hidden_states, output_attentions, cls_only)
         out.logits = self.classifier(self.dropout(out.pooler_output))
         return out

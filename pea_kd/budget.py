@@ -40,17 +40,25 @@ from .trainer import TrainConfig
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}  # the precisions a rate is measured in
 
 
-def forward_flops(config, batch: int, seq_len: int, steps: Optional[int] = None, num_labels: int = 2) -> float:
+def forward_flops(config, batch: int, seq_len: int, steps: Optional[int] = None, num_labels: int = 2,
+                  cls_only: bool = False) -> float:
     """Estimated FLOPs of one classifier forward (a multiply-add counts 2); `steps` = encoder plan length.
 
     per layer step: 2 * (4 H^2 + 2 H I) * B T     Q, K, V and output projections; the two feed-forward maps
                   + 4 * B * T^2 * H               S = Q K^T and P V over all heads
     head:           2 * (H^2 + H C) * B           pooler and classifier on [CLS]
+    cls_only (the last step computes its [CLS] row only, as training and evaluation run it; bert_mini.modeling):
+    last step:      2 * 2 H^2 * B T               K and V of every token
+                  + 2 * (2 H^2 + 2 H I) * B       Q, output projection and feed-forward of the B [CLS] rows
+                  + 4 * B * T * H                 one row of S and of P V per example
     """
     H, inner = config.hidden_size, config.intermediate_size
     steps = config.num_hidden_layers if steps is None else steps
     per_step = 2 * (4 * H * H + 2 * H * inner) * batch * seq_len + 4 * batch * seq_len**2 * H
-    return float(steps * per_step + 2 * (H * H + H * num_labels) * batch)
+    if not (cls_only and steps):
+        return float(steps * per_step + 2 * (H * H + H * num_labels) * batch)
+    last = 2 * 2 * H * H * batch * seq_len + 2 * (2 * H * H + 2 * H * inner) * batch + 4 * batch * seq_len * H
+    return float((steps - 1) * per_step + last + 2 * (H * H + H * num_labels) * batch)
 
 
 def sync(device: str) -> None:
@@ -112,18 +120,19 @@ def count_evaluations(steps_per_epoch: Sequence[int], eval_every: int) -> int:
 
 def run_flops(config: BertConfig, train_lengths: np.ndarray, eval_lengths: np.ndarray, train: TrainConfig,
               steps: int, num_labels: int) -> float:
-    """FLOPs of one trainer run: 3 F per training batch of every epoch, plus F per dev batch per evaluation."""
+    """FLOPs of one trainer run: 3 F per training batch of every epoch, plus F per dev batch per evaluation (the
+    last layer's [CLS] row only: every loss of the reproduction reads no more of it, LossModule.student_cls_only)."""
     epochs = [make_batches(train_lengths, train.batch_size, True, train.seed, e) for e in range(train.epochs)]
-    training = sum(3 * forward_flops(config, len(b), int(train_lengths[b].max()), steps, num_labels)
+    training = sum(3 * forward_flops(config, len(b), int(train_lengths[b].max()), steps, num_labels, cls_only=True)
                    for batches in epochs for b in batches)
-    one_eval = sum(forward_flops(config, len(b), int(eval_lengths[b].max()), steps, num_labels)
+    one_eval = sum(forward_flops(config, len(b), int(eval_lengths[b].max()), steps, num_labels, cls_only=True)
                    for b in make_batches(eval_lengths, train.eval_batch_size, shuffle=False))
     return training + count_evaluations([len(b) for b in epochs], train.eval_every) * one_eval
 
 
 def inference_flops(config: BertConfig, lengths: np.ndarray, num_labels: int, batch_size: int = 64) -> float:
-    """FLOPs of one forward over a split in sorted batches (the teacher's cache)."""
-    return sum(forward_flops(config, len(b), int(lengths[b].max()), None, num_labels)
+    """FLOPs of one forward over a split in sorted batches (the teacher's cache: [CLS] rows only)."""
+    return sum(forward_flops(config, len(b), int(lengths[b].max()), None, num_labels, cls_only=True)
                for b in make_batches(lengths, batch_size, False))
 
 

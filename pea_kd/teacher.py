@@ -119,7 +119,7 @@ def teacher_forward(model, data: Features, device, batch_size: int = 64, amp_dty
         b = collate(data, idx, pad_token_id=model.config.pad_token_id)
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
             out = model(b["input_ids"].to(device), b["attention_mask"].to(device), b["token_type_ids"].to(device),
-                        output_hidden_states=bool(layers))
+                        output_hidden_states=bool(layers), cls_only=True)  # only [CLS] rows are kept
         logits[b["index"]] = out.logits.float().cpu()
         if layers:
             cls_hidden[b["index"]] = torch.stack([out.hidden_states[i][:, 0] for i in layers], dim=1).float().cpu().to(

@@ -187,8 +187,8 @@ def predict(model, data: Features, device, batch_size: int = 64, amp_dtype=None)
     for idx in make_batches(data, batch_size, shuffle=False):
         b = collate(data, idx, pad_token_id=model.config.pad_token_id)
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            logits = model(b["input_ids"].to(device), b["attention_mask"].to(device),
-                           b["token_type_ids"].to(device)).logits
+            logits = model(b["input_ids"].to(device), b["attention_mask"].to(device), b["token_type_ids"].to(device),
+                           cls_only=True).logits  # the logits read the last layer's [CLS] row only
         out[b["index"]] = logits.float().cpu()
     model.train(was_training)
     return out
@@ -245,6 +245,8 @@ class Trainer:
         self.loss_fn = build_loss(loss, model.config.hidden_size, teacher_hidden) if isinstance(loss, str) else loss
         self.loss_name = getattr(self.loss_fn, "spec", type(self.loss_fn).__name__)
         self.requires = getattr(self.loss_fn, "requires", frozenset({"labels"}))
+        # what the loss reads of the student's last layer: its [CLS] row only (LossModule.student_cls_only), or more
+        self.student_cls_only = getattr(self.loss_fn, "student_cls_only", False)
         self.teacher_rows, self.teacher_fields, self.live_teacher = self._teacher_inputs(teacher, live_teacher)
         # what this run is (pea_kd.identity): a checkpoint or result is reused only when all of it matches. Data and
         # teacher rows are named by the digests recorded when their cache files were written: nothing is re-read.
@@ -389,7 +391,8 @@ class Trainer:
         with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
             out = self.train_model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"],
                                    output_hidden_states="student_hidden_states" in self.requires,  # plain FT: none
-                                   output_attentions="student_attentions" in self.requires)
+                                   output_attentions="student_attentions" in self.requires,
+                                   cls_only=self.student_cls_only)  # the last layer's [CLS] row, when that is all
             if self.live_teacher is not None:
                 teacher.update(_run_live_teacher(self.live_teacher, batch, self.requires))
         # The loss outside autocast, on fp32 copies of the outputs: softmax(z/T), KL, the normalised MSE, CE (and a

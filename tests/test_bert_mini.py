@@ -83,6 +83,39 @@ def test_gradients_reach_every_parameter():
         assert p.grad is not None and p.grad.abs().sum() > 0, f"no gradient reached {name}"
 
 
+@pytest.mark.parametrize("plan", [None, [(0, False), (1, False), (0, True), (1, True)]], ids=["plain", "sps"])
+@pytest.mark.parametrize("with_attentions", [False, True])  # the explicit kernel, and SDPA
+def test_cls_only_computes_the_same_cls_row_logits_and_gradients(plan, with_attentions):
+    """cls_only=True computes only the [CLS] row of the last step: the rows it skips feed nothing the classifier reads,
+    so logits, every earlier hidden state and every parameter's gradient are those of the full pass."""
+    torch.manual_seed(0)
+    model = BertForSequenceClassification(BertConfig(**TINY), num_labels=3).eval()
+    if plan is not None:
+        model.bert.encoder.plan = plan
+    ids, types = random_batch()
+    mask = torch.ones_like(ids)
+    mask[1, 6:] = 0  # one padded example: [CLS] must still ignore its padded keys
+    runs = {}
+    for cls_only in (False, True):
+        model.zero_grad()
+        out = model(ids, mask, types, output_hidden_states=True, output_attentions=with_attentions, cls_only=cls_only)
+        torch.nn.functional.cross_entropy(out.logits, torch.tensor([0, 1, 2])).backward()
+        runs[cls_only] = out, {n: p.grad.clone() for n, p in model.named_parameters()}
+    (full, full_grads), (cls, cls_grads) = runs[False], runs[True]
+    steps = len(model.bert.encoder.plan)
+    assert cls.last_hidden_state.shape == (3, 1, 32) and len(cls.hidden_states) == steps + 1
+    assert full.last_hidden_state.shape == (3, 9, 32)
+    for k in range(steps):  # every state before the last step is computed in full, identically
+        assert torch.equal(cls.hidden_states[k], full.hidden_states[k])
+    torch.testing.assert_close(cls.last_hidden_state, full.last_hidden_state[:, :1], atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(cls.logits, full.logits, atol=1e-6, rtol=1e-5)
+    if with_attentions:
+        torch.testing.assert_close(cls.attentions[-1], full.attentions[-1][:, :, :1], atol=1e-6, rtol=1e-5)
+    for name, grad in full_grads.items():
+        torch.testing.assert_close(cls_grads[name], grad, atol=1e-6, rtol=1e-4, msg=name)
+    assert any(g.abs().max() > 0 for n, g in cls_grads.items() if "layer.1.attention.self.query" in n)
+
+
 def test_regression_head_has_one_output():
     model = BertForSequenceClassification(BertConfig(**TINY), num_labels=1)
     ids, types = random_batch()

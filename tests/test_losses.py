@@ -398,3 +398,20 @@ def test_teacher_layers_read_follows_what_each_component_declares(scratch_regist
     assert build_loss("kd+pkd+any_teacher_layer").teacher_layers_read(layer_map, 12) == tuple(range(13))
     with pytest.raises(ValueError, match="teacher_layers must be 'all' or 'layer_map'"):
         register_loss("bad_layers", requires=("teacher_cls_hidden",), teacher_layers="some")
+
+
+def test_student_cls_only_follows_what_each_component_declares(scratch_registry):
+    """The student computes only its last layer's [CLS] row when no component reads more: none reads the student's
+    states (ce, kd), or every one that does reads their [CLS] rows only (pkd); a loss reading every token, or the
+    student's attentions, gets the full last layer."""
+    @register_loss("every_token", requires=("student_hidden_states",))
+    def every_token(inputs: LossInputs) -> LossResult:
+        """Reads every token of the student's states (a test loss)."""
+        return LossResult(inputs.student_hidden_states[-1].sum(), {})
+
+    assert build_loss("ce").student_cls_only and build_loss("kd").student_cls_only
+    assert build_loss("kd+pkd").student_cls_only and build_loss("pkd_uncertainty", 8, 8).student_cls_only
+    assert not build_loss("kd+pkd+every_token").student_cls_only
+    assert not build_loss("kd+attn_mse").student_cls_only
+    with pytest.raises(ValueError, match="student_tokens must be 'all' or 'cls'"):
+        register_loss("bad_tokens", requires=("student_hidden_states",), student_tokens="first")

@@ -165,11 +165,27 @@ def test_plain_ft_asks_for_no_hidden_states(tiny_env, tmp_path):
     forward = model.forward
 
     def recording_forward(*args, **kwargs):
-        flags.append((kwargs.get("output_hidden_states"), kwargs.get("output_attentions")))
+        flags.append((kwargs.get("output_hidden_states"), kwargs.get("output_attentions"), kwargs.get("cls_only")))
         return forward(*args, **kwargs)
     model.forward = recording_forward
     tiny_run(tiny_env, tmp_path / "run", model=model, epochs=1)
-    assert set(flags) <= {(False, False), (None, None)}  # training steps ask for nothing; evaluation uses defaults
+    # training steps ask for no states and the last layer's [CLS] row only; evaluation for the [CLS] row only
+    assert set(flags) == {(False, False, True), (None, None, True)}
+
+
+def test_a_loss_reading_every_token_gets_the_full_last_layer(tiny_env, tmp_path):
+    """A loss that does not declare student_tokens="cls" (a plug-in without the attribute, here) sees (B, T, H)."""
+    class EveryToken(torch.nn.Module):
+        requires = frozenset({"labels", "student_hidden_states"})
+
+        def forward(self, inputs):
+            shapes.add(tuple(inputs.student_hidden_states[-1].shape[1:]))
+            loss = F.cross_entropy(inputs.student_logits, inputs.labels)
+            return LossResult(loss + 0 * inputs.student_hidden_states[-1].sum(), {"ce": loss.detach()})
+
+    shapes = set()
+    tiny_run(tiny_env, tmp_path / "run", loss=EveryToken(), epochs=1)
+    assert shapes and all(length > 1 for length, _ in shapes)
 
 
 class NanAt(torch.nn.Module):

@@ -56,7 +56,7 @@ def attn_mse_loss(inputs: LossInputs) -> LossResult:
 
 
 @register_loss("pkd_uncertainty", needs_params=True, requires=("student_hidden_states", "teacher_cls_hidden"),
-               teacher_layers="layer_map")
+               teacher_layers="layer_map", student_tokens="cls")
 class PKDUncertainty(nn.Module):
     """PKD with a learned weight: exp(-s) L_pt + s, where L_pt is the "pkd" term and s a trained scalar.
 

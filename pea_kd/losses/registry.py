@@ -70,7 +70,8 @@ class LossInputs:
     """Everything a loss may read for one batch. Fields a loss does not declare in ``requires`` may be None.
 
     student_logits: (B, C) z_s (C = 1 for regression).
-    student_hidden_states: tuple of (B, T, H_s); index 0 = embeddings, index e = output of effective layer e.
+    student_hidden_states: tuple of (B, T, H_s); index 0 = embeddings, index e = output of effective layer e. The last
+        one is (B, 1, H_s), its [CLS] row only, when every loss reading these states declared student_tokens="cls".
     student_attentions: tuple of (B, A_s, T, T); index e-1 = attention probabilities of effective layer e.
     labels: (B,) long class ids, or float targets for regression.
     teacher_logits: (B, C) z_t.   teacher_cls_hidden: (B, L_t + 1, H_t) [CLS] vectors, index 0 = embeddings.
@@ -124,6 +125,7 @@ class LossEntry:
     requires: frozenset
     description: str
     teacher_layers: str = "all"
+    student_tokens: str = "all"
 
 
 _REGISTRY: dict[str, LossEntry] = {}
@@ -140,7 +142,7 @@ def _identity(fn) -> tuple:
 
 
 def register_loss(name: str, *, needs_params: bool = False, requires=(), teacher_layers: str = "all",
-                  replace: bool = False):
+                  student_tokens: str = "all", replace: bool = False):
     """Decorator: register a loss under `name` so specs like "kd+name" can select it.
 
     needs_params=False: the decorated object is fn(inputs: LossInputs) -> LossResult.
@@ -151,6 +153,9 @@ def register_loss(name: str, *, needs_params: bool = False, requires=(), teacher
     teacher_layers: which rows of teacher_cls_hidden the loss reads: "all" (the default: any layer, so the teacher
         cache must hold every layer) or "layer_map" (only the teacher indices of config.layer_map, as pkd: a cache
         holding just those layers serves it; the others arrive as NaN).
+    student_tokens: which rows of student_hidden_states the loss reads: "all" (the default: any token) or "cls" (the
+        [CLS] row, index 0, only, as pkd). When no component needs more, the student computes only the [CLS] row of
+        its last layer (bert_mini's cls_only: the same values at less cost), and that state arrives as (B, 1, H_s).
     replace: allow re-registering an existing name. Re-running the same definition (a notebook cell, same module
         and qualified name) is always allowed.
     The description shown by available_losses() is the first line of the docstring.
@@ -161,6 +166,8 @@ def register_loss(name: str, *, needs_params: bool = False, requires=(), teacher
     if teacher_layers not in ("all", "layer_map"):
         raise ValueError(f"register_loss({name!r}): teacher_layers must be 'all' or 'layer_map', "
                          f"got {teacher_layers!r}")
+    if student_tokens not in ("all", "cls"):
+        raise ValueError(f"register_loss({name!r}): student_tokens must be 'all' or 'cls', got {student_tokens!r}")
     unknown = requires - set(INPUT_FIELDS)
     if unknown:
         raise ValueError(f"register_loss({name!r}): requires has unknown fields {sorted(unknown)}; "
@@ -172,7 +179,8 @@ def register_loss(name: str, *, needs_params: bool = False, requires=(), teacher
         if old is not None and not (replace or same_definition):
             raise ValueError(f"register_loss: {name!r} is already registered by {old.fn!r}; "
                              f"pick another name or pass replace=True")
-        _REGISTRY[name] = LossEntry(name, fn, needs_params, requires, _first_doc_line(fn), teacher_layers)
+        _REGISTRY[name] = LossEntry(name, fn, needs_params, requires, _first_doc_line(fn), teacher_layers,
+                                     student_tokens)
         return fn
 
     return decorator
@@ -237,6 +245,15 @@ class LossModule(nn.Module):
         if all(entry.teacher_layers == "layer_map" for entry in readers):
             return tuple(sorted({int(t) for _, t in layer_map}))
         return tuple(range(num_teacher_layers + 1))
+
+    @property
+    def student_cls_only(self) -> bool:
+        """Whether the student's last layer may compute its [CLS] row only: no component reads the student's
+        attentions, and every one that reads its hidden states reads their [CLS] rows only (student_tokens="cls")."""
+        if "student_attentions" in self.requires:
+            return False
+        return all(_REGISTRY[n].student_tokens == "cls" for n in self.names
+                   if "student_hidden_states" in _REGISTRY[n].requires)
 
     def forward(self, inputs: LossInputs) -> LossResult:
         total = None

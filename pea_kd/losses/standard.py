@@ -140,7 +140,8 @@ def normalized_mse(a: Tensor, b: Tensor) -> Tensor:
     return F.mse_loss(F.normalize(a, p=2, dim=-1), F.normalize(b, p=2, dim=-1))  # mean over batch x layers x hidden
 
 
-@register_loss("pkd", requires=("student_hidden_states", "teacher_cls_hidden"), teacher_layers="layer_map")
+@register_loss("pkd", requires=("student_hidden_states", "teacher_cls_hidden"), teacher_layers="layer_map",
+               student_tokens="cls")
 def pkd_loss(inputs: LossInputs) -> LossResult:
     """PKD patient loss: beta * MSE(normalize(h_s[CLS]), normalize(h_t[CLS])), averaged over config.layer_map's pairs.
 
