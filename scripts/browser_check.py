@@ -223,7 +223,9 @@ def start_lab(stack: contextlib.ExitStack, root_dir: Path, scratch: Path, log: P
                               "--LabApp.expose_app_in_browser=True",
                               f"--LabApp.user_settings_dir={scratch / 'lab-settings'}",
                               f"--LabApp.workspaces_dir={scratch / 'lab-workspaces'}",
-                              "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate")
+                              "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
+                              # the notebook's checkpoint goes to the scratch folder, not notebooks/.ipynb_checkpoints/
+                              f"--FileCheckpoints.checkpoint_dir={scratch / 'checkpoints'}")
     print(f"browser check: starting JupyterLab on 127.0.0.1:{port} (log: {log})", flush=True)
     with log.open("w", encoding="utf-8") as out:
         server = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,

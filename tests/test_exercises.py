@@ -24,6 +24,8 @@ def check_calls() -> list[tuple[str, str, list[str]]]:
     """(notebook, key, field names) of every check_exercise call in the notebooks."""
     calls = []
     for path in sorted((ROOT / "notebooks").rglob("*.ipynb")):
+        if any(part.startswith(".") for part in path.relative_to(ROOT / "notebooks").parts):
+            continue  # .ipynb_checkpoints/ (JupyterLab's copies, e.g. after make notebooks) are not the notebooks
         for cell in json.loads(path.read_text(encoding="utf-8"))["cells"]:
             for key, body in CHECK_CALL.findall("".join(cell["source"])):
                 calls.append((path.relative_to(ROOT / "notebooks").as_posix(), key, re.findall(r'"(\w+)":', body)))
