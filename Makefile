@@ -100,4 +100,12 @@ DEST ?= ../pea-kd-student
 .PHONY: student-copy
 student-copy: $(STAMP)
 	$(PY) scripts/make_student_copy.py $(DEST)
+
+# make test-student-copy   build the student copy in a scratch folder and run its own `make test` there (CI runs it):
+# what students receive must pass its own tests, without .git and without instructor/.
+.PHONY: test-student-copy
+test-student-copy: $(STAMP)
+	scratch=$$(mktemp -d) && trap 'rm -rf "$$scratch"' EXIT && \
+	$(PY) scripts/make_student_copy.py "$$scratch/pea-kd" && \
+	$(MAKE) -C "$$scratch/pea-kd" test
 # END INSTRUCTOR
