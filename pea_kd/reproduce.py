@@ -44,11 +44,13 @@ from bert_mini import BertConfig, resolve_model_dir
 
 from . import __version__, distributed
 from .budget import device_words, matmul_rates, reproduce_budget
-from .cli import default_lr
+from .defaults import default_lr
 from .distill import distill_student, teacher_layers_needed
-from .glue import PROJECT_ROOT, ensure_task_data, get_task, load_examples, split_path
+from .glue import PROJECT_ROOT, get_task, load_examples, split_path
+from .glue_download import ensure_task_data
 from .identity import RunMismatch
 from .losses import LossConfig
+from .methods import METHODS, Method
 from .parallel import executor, is_sps, next_unit, peak_rss_mb, resolve_jobs, start_order, worker_devices
 from .progress import ASSUMED_FRACTION, Eta, ReproduceProgress, Stage, stage_status
 from .ptp_stage import ptp_encoder_dir, run_ptp
@@ -60,27 +62,6 @@ from .storage import write_atomic
 from .trainer import TrainConfig, TrainResult
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Method:
-    """One row of the comparison: which student (SPS variant), which loss, and whether PTP comes first."""
-
-    name: str
-    slug: str
-    variant: str
-    loss: str
-    ptp: bool
-
-
-METHODS = (
-    Method("FT", "ft", "original", "ce", False),
-    Method("KD", "kd", "original", "kd", False),
-    Method("PKD", "pkd", "original", "kd+pkd", False),
-    Method("SPS + PKD", "sps-pkd", "sps", "kd+pkd", False),
-    Method("PTP + PKD", "ptp-pkd", "original", "kd+pkd", True),
-    Method("Pea-KD", "pea-kd", "sps", "kd+pkd", True),
-)
 
 
 # Teacher recipes chosen by `python -m pea_kd teacher-search` (held-out part of train, dev never read), keyed by
@@ -102,7 +83,7 @@ class ReproduceConfig:
     teacher_epochs: Optional[int] = None  # None: TEACHER_RECIPES, else 3
     student_epochs: int = 3
     ptp_epochs: int = 2
-    lr: Optional[float] = None  # students and PTP; None = cli.default_lr(teacher): 5e-5 for MiniLM, 2e-5 for bert-base
+    lr: Optional[float] = None  # students and PTP; None = defaults.default_lr(teacher): 5e-5 for MiniLM, 2e-5 for bert-base
     teacher_lr: Optional[float] = None  # None: TEACHER_RECIPES, else lr
     batch_size: int = 32
     max_length: int = 128
