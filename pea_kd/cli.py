@@ -191,7 +191,8 @@ def _layer_list(text: str) -> tuple:
 
 
 def _run_cache(args, parser):
-    from .teacher import CACHE_FILE, cache_teacher_outputs, verify_teacher_outputs
+    from .teacher import cache_teacher_outputs
+    from .teacher_cache import CACHE_FILE, verify_teacher_outputs
     path = Path(args.teacher_dir) / CACHE_FILE
     if args.verify:
         changed = {split: keys for split, keys in verify_teacher_outputs(path).items() if keys}
