@@ -1,7 +1,7 @@
 """`make reproduce TASK=<task>`: the paper's comparison on one GLUE task, end to end, with an honest results table.
 
     teacher   fine-tune the teacher, cache its train/dev outputs (logits, per-layer [CLS])      runs/<task>/teacher/
-    students  for each method and seed:                                                      runs/<task>/<method>/seed<k>/
+    students  for each method and seed (pea_kd.methods):                                runs/<task>/<method>/seed<k>/
                 FT         original student, CE only
                 KD         original student, alpha T^2 KL + (1 - alpha) CE
                 PKD        original student, KD + beta * patient [CLS] loss
@@ -65,7 +65,8 @@ log = logging.getLogger(__name__)
 
 
 # Teacher recipes chosen by `python -m pea_kd teacher-search` (held-out part of train, dev never read), keyed by
-# (teacher, task). A task without an entry uses the plain recipe: `lr`, 3 epochs. Numbers: README, "Results" (RTE).
+# (teacher, task). A task without an entry uses the plain recipe: `lr`, 3 epochs. Numbers:
+# docs/results.md, "RTE: a teacher recipe chosen on held-out training data".
 TEACHER_RECIPES: dict[tuple[str, str], dict] = {
     ("minilm-l6", "RTE"): {"lr": 1e-4, "epochs": 3},  # held-out acc 60.2 vs 58.2 (5e-5, 3), 59.2, 58.2 (6 epochs)
 }
@@ -83,7 +84,7 @@ class ReproduceConfig:
     teacher_epochs: Optional[int] = None  # None: TEACHER_RECIPES, else 3
     student_epochs: int = 3
     ptp_epochs: int = 2
-    lr: Optional[float] = None  # students and PTP; None = defaults.default_lr(teacher): 5e-5 for MiniLM, 2e-5 for bert-base
+    lr: Optional[float] = None  # students and PTP; None = default_lr(teacher): 5e-5 for MiniLM, 2e-5 for bert-base
     teacher_lr: Optional[float] = None  # None: TEACHER_RECIPES, else lr
     batch_size: int = 32
     max_length: int = 128

@@ -127,7 +127,8 @@ def cache_teacher_outputs(teacher_dir, task, splits=("train", "dev"), max_length
     "tokenizer" (fingerprint), "num_layers" (L_t), "hidden_size" (H_t), "layers" (the stored ones, sorted),
     "cls_dtype" (storage dtype of cls_hidden), "num_examples": {split: N}, "digests": {split: features_digest},
     "row_digests": {split: {"logits": .., "cls_hidden/<layer>": ..}} (computed by teacher_cache as it writes the
-    file: what run identities are made of), "splits": {split: {"logits" (N, C), "cls_hidden" (N, K, H_t) or None, "labels"}}, "seconds"}.
+    file: what run identities are made of), "splits": {split: {"logits" (N, C), "cls_hidden" (N, K, H_t) or None,
+    "labels"}}, "seconds"}.
     amp: float32 by default ("off"), so the cached targets are exact; "auto" uses bf16/fp16 on CUDA.
     """
     started = time.perf_counter()

@@ -13,8 +13,8 @@ pea_kd.teacher_cache writes, reads and checks the file teacher_outputs.pt; this 
 
 Digests, one per tensor and per stored layer (teacher_cache.row_digests), are computed once, when the cache is
 written. A run's identity names only the rows it reads, so adding layers to a cache for another student changes
-nothing for the runs that read the old ones. Rows made in memory (a dict of tensors with every layer, e.g. in a test) are hashed when they
-are wrapped (from_tensors): nothing recorded them.
+nothing for the runs that read the old ones. Rows made in memory (a dict of tensors with every layer, e.g. in a
+test) are hashed when they are wrapped (from_tensors): nothing recorded them.
 """
 from __future__ import annotations
 
@@ -71,7 +71,7 @@ class TeacherRows:
 
     @classmethod
     def from_cache(cls, cache: dict, split: str) -> "TeacherRows":
-        """The rows of `split` in a loaded teacher cache (pea_kd.teacher_cache.load_teacher_outputs), with its records."""
+        """The rows of `split` in a loaded teacher cache (teacher_cache.load_teacher_outputs), with its records."""
         rows = cache["splits"][split]
         return cls(rows["logits"], rows.get("cls_hidden"), tuple(cache["layers"]), cache["num_layers"],
                    cache["row_digests"][split], rows.get("labels"))
