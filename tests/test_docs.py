@@ -207,6 +207,11 @@ def test_update_anchors_moves_an_anchor_to_its_symbol(tmp_path):
     assert len(rewrite(doc)) == 3 and stale_anchors(doc) == []
     assert doc.read_text(encoding="utf-8") == ("[`open_box`](mod.py#L13), [`Box.open`](mod.py#L9), "
                                                "[`LIMIT`](mod.py#L3), [`Box.size`](mod.py#L7)\n")
+    (tmp_path / "docs").mkdir()  # a document in docs/ links up to the code: the path is relative to the document
+    nested = tmp_path / "docs" / "guide.md"
+    nested.write_text("[`open_box`](../mod.py#L2)\n", encoding="utf-8")
+    assert [(a.name, line) for a, line in stale_anchors(nested)] == [("open_box", 13)] and len(rewrite(nested)) == 1
+    assert nested.read_text(encoding="utf-8") == "[`open_box`](../mod.py#L13)\n"
     with pytest.raises(ValueError, match="no module-level definition of 'close_box'"):
         definition_line(tmp_path / "mod.py", "close_box")
     with pytest.raises(ValueError, match="class 'Box' defines no 'close'"):
