@@ -38,7 +38,7 @@ help:  ## list targets and their variables
 	@echo "    NOTEBOOK=notebooks/05_sps.ipynb   another notebook;  BROWSER_OUT=runs/browser   screenshot + logs"
 	@echo "                           (installs Chromium with apt-get: Debian packages chromium chromium-driver)"
 	@echo "make bench                 bert_mini speed/memory benchmark on CPU (or CUDA when present), then the"
-	@echo "                           cost of 4k and 400k training examples (python -m pea_kd bench-scale)"
+	@echo "                           cost of 4k and 400k training examples (python -m pea_kd_bench.scale)"
 	@echo "make data TASK=mrpc        download GLUE data into \$$GLUE_DIR, else data/glue/ (TASK=all for every task)"
 	@echo "make setup                 create .venv and install requirements"
 

@@ -31,6 +31,7 @@ from bert_mini import BertConfig, load_tokenizer, resolve_model_dir
 
 from .features import load_features, make_batches, split_holdout
 from .glue import get_task
+from .methods import METHODS
 from .ptp import PTP_CLASSES
 from .ptp_stage import PTP_HOLDOUT
 from .sps import make_plan
@@ -138,8 +139,6 @@ def inference_flops(config: BertConfig, lengths: np.ndarray, num_labels: int, ba
 
 def reproduce_budget(cfg) -> list[StageBudget]:
     """The FLOPs of every stage of `reproduce.run_all(cfg)` (a ReproduceConfig), in table order."""
-    from .reproduce import METHODS
-
     spec = get_task(cfg.task)
     teacher_config = BertConfig.from_json(resolve_model_dir(cfg.teacher) / "config.json")
     student_config = BertConfig.from_dict({**teacher_config.to_dict(), "num_hidden_layers": cfg.student_layers})

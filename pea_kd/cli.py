@@ -12,12 +12,7 @@ Adding a command (ptp, pea-kd, reproduce, ...): write `configure(parser)` and `r
 `add_training_args(parser, stage)` / `train_config_from_args(args)` for the shared training flags, and call
 `parser.error("...")` for a bad flag combination (a one-line usage error, never a traceback).
 
-Default hyper-parameters (STAGE_DEFAULTS) follow the authors' code (docs/method.md#authors-settings): batch 32, max
-length 128, warm-up 0.1, weight decay 0.01; epochs 3 (teacher), 6 (distillation: C2 runs its full 6-epoch schedule).
-Learning rate: the authors use 2e-5 everywhere, for BERT-base (hidden size 768). Our default models are
-MiniLM-L6-H384; compact BERTs are conventionally fine-tuned with larger rates (Turc et al. 2019 search
-{3e-5, 5e-5, 1e-4} for small BERTs), so --lr defaults to 2e-5 for hidden size >= 768 and 5e-5 below.
-Gradient clipping is global (clip_grad_norm_ 1.0), not per tensor as BertAdam's; the training data is shuffled.
+Default hyper-parameters and the learning rate by model width: pea_kd.defaults.
 """
 from __future__ import annotations
 
@@ -36,6 +31,7 @@ from typing import Callable
 from bert_mini.download import DownloadError
 
 from . import distributed
+from .defaults import STAGE_DEFAULTS, configure_logging, default_lr
 from .storage import DirectoryInUse, StorageError
 from .trainer import NonFiniteLossError, TrainConfig
 
@@ -43,10 +39,6 @@ PLUGIN_MODULES = ("pea_kd.commands", "pea_kd.export")  # may register more comma
 # argparse (< 3.13) reads "-1e-5" as an option, so `--lr -1e-5` said "expected one argument"; with every number
 # recognised as one, the value reaches its check and the error names what is wrong with it.
 NEGATIVE_NUMBER = re.compile(r"^-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
-STAGE_DEFAULTS = {"teacher": {"epochs": 3, "batch_size": 32, "keep_best": True},  # best/ for --teacher-checkpoint best
-                  "distill": {"epochs": 6, "batch_size": 32, "keep_best": False},
-                  "ptp": {"epochs": 2, "batch_size": 32, "keep_best": True}}
-SMALL_MODEL_LR, BERT_BASE_LR = 5e-5, 2e-5
 
 
 @dataclass
@@ -63,13 +55,6 @@ COMMANDS: dict[str, Command] = {}
 def register_command(name: str, help: str, configure, run) -> None:
     """Add a subcommand: configure(parser) adds its flags, run(args, parser) does the work (returns a result)."""
     COMMANDS[name] = Command(name, help, configure, run)
-
-
-def default_lr(model_name) -> float:
-    """2e-5 (authors, BERT-base width) for hidden size >= 768, else 5e-5 (compact models, e.g. MiniLM-H384)."""
-    from bert_mini import BertConfig, resolve_model_dir
-    hidden = BertConfig.from_json(resolve_model_dir(model_name) / "config.json").hidden_size
-    return BERT_BASE_LR if hidden >= 768 else SMALL_MODEL_LR
 
 
 def add_data_args(p: argparse.ArgumentParser) -> None:
@@ -206,7 +191,8 @@ def _layer_list(text: str) -> tuple:
 
 
 def _run_cache(args, parser):
-    from .teacher import CACHE_FILE, cache_teacher_outputs, verify_teacher_outputs
+    from .teacher import cache_teacher_outputs
+    from .teacher_cache import CACHE_FILE, verify_teacher_outputs
     path = Path(args.teacher_dir) / CACHE_FILE
     if args.verify:
         changed = {split: keys for split, keys in verify_teacher_outputs(path).items() if keys}
@@ -276,35 +262,12 @@ def _run_distill(args, parser):
         teacher_checkpoint=args.teacher_checkpoint, resume=args.resume, overwrite=args.overwrite)
 
 
-# ---------------------------------------------------------------- bench-scale (implemented in pea_kd_bench.scale)
-
-def _configure_bench_scale(p):
-    p.add_argument("--examples", type=positive_int, action="append", required=True, metavar="N",
-                   help="training examples of the synthetic pair task; repeat it to compare sizes (each is built in "
-                        "its own process, their steps are timed in alternation)")
-    p.add_argument("--steps", type=positive_int, default=50, help="optimiser steps timed per size (default 50)")
-    p.add_argument("--rounds", type=positive_int, default=5,
-                   help="blocks the steps are timed in, the sizes alternating (default 5)")
-    p.add_argument("--threads", type=positive_int, default=None, help="torch threads (default: torch's choice)")
-    p.add_argument("--work-dir", default=None,
-                   help="where the temporary GLUE directory and caches go (default: the system's temporary "
-                        "directory); removed afterwards")
-
-
-def _run_bench_scale(args, parser):
-    from pea_kd_bench.scale import bench_scale  # the command line may import the benchmarks; pea_kd's modules never
-    for record in bench_scale(args.examples, args.steps, args.rounds, args.threads, args.work_dir):
-        print(json.dumps(record), flush=True)  # one JSON object per size, one per line
-
-
 register_command("finetune-teacher", "fine-tune the teacher on a GLUE task (CE; MSE for STS-B)",
                  _configure_teacher, _run_teacher)
 register_command("cache-teacher", "cache the teacher's logits and per-layer [CLS] states (teacher_outputs.pt)",
                  _configure_cache, _run_cache)
 register_command("distill", "train a student (FT, KD, KD+PKD, ...) from the cached teacher outputs",
                  _configure_distill, _run_distill)
-register_command("bench-scale", "benchmark: cost of features, teacher cache, trainer build and steps vs. data size",
-                 _configure_bench_scale, _run_bench_scale)
 
 
 def import_plugin(name: str) -> None:
@@ -349,12 +312,6 @@ def build_parser() -> argparse.ArgumentParser:
         cmd.configure(cmd_parser)
         cmd_parser.set_defaults(_command=cmd, _parser=cmd_parser)
     return parser
-
-
-def configure_logging(level: int) -> None:
-    """Log lines "HH:MM:SS logger: message" on stderr (stdout carries the JSON result); also used by workers."""
-    logging.basicConfig(level=level, stream=sys.stderr, format="%(asctime)s %(name)s: %(message)s",
-                        datefmt="%H:%M:%S")
 
 
 def main(argv=None) -> int:

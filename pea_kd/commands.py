@@ -15,8 +15,9 @@ import dataclasses
 from pathlib import Path
 
 from . import distributed, glue_download
-from .cli import (add_amp_arg, add_data_args, add_device_arg, add_training_args, default_lr, register_command,
-                  run_root, train_config_from_args)
+from .cli import (add_amp_arg, add_data_args, add_device_arg, add_training_args, register_command, run_root,
+                  train_config_from_args)
+from .defaults import default_lr
 from .ptp_stage import PTP_HOLDOUT
 from .sps import VARIANTS
 
@@ -111,7 +112,8 @@ def _run_pea_kd(args, parser):
 # ---------------------------------------------------------------- reproduce
 
 def _configure_reproduce(p):
-    from .reproduce import METHODS, ReproduceConfig
+    from .methods import METHODS
+    from .reproduce import ReproduceConfig
     d = ReproduceConfig.__dataclass_fields__
     p.add_argument("--task", required=True, help="GLUE task whose data is available (mrpc, rte, sst2, cola, stsb, ...)")
     p.add_argument("--data-dir", default=None, help="GLUE root (default: $GLUE_DIR, else data/glue)")
@@ -162,8 +164,7 @@ def _run_reproduce(args, parser):
                           device=args.device, amp=args.amp, progress=False if args.no_progress else None, **extra)
     if args.estimate:
         from .budget import estimate
-        from .glue import ensure_task_data
-        ensure_task_data(cfg.task, cfg.data_dir, progress=not args.no_progress)
+        glue_download.ensure_task_data(cfg.task, cfg.data_dir, progress=not args.no_progress)
         print(estimate(cfg))
         return None
     results = run_all(cfg)

@@ -214,34 +214,6 @@ def split_path(task: str | TaskSpec, split: str, data_dir: str | os.PathLike | N
     return resolve_data_dir(data_dir)[0] / spec.directory / file_name
 
 
-def ensure_task_data(task: str | TaskSpec, data_dir: str | os.PathLike | None = None, progress: bool = True) -> Path:
-    """Make sure the task's train and dev files exist, downloading the task when they do not; returns the GLUE root.
-
-    The download goes through pea_kd.glue_download (official sources, or the mirror in $PEA_KD_GLUE_URL) into the
-    data dir the reader uses (the argument, else $GLUE_DIR, else <project>/data/glue: the current directory's data/glue
-    where pea-kd is pip-installed). Without a network it raises FileNotFoundError in one line naming GLUE_DIR and
-    `make data`.
-    """
-    from .glue_download import download_task
-
-    spec = get_task(task)
-    root, source = resolve_data_dir(data_dir)
-    if all(split_path(spec, split, data_dir).is_file() for split in ("train", spec.dev_split)):
-        return root
-    log.info("GLUE %s is not in %s (data dir from %s): downloading it", spec.name, root, source)
-    try:
-        download_task(spec.directory, root, base_url=os.environ.get("PEA_KD_GLUE_URL"), progress=progress)
-    except (RuntimeError, OSError) as err:  # DownloadError, GlueDownloadError, a read-only or full disk
-        from bert_mini.download import NoNetworkError
-        reason = ("no network connection" if isinstance(err, NoNetworkError)
-                  else f"the download failed: {(str(err).strip().splitlines() or [type(err).__name__])[0]}")
-        raise FileNotFoundError(f"GLUE {spec.name} is not in {root} (data dir from {source}) and cannot be "
-                                f"downloaded ({reason}); set GLUE_DIR to a directory holding {spec.directory}/, or "
-                                f"run `make data TASK={spec.directory.lower()}` (python -m pea_kd download-glue "
-                                f"--tasks {spec.directory}) on a machine with a network") from None
-    return root
-
-
 def load_examples(task: str | TaskSpec, split: str, data_dir: str | os.PathLike | None = None) -> list[Example]:
     """Read one split of a GLUE task, checking every row against the task's spec.
 

@@ -5,7 +5,8 @@
 
 The data dir is the one the GLUE reader uses (pea_kd.glue): --data-dir, else $GLUE_DIR, else <project>/data/glue
 (the repository in a source checkout, the current directory where pea-kd is pip-installed). `reproduce` calls
-download_task itself when its task is missing (glue.ensure_task_data).
+download_task itself when its task is missing (ensure_task_data). The reader never imports this module:
+the download depends on the reader, not the other way round.
 
 Sources are the official ones that download_glue_data.py uses: one zip per task from dl.fbaipublicfiles.com/glue/data/
 (CoLA, SST-2, QQP, STS-B, MNLI, QNLI, RTE, WNLI); MRPC is rebuilt from the original Microsoft files
@@ -19,7 +20,7 @@ its `.part` in <data-dir>/.downloads/ and the next run resumes it.
 
 Checksums: the SHA-256 of the upstream archives could not be verified offline, so the table below holds None and a
 warning is printed. The extracted split files are compared with reference hashes of the copies used by this project
-(/work/shared/glue_data/SOURCES.md), again with a warning only: they identify the standard files, not the archives.
+(the hashes of the standard GLUE files), again with a warning only: they identify the standard files, not the archives.
 
 --base-url (or $PEA_KD_GLUE_URL) replaces every source with a flat mirror: each file is fetched as <base-url>/<file>.
 """
@@ -36,6 +37,8 @@ from pathlib import Path
 from typing import Optional
 
 from bert_mini.download import DownloadError, NoNetworkError, download_file, sha256_of
+
+from .glue import TaskSpec, get_task, resolve_data_dir, split_path
 
 log = logging.getLogger(__name__)
 
@@ -266,6 +269,31 @@ def download_task(task: str, data_dir: Path, base_url: Optional[str] = None, pro
     return True
 
 
+def ensure_task_data(task: str | TaskSpec, data_dir: str | os.PathLike | None = None, progress: bool = True) -> Path:
+    """Make sure the task's train and dev files exist, downloading the task when they do not; returns the GLUE root.
+
+    The download goes through download_task (official sources, or the mirror in $PEA_KD_GLUE_URL) into the
+    data dir the reader uses (the argument, else $GLUE_DIR, else <project>/data/glue: the current directory's data/glue
+    where pea-kd is pip-installed). Without a network it raises FileNotFoundError in one line naming GLUE_DIR and
+    `make data`.
+    """
+    spec = get_task(task)
+    root, source = resolve_data_dir(data_dir)
+    if all(split_path(spec, split, data_dir).is_file() for split in ("train", spec.dev_split)):
+        return root
+    log.info("GLUE %s is not in %s (data dir from %s): downloading it", spec.name, root, source)
+    try:
+        download_task(spec.directory, root, base_url=os.environ.get("PEA_KD_GLUE_URL"), progress=progress)
+    except (RuntimeError, OSError) as err:  # DownloadError, GlueDownloadError, a read-only or full disk
+        reason = ("no network connection" if isinstance(err, NoNetworkError)
+                  else f"the download failed: {(str(err).strip().splitlines() or [type(err).__name__])[0]}")
+        raise FileNotFoundError(f"GLUE {spec.name} is not in {root} (data dir from {source}) and cannot be "
+                                f"downloaded ({reason}); set GLUE_DIR to a directory holding {spec.directory}/, or "
+                                f"run `make data TASK={spec.directory.lower()}` (python -m pea_kd download-glue "
+                                f"--tasks {spec.directory}) on a machine with a network") from None
+    return root
+
+
 def configure(parser: argparse.ArgumentParser) -> None:
     """The flags of `python -m pea_kd download-glue`."""
     parser.add_argument("--tasks", default="all",
@@ -288,13 +316,11 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> dict:
     A bad --tasks is a usage error; a failed download a one-line ValueError naming the task (and, without a network,
     what to do instead), after the tasks before it have landed.
     """
-    from .glue import resolve_data_dir  # the reader's rule: --data-dir, else $GLUE_DIR, else <project>/data/glue
-
     try:
         tasks = parse_tasks(args.tasks)
     except ValueError as err:
         parser.error(str(err))
-    data_dir, _ = resolve_data_dir(args.data_dir)
+    data_dir, _ = resolve_data_dir(args.data_dir)  # the reader's rule: --data-dir, else $GLUE_DIR, else data/glue
     done = {}
     for task in tasks:
         try:

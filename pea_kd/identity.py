@@ -17,7 +17,7 @@ teacher, and a teacher retrained in the same directory is another one.
 
 Nothing here re-reads data that was identified once. The digests of the model inputs are computed when the features
 are encoded and stored in their cache file (Features.digest); the teacher rows' digests, one per tensor and per
-stored layer, when the teacher cache is written (pea_kd.teacher_rows). A run combines the recorded digests of what
+stored layer, when the teacher cache is written (pea_kd.teacher_cache). A run combines the recorded digests of what
 it reads; a part of them (a subset, the first n rows) is named by derived_digest(recorded digest, how it was taken).
 What this promises: both files are written atomically (pea_kd.storage) with their digests inside, so a file that was
 replaced by another cache brings its own digests and is judged by them. A file edited in place by hand keeping its

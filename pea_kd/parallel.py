@@ -96,7 +96,7 @@ def executor(jobs: int, threads: int, log_level: Optional[int] = None):
 
 
 def _init_worker(threads: int, level: int) -> None:
-    from .cli import configure_logging
+    from .defaults import configure_logging
     torch.set_num_threads(threads)
     configure_logging(level)
 

@@ -36,7 +36,7 @@ from .trainer import CHECKPOINT, RESULT
 log = logging.getLogger(__name__)
 
 # f: the share of the matmul rate R that training is assumed to reach until a stage is timed. On the reference
-# 2-core AVX2 CPU, fp32 training reached 31% (make bench) to 61% (a quiet FT epoch) of R (README, "Performance").
+# 2-core AVX2 CPU, fp32 training reached 31% (make bench) to 61% (a quiet FT epoch) of R (docs/performance.md).
 ASSUMED_FRACTION = 0.5
 
 

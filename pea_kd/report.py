@@ -148,7 +148,8 @@ def format_markdown(results: dict) -> str:
         f"for students and PTP; batch {cfg['batch_size']}, max length {cfg['max_length']}; KD alpha {cfg['alpha']}, "
         f"T {cfg['temperature']}, PKD beta {cfg['beta']}. Seeds: {seeds}. Device: {env['device']}, "
         f"precision {_precision(env)}, "
-        f"torch {env['torch']}, {env.get('jobs', 1)} training process(es) at a time with {env['torch_threads']} thread(s) each.",
+        f"torch {env['torch']}, {env.get('jobs', 1)} training process(es) at a time with {env['torch_threads']} "
+        f"thread(s) each.",
         "",
         format_table(results),
         *per_seed,

@@ -1,7 +1,7 @@
 """`make reproduce TASK=<task>`: the paper's comparison on one GLUE task, end to end, with an honest results table.
 
     teacher   fine-tune the teacher, cache its train/dev outputs (logits, per-layer [CLS])      runs/<task>/teacher/
-    students  for each method and seed:                                                      runs/<task>/<method>/seed<k>/
+    students  for each method and seed (pea_kd.methods):                                runs/<task>/<method>/seed<k>/
                 FT         original student, CE only
                 KD         original student, alpha T^2 KL + (1 - alpha) CE
                 PKD        original student, KD + beta * patient [CLS] loss
@@ -44,11 +44,13 @@ from bert_mini import BertConfig, resolve_model_dir
 
 from . import __version__, distributed
 from .budget import device_words, matmul_rates, reproduce_budget
-from .cli import default_lr
+from .defaults import default_lr
 from .distill import distill_student, teacher_layers_needed
-from .glue import PROJECT_ROOT, ensure_task_data, get_task, load_examples, split_path
+from .glue import PROJECT_ROOT, get_task, load_examples, split_path
+from .glue_download import ensure_task_data
 from .identity import RunMismatch
 from .losses import LossConfig
+from .methods import METHODS, Method
 from .parallel import executor, is_sps, next_unit, peak_rss_mb, resolve_jobs, start_order, worker_devices
 from .progress import ASSUMED_FRACTION, Eta, ReproduceProgress, Stage, stage_status
 from .ptp_stage import ptp_encoder_dir, run_ptp
@@ -62,29 +64,9 @@ from .trainer import TrainConfig, TrainResult
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class Method:
-    """One row of the comparison: which student (SPS variant), which loss, and whether PTP comes first."""
-
-    name: str
-    slug: str
-    variant: str
-    loss: str
-    ptp: bool
-
-
-METHODS = (
-    Method("FT", "ft", "original", "ce", False),
-    Method("KD", "kd", "original", "kd", False),
-    Method("PKD", "pkd", "original", "kd+pkd", False),
-    Method("SPS + PKD", "sps-pkd", "sps", "kd+pkd", False),
-    Method("PTP + PKD", "ptp-pkd", "original", "kd+pkd", True),
-    Method("Pea-KD", "pea-kd", "sps", "kd+pkd", True),
-)
-
-
 # Teacher recipes chosen by `python -m pea_kd teacher-search` (held-out part of train, dev never read), keyed by
-# (teacher, task). A task without an entry uses the plain recipe: `lr`, 3 epochs. Numbers: README, "Results" (RTE).
+# (teacher, task). A task without an entry uses the plain recipe: `lr`, 3 epochs. Numbers:
+# docs/results.md, "RTE: a teacher recipe chosen on held-out training data".
 TEACHER_RECIPES: dict[tuple[str, str], dict] = {
     ("minilm-l6", "RTE"): {"lr": 1e-4, "epochs": 3},  # held-out acc 60.2 vs 58.2 (5e-5, 3), 59.2, 58.2 (6 epochs)
 }
@@ -102,7 +84,7 @@ class ReproduceConfig:
     teacher_epochs: Optional[int] = None  # None: TEACHER_RECIPES, else 3
     student_epochs: int = 3
     ptp_epochs: int = 2
-    lr: Optional[float] = None  # students and PTP; None = cli.default_lr(teacher): 5e-5 for MiniLM, 2e-5 for bert-base
+    lr: Optional[float] = None  # students and PTP; None = default_lr(teacher): 5e-5 for MiniLM, 2e-5 for bert-base
     teacher_lr: Optional[float] = None  # None: TEACHER_RECIPES, else lr
     batch_size: int = 32
     max_length: int = 128

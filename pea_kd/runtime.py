@@ -155,7 +155,7 @@ def keep_freed_memory() -> bool:
     glibc hands every allocation above 32 MB (the ceiling of its mmap threshold) a fresh mmap and unmaps it on free,
     so a tensor of that size made anew each training step is faulted in page by page every time. The word-embedding
     gradient is one: dense (vocabulary x H, 47 MB for 30,522 x 384), allocated in every backward pass and freed by
-    zero_grad. On the 2-core VM of issue 23 allocating and zeroing it took 100-140 ms (11,450 page faults) against
+    zero_grad. On the 2-core reference VM allocating and zeroing it took 100-140 ms (11,450 page faults) against
     10-20 ms from the heap. mallopt(M_MMAP_MAX, 0) takes such blocks from the heap instead, and a 1 GiB
     M_TRIM_THRESHOLD keeps freed memory there for the next step (the process does not shrink below its peak until it
     exits). Process-wide, and the trainer calls it; True when set, False where malloc is not glibc's.

@@ -7,11 +7,12 @@
         cls_hidden  (N, K, H_t), column k = h_t^(l_k)[CLS]     for the PKD term beta MSE(norm(h_s), norm(h_t));
                     l_k = layers[k]: 0 is the embeddings output, 1..L_t the layers (not pooled, as the authors' code)
         labels      (N,) gold labels, for PTP's correct/wrong split
-    load_teacher_outputs(...)              the cache, after checking it belongs to this task, tokenizer, max_length,
-                                           data and holds the layers asked for; a stale cache raises
-                                           StaleTeacherCache (ensure_* recomputes it)
+    ensure_teacher_outputs(out_dir, task)  the cache if it is valid for this data and teacher (and holds the layers
+                                           asked for), else recomputed: what distillation calls
 
-Rows are in example order, so a training batch's `index` selects its teacher rows (pea_kd.teacher_rows).
+The data goes one way: the teacher computes the rows, pea_kd.teacher_cache writes them with their digests (and
+reads and checks them), pea_kd.teacher_rows is what a run sees of one split, and the trainer reads those rows. Rows
+are in example order, so a training batch's `index` selects its teacher rows.
 
 Which layers: `cache-teacher` keeps every layer (K = L_t + 1) unless told otherwise; distillation asks
 `ensure_teacher_outputs` for the layers its loss reads, which for PKD is the layer map only. For MNLI's 392,702
@@ -35,27 +36,12 @@ from .features import Features, collate, load_features, make_batches, split_hold
 from .glue import get_task
 from .identity import features_digest, file_digest
 from .runtime import precision_name, resolve_amp, resolve_device, set_seed
-from .storage import directory_lock, write_atomic
-from .teacher_rows import row_digests
+from .storage import directory_lock
+from .teacher_cache import (CACHE_FILE, CLS_DTYPES, MissingTeacherLayers, StaleTeacherCache, load_teacher_outputs,
+                            write_teacher_cache)
 from .trainer import TrainConfig, TrainResult, train
 
 log = logging.getLogger(__name__)
-CACHE_FILE = "teacher_outputs.pt"
-CLS_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}  # cls_hidden storage
-CACHE_VERSION = 3  # 2: teacher identified by its weights' digest, precision recorded; 3: chosen layers, row digests
-
-
-class StaleTeacherCache(ValueError):
-    """teacher_outputs.pt is missing, unreadable or was computed for other data, tokenizer, task or max_length."""
-
-
-class MissingTeacherLayers(StaleTeacherCache):
-    """The teacher cache is valid but lacks [CLS] layers a loss reads; `stored` lists the layers it has, `cls_dtype`
-    their storage dtype."""
-
-    def __init__(self, message: str, stored, cls_dtype: str):
-        super().__init__(message)
-        self.stored, self.cls_dtype = list(stored), cls_dtype
 
 
 def checkpoint_saver(tokenizer, label_names):
@@ -140,8 +126,9 @@ def cache_teacher_outputs(teacher_dir, task, splits=("train", "dev"), max_length
     model.safetensors: what identifies the teacher), "precision" ("fp32", "bf16", "fp16"), "max_length",
     "tokenizer" (fingerprint), "num_layers" (L_t), "hidden_size" (H_t), "layers" (the stored ones, sorted),
     "cls_dtype" (storage dtype of cls_hidden), "num_examples": {split: N}, "digests": {split: features_digest},
-    "row_digests": {split: {"logits": .., "cls_hidden/<layer>": ..}} (pea_kd.teacher_rows: what run identities are
-    made of), "splits": {split: {"logits" (N, C), "cls_hidden" (N, K, H_t) or None, "labels"}}, "seconds"}.
+    "row_digests": {split: {"logits": .., "cls_hidden/<layer>": ..}} (computed by teacher_cache as it writes the
+    file: what run identities are made of), "splits": {split: {"logits" (N, C), "cls_hidden" (N, K, H_t) or None,
+    "labels"}}, "seconds"}.
     amp: float32 by default ("off"), so the cached targets are exact; "auto" uses bf16/fp16 on CUDA.
     """
     started = time.perf_counter()
@@ -162,75 +149,21 @@ def cache_teacher_outputs(teacher_dir, task, splits=("train", "dev"), max_length
     dev = resolve_device(device)
     amp_dtype = resolve_amp(amp, dev)
     model.to(dev)
-    payload = {"version": CACHE_VERSION, "task": spec.name, "teacher": str(model_dir),
-               "teacher_weights": file_digest(model_dir / "model.safetensors"), "precision": precision_name(amp_dtype),
-               "max_length": max_length, "tokenizer": tokenizer.fingerprint, "num_layers": num_layers,
-               "hidden_size": model.config.hidden_size, "layers": layers, "cls_dtype": cls_dtype,
-               "num_examples": {}, "digests": {}, "row_digests": {}, "splits": {}}
+    header = {"task": spec.name, "teacher": str(model_dir),
+              "teacher_weights": file_digest(model_dir / "model.safetensors"), "precision": precision_name(amp_dtype),
+              "max_length": max_length, "tokenizer": tokenizer.fingerprint, "num_layers": num_layers,
+              "hidden_size": model.config.hidden_size, "layers": layers, "cls_dtype": cls_dtype,
+              "num_examples": {}, "digests": {}}
+    outputs = {}
     for split in splits:
         data = load_features(spec, split, tokenizer, max_length, data_dir)
-        outputs = teacher_forward(model, data, dev, batch_size, amp_dtype, layers, CLS_DTYPES[cls_dtype])
-        outputs["labels"] = torch.from_numpy(data.labels) if data.labels is not None else None
-        payload["splits"][split] = outputs
-        payload["num_examples"][split] = len(data)
-        payload["digests"][split] = features_digest(data)
-        payload["row_digests"][split] = row_digests(outputs["logits"], outputs["cls_hidden"], layers)
+        outputs[split] = teacher_forward(model, data, dev, batch_size, amp_dtype, layers, CLS_DTYPES[cls_dtype])
+        outputs[split]["labels"] = torch.from_numpy(data.labels) if data.labels is not None else None
+        header["num_examples"][split] = len(data)
+        header["digests"][split] = features_digest(data)
         log.info("teacher cache: %s %s: %d examples, layers %s", spec.name, split, len(data), layers)
-    payload["seconds"] = time.perf_counter() - started
-    path = Path(teacher_dir) / CACHE_FILE
-    write_atomic(path, lambda f: torch.save(payload, f))
-    return path
-
-
-def load_teacher_outputs(path, task, max_length: int, tokenizer_fingerprint: str, split_sizes: dict,
-                         digests: Optional[dict] = None, teacher_weights: Optional[str] = None,
-                         precision: Optional[str] = None, layers: Optional[Sequence[int]] = None,
-                         cls_dtype: Optional[str] = None) -> dict:
-    """Read a teacher cache and refuse it (StaleTeacherCache, one line saying what differs) unless it matches.
-
-    split_sizes: {split: N expected}; digests: optional {split: features_digest(...)} for an exact data check;
-    teacher_weights: optional file_digest of the model.safetensors the cache must come from (the weights, not the
-    path: a retrained teacher is another teacher, a moved one the same); precision: optional "fp32"/"bf16"/"fp16";
-    layers: the teacher layers the caller reads (None = every layer); a cache holding fewer raises
-    MissingTeacherLayers; cls_dtype: optional storage dtype of cls_hidden ("float32", ...). Nothing is re-read to
-    check it: the comparisons use what the file recorded.
-    """
-    path = Path(path)
-    cache = _open_cache(path)
-    spec = get_task(task)
-    expected = {"version": CACHE_VERSION, "task": spec.name, "max_length": max_length,
-                "tokenizer": tokenizer_fingerprint, **({"teacher_weights": teacher_weights} if teacher_weights else {}),
-                **({"precision": precision} if precision else {}), **({"cls_dtype": cls_dtype} if cls_dtype else {})}
-    for key, value in expected.items():
-        if cache.get(key) != value:
-            raise StaleTeacherCache(f"{path}: stale teacher cache: {key} is {cache.get(key)!r}, expected {value!r}")
-    for split, n in split_sizes.items():
-        if split not in cache["splits"]:
-            raise StaleTeacherCache(f"{path}: stale teacher cache: no {split!r} split "
-                                    f"(has {', '.join(cache['splits'])})")
-        rows = {k: len(v) for k, v in cache["splits"][split].items() if v is not None}
-        if cache["num_examples"][split] != n or any(r != n for r in rows.values()):
-            raise StaleTeacherCache(f"{path}: stale teacher cache: {split} has {cache['num_examples'][split]} "
-                                    f"examples, the data has {n}")
-        if digests and split in digests and cache["digests"].get(split) != digests[split]:
-            raise StaleTeacherCache(f"{path}: stale teacher cache: the {split} inputs changed (data or tokenisation)")
-    wanted = range(cache["num_layers"] + 1) if layers is None else layers
-    absent = sorted(set(wanted) - set(cache["layers"]))
-    if absent:
-        raise MissingTeacherLayers(f"{path}: the teacher cache holds layers {cache['layers']} of "
-                                   f"0..{cache['num_layers']}, not {absent}", cache["layers"], cache["cls_dtype"])
-    return cache
-
-
-def _open_cache(path: Path) -> dict:
-    """torch.load the cache memory-mapped (pages shared between processes, read on demand); StaleTeacherCache when
-    it is missing or unreadable."""
-    if not path.is_file():
-        raise StaleTeacherCache(f"{path}: no teacher cache; run `python -m pea_kd cache-teacher`")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as err:  # truncated, corrupt or not a torch file
-        raise StaleTeacherCache(f"{path}: unreadable teacher cache ({type(err).__name__}); recompute it") from None
+    header["seconds"] = time.perf_counter() - started
+    return write_teacher_cache(Path(teacher_dir) / CACHE_FILE, header, outputs)  # row digests computed as written
 
 
 def ensure_teacher_outputs(teacher_dir, task, splits=("train", "dev"), max_length: int = 128, data_dir=None,
@@ -271,16 +204,3 @@ def ensure_teacher_outputs(teacher_dir, task, splits=("train", "dev"), max_lengt
         return load_teacher_outputs(path, *args)
 
 
-def verify_teacher_outputs(path) -> dict:
-    """Re-read every row of a teacher cache and compare it with the digests recorded when it was written:
-    {split: [keys whose rows changed]} (empty lists: intact). What runs skip, for a file someone may have edited."""
-    cache = _open_cache(Path(path))
-    if cache.get("version") != CACHE_VERSION:
-        raise StaleTeacherCache(f"{path}: a version {cache.get('version')} teacher cache records no row digests; "
-                                "recompute it")
-    changed = {}
-    for split, rows in cache["splits"].items():
-        now = row_digests(rows["logits"], rows.get("cls_hidden"), cache["layers"])
-        changed[split] = sorted(k for k in now.keys() | cache["row_digests"][split].keys()
-                                if now.get(k) != cache["row_digests"][split].get(k))
-    return changed

@@ -1,5 +1,5 @@
-"""The cached teacher outputs of one split, as the trainer reads them (pea_kd.teacher computes, writes and checks the
-file teacher_outputs.pt; this module is what a run sees of it).
+"""The cached teacher outputs of one split, as the trainer reads them (pea_kd.teacher computes them,
+pea_kd.teacher_cache writes, reads and checks the file teacher_outputs.pt; this module is what a run sees of it).
 
     rows = TeacherRows.from_cache(cache, "train")   tensors memory-mapped, digests recorded when the file was written
     rows.logits            z_t (N, C)
@@ -11,10 +11,10 @@ file teacher_outputs.pt; this module is what a run sees of it).
     rows.identity(...)     what a run records of its teacher: a digest of the recorded digests of exactly the rows
                            its loss reads, those layers, and their storage dtype
 
-Digests, one per tensor and per stored layer (row_digests), are computed once, when the cache is written. A run's
-identity names only the rows it reads, so adding layers to a cache for another student changes nothing for the runs
-that read the old ones. Rows made in memory (a dict of tensors with every layer, e.g. in a test) are hashed when they
-are wrapped (from_tensors): nothing recorded them.
+Digests, one per tensor and per stored layer (teacher_cache.row_digests), are computed once, when the cache is
+written. A run's identity names only the rows it reads, so adding layers to a cache for another student changes
+nothing for the runs that read the old ones. Rows made in memory (a dict of tensors with every layer, e.g. in a
+test) are hashed when they are wrapped (from_tensors): nothing recorded them.
 """
 from __future__ import annotations
 
@@ -26,23 +26,11 @@ from typing import Optional
 
 import torch
 
-from .identity import derived_digest, rows_digest
+from .identity import derived_digest
 from .runtime import non_blocking
+from .teacher_cache import layer_key, row_digests
 
 Tensor = torch.Tensor
-
-
-def layer_key(layer: int) -> str:
-    """The row_digests key of one stored layer of cls_hidden."""
-    return f"cls_hidden/{layer}"
-
-
-def row_digests(logits: Optional[Tensor], cls_hidden: Optional[Tensor], layers) -> dict:
-    """{"logits": digest, "cls_hidden/<layer>": digest for each stored layer}: what a cache records when written."""
-    digests = {} if logits is None else {"logits": rows_digest(logits)}
-    if cls_hidden is not None:
-        digests.update({layer_key(layer): rows_digest(cls_hidden[:, k]) for k, layer in enumerate(layers)})
-    return digests
 
 
 @dataclass(frozen=True)
@@ -83,7 +71,7 @@ class TeacherRows:
 
     @classmethod
     def from_cache(cls, cache: dict, split: str) -> "TeacherRows":
-        """The rows of `split` in a loaded teacher cache (pea_kd.teacher.load_teacher_outputs), with its records."""
+        """The rows of `split` in a loaded teacher cache (teacher_cache.load_teacher_outputs), with its records."""
         rows = cache["splits"][split]
         return cls(rows["logits"], rows.get("cls_hidden"), tuple(cache["layers"]), cache["num_layers"],
                    cache["row_digests"][split], rows.get("labels"))

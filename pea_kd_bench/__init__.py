@@ -5,7 +5,7 @@
                                          BERT and next to this machine's matmul ceiling
     python -m pea_kd_bench.step_profile  where a Trainer step's time goes (torch.profiler shares: matrix products,
                                          dropout masks, GELU, ...), on real GLUE batches
-    python -m pea_kd bench-scale         (pea_kd_bench.scale) how features, teacher cache, trainer build, step time
+    python -m pea_kd_bench.scale         how features, teacher cache, trainer build, step time
                                          and memory grow with the number of training examples
 
 They import bert_mini and pea_kd; neither package imports them.

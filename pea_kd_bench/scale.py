@@ -1,7 +1,7 @@
 """How pea-kd's costs grow with the training set: a synthetic MNLI-sized pair task, distilled on a CPU.
 
-    python -m pea_kd bench-scale --examples 400000                   one JSON object on stdout (one line)
-    python -m pea_kd bench-scale --examples 4000 --examples 400000   one line per size, the steps timed in alternation
+    python -m pea_kd_bench.scale --examples 400000                   one JSON object on stdout (one line)
+    python -m pea_kd_bench.scale --examples 4000 --examples 400000   one line per size, the steps timed in alternation
 
 Per size, in a fresh process (so that its peak memory is its own) and a temporary directory removed afterwards:
   data       N training pairs and min(N, 1000) dev pairs of pseudo-words, 3 labels, written as GLUE-style TSV files
@@ -30,6 +30,9 @@ trainer_build grows; a throw-away optimiser pays it before the timed builds. Eve
 """
 from __future__ import annotations
 
+import argparse
+import json
+import logging
 import multiprocessing as mp
 import os
 import shutil
@@ -44,6 +47,8 @@ import numpy as np
 import torch
 
 from bert_mini import BertConfig, BertForSequenceClassification, BertTokenizer, save_pretrained
+from pea_kd.cli import positive_int
+from pea_kd.defaults import configure_logging
 from pea_kd.distill import teacher_layers_needed
 from pea_kd.features import CACHE_ENV, load_features, make_batches
 from pea_kd.glue import Layout, TaskSpec
@@ -269,3 +274,28 @@ def bench_scale(sizes, steps: int = 50, rounds: int = 5, threads: Optional[int] 
         for w in workers:
             w.close()
         shutil.rmtree(root, ignore_errors=True)
+
+
+def main(argv=None) -> list[dict]:
+    """`python -m pea_kd_bench.scale --examples N [--examples M ...]`: one JSON object per size on stdout."""
+    p = argparse.ArgumentParser(prog="python -m pea_kd_bench.scale", description=__doc__.splitlines()[0])
+    p.add_argument("--examples", type=positive_int, action="append", required=True, metavar="N",
+                   help="training examples of the synthetic pair task; repeat it to compare sizes (each is built in "
+                        "its own process, their steps are timed in alternation)")
+    p.add_argument("--steps", type=positive_int, default=50, help="optimiser steps timed per size (default 50)")
+    p.add_argument("--rounds", type=positive_int, default=5,
+                   help="blocks the steps are timed in, the sizes alternating (default 5)")
+    p.add_argument("--threads", type=positive_int, default=None, help="torch threads (default: torch's choice)")
+    p.add_argument("--work-dir", default=None,
+                   help="where the temporary GLUE directory and caches go (default: the system's temporary "
+                        "directory); removed afterwards")
+    args = p.parse_args(None if argv is None else [str(a) for a in argv])
+    configure_logging(logging.INFO)
+    records = bench_scale(args.examples, args.steps, args.rounds, args.threads, args.work_dir)
+    for record in records:
+        print(json.dumps(record), flush=True)  # one JSON object per size, one per line
+    return records
+
+
+if __name__ == "__main__":
+    main()

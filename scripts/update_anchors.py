@@ -1,6 +1,7 @@
 """Keep the line anchors of the documentation on the code they name.
 
-The reading path in README.md links to the functions each notebook teaches with GitHub line anchors:
+The documentation (README.md, docs/code_by_notebook.md) links to the functions each notebook teaches with GitHub
+line anchors:
 
     [`make_plan`](pea_kd/sps.py#L42)            a module-level def, class or NAME = ... / NAME: ... assignment
     [`Trainer.step`](pea_kd/trainer.py#L345)    a method (or a class attribute) inside a class

@@ -1,4 +1,4 @@
-"""`python -m pea_kd bench-scale` (pea_kd_bench.scale) at tiny sizes: what each line reports, its ratios, and that the
+"""`python -m pea_kd_bench.scale` at tiny sizes: what each line reports, its ratios, and that the
 synthetic task never reaches the GLUE task table. Not timed: the speed targets belong to `make bench`."""
 import json
 
@@ -6,17 +6,17 @@ import pytest
 
 from pea_kd import glue
 from pea_kd_bench import scale
-from test_cli import run_cli
 
 KEYS = {"examples", "features_seconds", "teacher_cache_seconds", "teacher_cache_bytes", "trainer_build_seconds",
         "step_ms", "peak_rss_mb", "features_load_seconds", "teacher_cache_check_seconds", "epoch_batches_seconds"}
 
 
 def test_bench_scale_prints_one_json_object_per_size_with_the_ratios_to_the_first(capsys, tmp_path):
-    code, out, err = run_cli(capsys, "bench-scale", "--examples", "40", "--examples", "90", "--steps", "3",
-                             "--rounds", "2", "--threads", "1", "--work-dir", tmp_path)
-    assert code == 0, err
+    records = scale.main(["--examples", "40", "--examples", "90", "--steps", "3", "--rounds", "2", "--threads", "1",
+                          "--work-dir", tmp_path])
+    out = capsys.readouterr().out
     small, large = [json.loads(line) for line in out.strip().splitlines()]
+    assert [r["examples"] for r in records] == [40, 90]  # also returned, for a caller in Python
     for record, n in ((small, 40), (large, 90)):
         assert KEYS <= set(record) and record["examples"] == n and record["dev_examples"] == n
         assert record["teacher_cache_layers"] == [2, 4]  # pkd_layer_map(6, 3) = [(1, 2), (2, 4)]

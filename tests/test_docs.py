@@ -1,4 +1,4 @@
-"""A student reads alone: every pointer in the repository resolves inside it (issue 22).
+"""A student reads alone: every pointer in the repository resolves inside it.
 
 * No file points at the method notes that live outside the repository; the method reference is docs/method.md.
 * Every relative link in the markdown files and in the notebooks' markdown cells opens an existing file of the
@@ -7,7 +7,8 @@
 * Every line-anchored link to a symbol (`[`make_plan`](pea_kd/sps.py#L42)`) points at the line that defines it:
   `python scripts/update_anchors.py` rewrites them after code moves.
 * Every section named in code or text (`docs/method.md#ptp`, `README, "Results"`) exists.
-* The README starts with "Start here": the two commands, then every notebook and assignment in reading order.
+* The README is a door: "Start here" with every notebook and assignment in reading order, then the two commands, then
+  the modules to read; one line per document in docs/, where the rest lives.
 """
 from __future__ import annotations
 
@@ -166,19 +167,34 @@ def test_sections_named_in_code_and_text_exist():
     assert not missing, "sections that do not exist:\n" + "\n".join(missing)
 
 
-def test_readme_starts_with_the_two_commands_and_the_reading_path():
+def test_readme_is_a_door_reading_first_then_the_two_commands_then_the_reading_path():
+    """The README stays short: the notebooks to read first, the two commands and their time by machine, the modules to
+    read (each once) apart from the machinery, the headline table, one line per document in docs/."""
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert len(readme.splitlines()) <= 220, "the README is a door: move the details into docs/"
     sections = re.split(r"^## ", readme, flags=re.M)
     assert sections[1].startswith("Start here\n"), "the README's first section must be 'Start here'"
     start = sections[1]
-    assert start.index("make reproduce TASK=mrpc") < start.index("make test") < start.index("### The reading path")
     notebooks = sorted((ROOT / "notebooks").glob("*.ipynb")) + sorted((ROOT / "notebooks/assignments").glob("*.ipynb"))
     order = [start.find(nb.name) for nb in notebooks]
     missing = [nb.name for nb, i in zip(notebooks, order) if i < 0]
-    assert not missing, f"notebooks missing from the reading path in 'Start here': {missing}"
-    assert order == sorted(order), "the reading path lists the notebooks in their numbered order"
-    assert len(re.findall(r"\]\([\w/]+\.py#L\d+\)", start)) >= 50  # each notebook names the code it teaches
-    assert "docs/method.md" in start and sections[-1].startswith("Performance\n")  # analysis comes last
+    assert not missing, f"notebooks missing from the reading order in 'Start here': {missing}"
+    assert order == sorted(order), "'Start here' lists the notebooks in their numbered order"
+    assert max(order) < start.index("make test") < start.index("make reproduce TASK=mrpc") < \
+        start.index("### The reading path"), "first what to read, then the two commands, then the modules"
+    assert all(t in start for t in ("45.4 min", "62.6 min", "102.6 min")), "the time of make reproduce by machine"
+    assert "docs/method.md" in start
+    path = start[start.index("### The reading path"):]
+    table = [line for line in path.splitlines() if line.startswith("|")]
+    modules = [m for line in table for m in re.findall(r"\]\(([\w/]+\.py)\)", line)]
+    assert len(modules) >= 12 and len(modules) == len(set(modules)), "the reading table names each module once"
+    machinery = path[path.index("Machinery: skip on a first reading"):]
+    assert not {Path(m).name for m in modules} & set(re.findall(r"`(?:[\w/]+/)?(\w+\.py)`", machinery)), \
+        "a module is either read or machinery, not both"
+    documents = sorted(p.name for p in (ROOT / "docs").glob("*.md"))
+    assert [d for d in documents if f"(docs/{d})" not in sections[-1]] == [], "one line per document in docs/"
+    by_notebook = (ROOT / "docs" / "code_by_notebook.md").read_text(encoding="utf-8")
+    assert len(re.findall(r"\]\([\w./]+\.py#L\d+\)", by_notebook)) >= 50  # each notebook names the code it teaches
 
 
 def test_update_anchors_moves_an_anchor_to_its_symbol(tmp_path):
@@ -191,6 +207,11 @@ def test_update_anchors_moves_an_anchor_to_its_symbol(tmp_path):
     assert len(rewrite(doc)) == 3 and stale_anchors(doc) == []
     assert doc.read_text(encoding="utf-8") == ("[`open_box`](mod.py#L13), [`Box.open`](mod.py#L9), "
                                                "[`LIMIT`](mod.py#L3), [`Box.size`](mod.py#L7)\n")
+    (tmp_path / "docs").mkdir()  # a document in docs/ links up to the code: the path is relative to the document
+    nested = tmp_path / "docs" / "guide.md"
+    nested.write_text("[`open_box`](../mod.py#L2)\n", encoding="utf-8")
+    assert [(a.name, line) for a, line in stale_anchors(nested)] == [("open_box", 13)] and len(rewrite(nested)) == 1
+    assert nested.read_text(encoding="utf-8") == "[`open_box`](../mod.py#L13)\n"
     with pytest.raises(ValueError, match="no module-level definition of 'close_box'"):
         definition_line(tmp_path / "mod.py", "close_box")
     with pytest.raises(ValueError, match="class 'Box' defines no 'close'"):

@@ -251,7 +251,8 @@ def test_cli_network_failure_exit_1_one_line(tmp_path, capsys):
 # ------------------------------------------------------------------------------ reproduce fetches a missing task
 
 def test_ensure_task_data_downloads_a_missing_task_once(tmp_path, monkeypatch):
-    from pea_kd.glue import ensure_task_data, load_examples
+    from pea_kd.glue import load_examples
+    from pea_kd.glue_download import ensure_task_data
     with LocalHTTPServer({"/RTE.zip": RTE_ZIP}) as srv:
         monkeypatch.setenv("PEA_KD_GLUE_URL", srv.url)
         assert ensure_task_data("rte", tmp_path, progress=False) == tmp_path
@@ -261,7 +262,7 @@ def test_ensure_task_data_downloads_a_missing_task_once(tmp_path, monkeypatch):
 
 
 def test_ensure_task_data_without_network_is_one_line_naming_glue_dir_and_make_data(tmp_path, monkeypatch):
-    from pea_kd.glue import ensure_task_data
+    from pea_kd.glue_download import ensure_task_data
     monkeypatch.setenv("PEA_KD_GLUE_URL", closed_port_url())
     with pytest.raises(FileNotFoundError) as err:
         ensure_task_data("sst-2", tmp_path / "glue", progress=False)

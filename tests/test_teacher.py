@@ -8,6 +8,7 @@ import torch
 from bert_mini import load_pretrained, load_tokenizer
 from pea_kd import distill as distill_module
 from pea_kd import teacher as teacher_module
+from pea_kd import teacher_cache
 from pea_kd.features import load_features
 from pea_kd.students import load_student
 from pea_kd.teacher import (CACHE_FILE, StaleTeacherCache, cache_teacher_outputs, ensure_teacher_outputs,
@@ -238,7 +239,7 @@ def test_verify_finds_rows_edited_behind_the_recorded_digests(capsys, teacher_di
     cache = torch.load(path, weights_only=True)
     cache["splits"]["dev"]["cls_hidden"][3, 1] += 1.0  # layer 2 of one dev row, edited by hand; digests kept
     torch.save(cache, path)
-    assert teacher_module.verify_teacher_outputs(path) == {"train": [], "dev": ["cls_hidden/2"]}
+    assert teacher_cache.verify_teacher_outputs(path) == {"train": [], "dev": ["cls_hidden/2"]}
     code, out, err = run_cli(capsys, *argv)
     assert code == 1 and "rows differ from the digests recorded when it was written (dev: cls_hidden/2)" in err
 

@@ -49,8 +49,8 @@ def expected(assignment: str, case_inputs: list) -> dict:
     if len(prints) != len(stored["cases"]) or not all(
             close(a, c["fingerprint"], 1e-9, 1e-12) for a, c in zip(prints, stored["cases"])):
         raise RuntimeError(f"{EXPECTED_FILE.name} does not match the checker's cases for '{assignment}' (the cases or "
-                           f"torch's random generator changed): this is not your mistake; the instructor regenerates "
-                           f"it with `python -m instructor.make_fixtures`")
+                           f"torch's random generator changed): this is not your mistake; ask the instructor to "
+                           f"regenerate it")
     return stored
 
 

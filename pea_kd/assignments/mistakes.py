@@ -2,9 +2,11 @@
 
 Each key names one "knob" of the reference computation turned the way students typically get it wrong (a missing
 T^2, the KL the wrong way round, padded tokens counted, ...). The values of every wrong variant on the checkers'
-fixed cases are stored next to the reference values in expected.json, written once by the instructor
-(instructor/make_fixtures.py, from instructor/variants.py); the checkers compare with those numbers and never run
-a solution.
+fixed cases are stored next to the reference values in expected.json, written once by the instructor from the
+model answers and their wrong variants; the checkers compare with those numbers and never run a solution.
+BEGIN INSTRUCTOR (not in the student copy)
+The writer: instructor/make_fixtures.py, from instructor/variants.py.
+END INSTRUCTOR
 """
 
 ATTENTION_MISTAKES = {
