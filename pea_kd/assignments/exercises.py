@@ -16,8 +16,7 @@ for, names lower-cased (a set of names sorted). A submitted value is canonicalis
 compared; a number is accepted when it rounds to the answer after a shift of less than half a unit in the last
 decimal, so 12.36 and 12.44 both pass for 12.4, and so does any value within 0.49 units of the unrounded answer. A
 field that asks for a *function* is graded by calling it on fixed cases (`PROBES` below) and digesting what it
-returns. The instructor's answers and the script that writes the file are in instructor/ (`python -m
-instructor.make_fixtures`).
+returns. The instructor writes the file from the model answers, which the student copy does not include.
 """
 
 from __future__ import annotations
