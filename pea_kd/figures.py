@@ -29,6 +29,7 @@ def _box(ax, x, y, width, height, text, colour, fontsize=8.0, **text_kw):
 
 
 def _arrow(ax, start, end, colour="k", **kw):
+    """An arrow from `start` to `end` (data coordinates); `kw` goes to the arrow's properties (connectionstyle)."""
     ax.annotate("", xy=end, xytext=start, arrowprops=dict(arrowstyle="-|>", color=colour, **kw))
 
 
@@ -126,6 +127,51 @@ def positions_per_token(stats: dict, title: str):
     ax.axhline(1, color="k", lw=0.8)
     ax.set_xticks(x, list(stats)); ax.set_ylabel("positions / real tokens"); ax.set_title(title)
     ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def attention_map(probs, tokens, title: str):
+    """One head's attention probabilities A[i, j] (query i, key j) as a heatmap with the tokens on both axes."""
+    fig, ax = plt.subplots(figsize=(5.2, 4.4))
+    ax.imshow(np.asarray(probs), cmap="Blues", vmin=0)
+    ax.set_xticks(range(len(tokens)), tokens, rotation=90); ax.set_yticks(range(len(tokens)), tokens)
+    ax.set_xlabel("key j (attended to)"); ax.set_ylabel("query i"); ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+def tempered_softmax(logits, probs: dict, entropy: dict):
+    """softmax(z / T) of one example's logits for each temperature, {T: probabilities}, side by side per class."""
+    fig, ax = plt.subplots(figsize=(6, 2.6))
+    for k, (T, p) in enumerate(probs.items()):
+        ax.bar(np.arange(len(p)) + (k - (len(probs) - 1) / 2) * 0.2, np.asarray(p), 0.2,
+               label=f"T = {T} (entropy {entropy[T]:.2f})")
+    ax.set_xticks(range(len(logits)), [f"class {i}\nz = {v:g}" for i, v in enumerate(logits)])
+    ax.set_ylabel("softmax(z / T)"); ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def gradient_vs_temperature(temps, bare, scaled, ce: float):
+    """log-log: the gradient norm of the bare KL and of T^2 KL against T, a 1/T^2 guide and the CE gradient's norm."""
+    fig, ax = plt.subplots(figsize=(5, 3))
+    ax.loglog(temps, bare, "o-", label="KL alone")
+    ax.loglog(temps, scaled, "s-", label="T² · KL (the kd loss, α = 1)")
+    ax.loglog(temps, bare[0] * temps ** -2.0, "k:", lw=1, label="∝ 1/T²")
+    ax.axhline(ce, color="C3", ls="--", lw=1, label="CE on gold labels")
+    ax.set_xlabel("temperature T"); ax.set_ylabel("‖∂L/∂z_s‖"); ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def annealing_schedule(steps, temps):
+    """An annealed temperature T_k against the optimiser step k, next to the soft term's weight T_k^2 (log scale)."""
+    fig, ax = plt.subplots(1, 2, figsize=(8, 2.5))
+    ax[0].plot(steps, temps)
+    ax[0].set(xlabel="optimiser step k", ylabel="$T_k$", title="temperature")
+    ax[1].plot(steps, [t ** 2 for t in temps])
+    ax[1].set(xlabel="optimiser step k", ylabel="$T_k^2$", title="weight of the soft term", yscale="log")
     fig.tight_layout()
     return fig
 
