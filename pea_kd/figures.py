@@ -15,7 +15,7 @@ from matplotlib.patches import FancyBboxPatch
 PIPELINE = [  # (title, what the stage does), left to right: Pea-KD's stages
     ("teacher", "BERT fine-tuned\non the task (CE)"),
     ("teacher cache", "its logits $z_t$ and\n[CLS] states $h^T_j$,\nevery train example"),
-    ("PTP", "student trained on\n4 labels: teacher right?\nconfident?"),
+    ("PTP", "an SPS student\ntrained on 4 labels:\nteacher right? sure?"),
     ("SPS student", "3 layers run twice\n(6 effective), Q/K\nswapped in pass 2"),
     ("KD + PKD", "soft targets at $T$\n+ matched [CLS]\nstates (weight $\\beta$)"),
 ]
