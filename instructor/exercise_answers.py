@@ -27,12 +27,12 @@ from pea_kd.ptp import PTP_CLASSES, build_ptp_labels
 def pre_ln_layer(layer, x):
     """01.3: x + Attn(LN_a(x)), then y + FFN(LN_f(y)); LN_a = attention.output.LayerNorm, LN_f = output.LayerNorm."""
     sa, so, ffn = layer.attention.self, layer.attention.output, layer.output
-    T, H = x.shape
-    A, d_k = sa.num_heads, sa.head_size
-    split = lambda z: z.view(T, A, d_k).transpose(0, 1)  # noqa: E731 - (T, H) -> (A, T, d_k)
-    n = so.LayerNorm(x)
-    q, k, v = (split(lin(n)) for lin in (sa.query, sa.key, sa.value))
-    heads = ((q @ k.transpose(-1, -2) / math.sqrt(d_k)).softmax(-1) @ v).transpose(0, 1).reshape(T, H)
+    n, H = x.shape
+    h, d = sa.num_heads, sa.head_size
+    split = lambda z: z.view(n, h, d).transpose(0, 1)  # noqa: E731 - (n, H) -> (h, n, d)
+    x_norm = so.LayerNorm(x)
+    q, k, v = (split(lin(x_norm)) for lin in (sa.query, sa.key, sa.value))
+    heads = ((q @ k.transpose(-1, -2) / math.sqrt(d)).softmax(-1) @ v).transpose(0, 1).reshape(n, H)
     y = x + so.dense(heads)
     return y + ffn.dense(layer.intermediate(ffn.LayerNorm(y)))
 
@@ -145,16 +145,16 @@ def exercises() -> dict:
                "end_with_t0_squared": soft_to_hard_gradient(1.0, 100.0)}
     return {
         "01.3": {"title": "Pre-LN", "notebook": "01_bert_from_scratch.ipynb", "fields": {
-            "pre_ln_layer": _field("function", "a function (layer, x) -> x' for x of shape (T, H)", pre_ln_layer,
+            "pre_ln_layer": _field("function", "a function (layer, x) -> x' for x of shape (n, H)", pre_ln_layer,
                                    hints_fn={post_ln_layer: "that is the post-LN layer of "
                                                              "section 3; normalise *before* each sub-layer"})}},
         "01.4": {"title": "Token types", "notebook": "01_bert_from_scratch.ipynb", "fields": {
-            "differing_terms": _field("names", "the embedding terms (of 'word', 'position', 'token_type') that "
-                                      "differ for the word 'cat'", ("position", "token_type"),
+            "differing_terms": _field("names", "the embedding terms (one or more of 'word', 'position', "
+                                      "'token_type') that differ for the word 'cat'", ("position", "token_type"),
                                       hints={("token_type",): "count the positions of 'cat' in the two encodings"})}},
         "01.5": {"title": "Parameters", "notebook": "01_bert_from_scratch.ipynb", "fields": {
-            "hidden_size": _field("int", "the whole number H whose 12-layer BERT (I = 4H) has the parameter count "
-                                  "closest to the 3-layer bert-base student's",
+            "hidden_size": _field("int", "the whole number H (any, not only a multiple of 64) whose 12-layer BERT "
+                                  "(I = 4H) has the parameter count closest to the 3-layer bert-base student's",
                                   equal_size_hidden())}},
         "02.5": {"title": "Baselines", "notebook": "02_tokenization_and_glue.ipynb", "fields": {
             "accuracy": _f("accuracy in %, 1 decimal", mrpc["accuracy"], 1, percent=True),
@@ -197,18 +197,18 @@ def exercises() -> dict:
                                       hints={3668 // 32: "the last, smaller batch is a step too"}),
             "total_steps": _field("int", "steps in 6 epochs", 6 * math.ceil(3668 / 32)),
             "anneal_steps": _field("int", "N for annealing over the first half", 3 * math.ceil(3668 / 32))}},
-        "a3.5": {"title": "T_n^2 or T_0^2?", "notebook": "assignments/a3_temperature_annealing.ipynb", "fields": {
+        "a3.5": {"title": "T_k^2 or T_0^2?", "notebook": "assignments/a3_temperature_annealing.ipynb", "fields": {
             "start": _f("soft/hard gradient norm at T = T_0 = 10 with the factor T_0^2 = 100, 2 decimals",
                         balance["start"], 2,
                         hints={balance["start"] / 100: "the soft term is alpha T^2 KL: include T^2 = 100",
                                balance["start"] * 0.3 / 0.7: "weight the soft term by alpha and the CE term by "
                                                              "1 - alpha"}),
-            "end": _f("soft/hard gradient norm at T = T_n = 1 with the factor T_n^2 = 1, 2 decimals", balance["end"], 2,
-                      hints={balance["end_with_t0_squared"]: "at the end of annealing the factor is T_n^2 = 1, "
+            "end": _f("soft/hard gradient norm at T = T_k = 1 with the factor T_k^2 = 1, 2 decimals", balance["end"], 2,
+                      hints={balance["end_with_t0_squared"]: "at the end of annealing the factor is T_k^2 = 1, "
                                                              "not T_0^2"}),
-            "end_with_t0_squared": _f("soft/hard gradient norm at T = T_n = 1 with the factor T_0^2 = 100 (the "
+            "end_with_t0_squared": _f("soft/hard gradient norm at T = T_k = 1 with the factor T_0^2 = 100 (the "
                                       "mistake), 1 decimal", balance["end_with_t0_squared"], 1,
-                                      hints={balance["end"]: "this one keeps the factor T_0^2 = 100 at T_n = 1"})}},
+                                      hints={balance["end"]: "this one keeps the factor T_0^2 = 100 at T_k = 1"})}},
     }
 
 

@@ -100,13 +100,13 @@ def differences(stored, fresh, where: str = "") -> list[str]:
 
 
 def render(values: dict) -> str:
-    header = {"written_by": "python -m instructor.make_fixtures (from instructor/solutions.py and variants.py)",
+    header = {"written_by": "the instructor's make_fixtures, from the model answers and their wrong variants",
               "dtype": "float64 inputs; values compared with rtol 1e-5"}
     return json.dumps({"_about": header, **values}, indent=1) + "\n"
 
 
 def render_exercises(exercises: dict) -> str:
-    header = {"written_by": "python -m instructor.make_fixtures (from instructor/exercise_answers.py)",
+    header = {"written_by": "the instructor's make_fixtures, from the model answers",
               "digests": "sha256 of 'pea-kd exercise|<key>|<field>|<canonical answer>'; see "
                          "pea_kd/assignments/exercises.py"}
     return json.dumps({"_about": header, "exercises": exercises}, indent=1) + "\n"

@@ -8,8 +8,8 @@ test_assignments.py can cross-check it against explicit loops and, where one exi
     1. attention_kd_solution        L_attn = 1/M sum_(s,t) mean_{b, head, real q} KL(A_t[b,h,q,:] || A_s[b,h,q,:])
     2. HiddenProjectionSolution     L_proj = beta * MSE(normalize(W h_s[CLS] + b), normalize(h_t[CLS]))
     3. annealed_temperature_solution / AnnealedKDSolution
-                                    T_n = T_end + (T_0 - T_end) max(0, 1 - n/N);
-                                    L_n = alpha T_n^2 KL(softmax(z_t/T_n) || softmax(z_s/T_n)) + (1 - alpha) CE(z_s, y)
+                                    T_k = T_end + (T_0 - T_end) max(0, 1 - k/N);
+                                    L_k = alpha T_k^2 KL(softmax(z_t/T_k) || softmax(z_s/T_k)) + (1 - alpha) CE(z_s, y)
     4. info_nce_solution            L_NCE = -1/B sum_b log softmax_b'(cos(h_s[b], h_t[b']) / tau)[b]
 """
 
@@ -77,7 +77,7 @@ class HiddenProjectionSolution(nn.Module):
 # ---------------------------------------------------------------- 3. temperature annealing
 
 def annealed_temperature_solution(step: int, t_start: float, t_end: float, anneal_steps: int) -> float:
-    """T_n = T_end + (T_0 - T_end) * max(0, 1 - n / N): linear from T_0 at step n = 0 to T_end at n = N, then flat."""
+    """T_k = T_end + (T_0 - T_end) * max(0, 1 - k / N): linear from T_0 at step k = 0 to T_end at k = N, then flat."""
     progress = min(step / anneal_steps, 1.0)  # fraction of the annealing done, clipped at 1
     return t_end + (t_start - t_end) * (1.0 - progress)
 
@@ -93,7 +93,7 @@ def _kl_batch(z_s: Tensor, z_t: Tensor, T: float, reduction: str) -> Tensor:
 class AnnealedKDSolution(nn.Module):
     """KD whose temperature decays linearly from config.temperature (T_0) to t_end over anneal_steps steps.
 
-    L_n = alpha T_n^2 KL(softmax(z_t/T_n) || softmax(z_s/T_n)) + (1 - alpha) CE(z_s, y), n = optimiser steps so far.
+    L_k = alpha T_k^2 KL(softmax(z_t/T_k) || softmax(z_s/T_k)) + (1 - alpha) CE(z_s, y), k = optimiser steps so far.
     The step counter n is a buffer: it is part of state_dict(), which the trainer saves in checkpoint.pt, so a resumed
     run continues the schedule. It advances once per call in training mode (the trainer calls the loss once per
     optimiser step) and never in eval mode.

@@ -85,7 +85,7 @@ def hidden_projection_variant(inputs, W: Tensor, b: Tensor, *, no_normalisation=
 
 def temperature_variant(n: int, t0: float, t_end: float, N: int, *, backwards=False, no_clip=False,
                         off_by_one=False, constant=False) -> float:
-    """T_n with the named mistakes switched on (all off = T_end + (T_0 - T_end) max(0, 1 - n/N))."""
+    """T_k with the named mistakes switched on (all off = T_end + (T_0 - T_end) max(0, 1 - k/N))."""
     if constant:
         return t0
     p = (n + 1 if off_by_one else n) / N

@@ -32,6 +32,12 @@ from test_notebooks import CELL_TIMEOUT_S, IDS, NOTEBOOK_DIR, NOTEBOOKS  # noqa:
 
 README = NOTEBOOK_DIR / "README.md"
 
+# The times of exercise 5 of the assignments: MRPC runs the notebooks do not make, measured once on a 2-core CPU
+# (bf16, `--amp auto`): kd+pkd of an SPS student on 1,000 pairs x 3 epochs 118 s, with a live teacher 352 s, a 192-wide
+# student on the whole train set 248 s; the whole train set is 3.7 times 1,000 pairs.
+MEASURED = "a time of exercise 5's MRPC runs, measured on a 2-core CPU (see MRPC_RUN_TIMES)"
+MRPC_RUN_TIMES = {"1,000": "the shorter setting of exercise 5: max_train_examples=1000", "3.7": "3,668 / 1,000",
+                  "12": MEASURED}
 # Numbers in prose that do not come from a run: {notebook: {number as written: why it holds}}.
 CONSTANTS = {
     "*": {"768": "BERT-base's hidden size", "384": "MiniLM-L6's hidden size", "110M": "BERT-base's parameters",
@@ -45,11 +51,12 @@ CONSTANTS = {
                                      "0.25": "one of MRPC's 408 dev examples, in points of accuracy",
                                      "1.1%": "bf16 against fp32, the SPS students' largest move (measured for issue 21)",
                                      "2.5%": "the band of section 3's cells (their pea_kd.rtol metadata, 0.025)"},
-    "assignments/a2_hidden_projection.ipynb": {"192": "the student width exercise 5 asks for"},
+    "assignments/a1_attention_kd.ipynb": {**MRPC_RUN_TIMES, "6": MEASURED, "1.5": MEASURED, "16": MEASURED},
+    "assignments/a2_hidden_projection.ipynb": {"192": "the student width exercise 5 asks for", "8": MEASURED},
     "assignments/a3_temperature_annealing.ipynb": {"7": "check_annealed_kd's calls (pea_kd/assignments/cases.py)",
-                                                   "20": "a temperature exercise 4 asks for"},
+                                                   "20": "a temperature exercise 4 asks for", **MRPC_RUN_TIMES},
     "assignments/a4_info_nce.ipynb": {"6": "the largest batch of check_info_nce's cases (pea_kd/assignments/cases.py)",
-                                      "31": "the negatives of a batch of 32"},
+                                      "31": "the negatives of a batch of 32", **MRPC_RUN_TIMES},
 }
 
 FENCED = re.compile(r"```.*?```", re.S)
@@ -261,3 +268,93 @@ def test_readme_times_are_read_from_the_table():
             "Notebooks 03 and 06 take about a minute each.\n")
     table, elsewhere = readme_times(text)
     assert table == {"01_bert.ipynb": 15.0, "03_t.ipynb": 270.0} and elsewhere == ["about a minute"]
+
+
+# ---------------------------------------------------------------- what a student's copy cannot resolve, and shapes
+
+# An absolute path of the machine that ran a notebook (a home, a checkout, a temporary directory) or a Windows drive.
+MACHINE_PATH = re.compile(r"(?<![\w.~])(?:/(?:home|Users|work|tmp|root|mnt|srv|opt|var|private)/|[A-Z]:\\)[^\s'\"]*")
+# The repository's history or its instructor-only files, which a student's copy (no tracker, no .git, no instructor/)
+# does not have: an issue number, a round of work, an instructor/ path, a short commit hash (hex with digits and
+# letters; a memory address 0x... is not one).
+HISTORY = re.compile(r"\bissues? #?\d+|\brounds? of work\b|\binstructor/|(?<!0x)\b(?=[0-9a-f]*[a-f])(?=[0-9a-f]*\d)"
+                     r"[0-9a-f]{7,12}\b", re.I)
+# a tuple of whole numbers (a shape, a layer pair), not the arguments of a call such as pkd_layer_map(6, 6)
+SHAPE = re.compile(r"(?<![\w\]])\((\d+(?:,\s*\d+)+)\)")
+
+
+def stored_outputs(nb) -> list[tuple[int, str]]:
+    """(cell index, text) of every stored text output (stdout, results, displays) of the code cells."""
+    found = []
+    for index, cell in enumerate(nb.cells):
+        for out in cell.get("outputs", []) if cell.cell_type == "code" else []:
+            if out.get("output_type") == "stream":
+                found.append((index, out.get("text", "")))
+            elif "data" in out:
+                found.append((index, out["data"].get("text/markdown") or out["data"].get("text/plain", "")))
+    return found
+
+
+def path_problems(name: str, nb) -> list[str]:
+    return [f"{name}: cell {index} printed {m.group(0)!r}, a path of the machine that ran it: print a path relative to "
+            f"the repository or the run directory, or what was found there" for index, text in stored_outputs(nb)
+            for m in MACHINE_PATH.finditer(text)]
+
+
+def history_problems(name: str, nb) -> list[str]:
+    texts = [(f"markdown cell {i}", c.source) for i, c in enumerate(nb.cells) if c.cell_type == "markdown"]
+    texts += [(f"the output of cell {i}", text) for i, text in stored_outputs(nb)]
+    return [f"{name}: {where} names {m.group(0)!r}, which a student's copy (no issue tracker, no .git, no instructor/) "
+            f"cannot look up" for where, text in texts for m in HISTORY.finditer(text)]
+
+
+def shape_problems(name: str, nb) -> list[str]:
+    """A tuple of numbers (a shape) that a markdown cell states, also in code spans and formulas, must be one the
+    notebook prints or its code writes. The exercise list is left out: it sets tasks, it does not describe outputs."""
+    def squeeze(text):
+        return re.sub(r"\s", "", text)
+    known = squeeze("\n".join([text for _, text in stored_outputs(nb)]
+                              + [c.source for c in nb.cells if c.cell_type == "code"]))
+    problems = []
+    for index, cell in enumerate(nb.cells):
+        if cell.cell_type != "markdown" or re.search(r"^#+\s*Exercises\b", cell.source, re.M):
+            continue
+        for m in SHAPE.finditer(cell.source):
+            if f"({squeeze(m.group(1))})" not in known:
+                problems.append(f"{name}: markdown cell {index} states {m.group(0)!r}, which no output prints and no "
+                                f"code writes: print the shape next to the sentence, or state it from the code")
+    return problems
+
+
+@pytest.mark.parametrize("guard", [path_problems, history_problems, shape_problems],
+                         ids=["no machine path in outputs", "no history or instructor file", "shapes printed"])
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
+def test_student_text_holds_only_what_the_student_has(path, guard):
+    """What the student's copy cannot resolve (the machine's paths, the tracker, .git, instructor/) is not named, and
+    a shape the prose states is one the notebook prints."""
+    problems = guard(path.relative_to(NOTEBOOK_DIR).as_posix(), nbformat.read(path, as_version=4))
+    assert not problems, "\n".join(problems)
+
+
+@pytest.mark.parametrize("check, markdown, printed, caught", [
+    (path_problems, "", "GLUE data: /work/shared/glue_data", "/work/shared/glue_data"),
+    (path_problems, "", "saved to /tmp/pea-kd-nb03-h_yl32cs/final", "/tmp/pea-kd-nb03-h_yl32cs/final"),
+    (history_problems, "As measured for issue 21, bf16 moves F1 by 1.1%.", "", "issue 21"),
+    (history_problems, "", "results of main at 93e4042 (an earlier round of work)", "93e4042"),
+    (history_problems, "The answers are in `instructor/exercise_answers.py`.", "", "instructor/"),
+    (shape_problems, "the last state is `(32, 1, 384)`", "student_hidden_states 7 x (32, 10, 384)", "(32, 1, 384)"),
+])
+def test_the_new_guards_catch_what_they_look_for(check, markdown, printed, caught):
+    problems = check("nb.ipynb", notebook_with(markdown, printed))
+    assert problems and caught in problems[0], problems
+
+
+@pytest.mark.parametrize("markdown, printed", [
+    ("The batch is `(32, 10, 384)`; a memory address 0x7f3a2b1c9d0e is not a commit.",
+     "x: (32, 10, 384) at 0x7f3a2b1c9d0e"),
+    ("Pairs of the map: (1, 4) and (2, 8); runs go to `runs/mrpc/teacher`.", "[(1, 4), (2, 8)]  written to runs/mrpc"),
+    ("The map `pkd_layer_map(6, 6)` pairs (1, 1) to (5, 5).", "[(1, 1), (2, 2), (3, 3), (4, 4), (5, 5)]"),
+])
+def test_the_new_guards_accept_clean_text(markdown, printed):
+    nb = notebook_with(markdown, printed)
+    assert path_problems("nb.ipynb", nb) + history_problems("nb.ipynb", nb) + shape_problems("nb.ipynb", nb) == []

@@ -242,7 +242,7 @@ def test_attention_checker_names_textbook_kl_div_missing_heads_and_nan_gradients
                            reduction="batchmean") for s, t in x.config.layer_map]
         loss = sum(losses) / len(losses)
         return LossResult(loss, {"a": loss.detach()})
-    rejects(check_attention_kd, textbook, "f.kl_div", "batchmean", "mask.sum() * a")
+    rejects(check_attention_kd, textbook, "f.kl_div", "batchmean", "mask.sum() * h")
     rejects(check_attention_kd, lambda x: _attention(x, good_rows, lambda rows, m: (rows * m).sum() / m.sum()),
             "number of heads", "times too large")
     # xlogy guards the value (0 * log 0 = 0) but its gradient a_t / a_s is 0/0 at padded keys
@@ -333,7 +333,7 @@ class _Anneal(nn.Module):
 
 def test_annealing_checkers_reject_typical_mistakes():
     rejects(check_annealed_temperature, lambda n, t0, t1, N: t1 + (t0 - t1) * (1 - n / N),
-            "keeps falling", "min(n / N, 1)")
+            "keeps falling", "min(k / N, 1)")
     rejects(check_annealed_temperature, lambda n, t0, t1, N: t0 + (t1 - t0) * max(0, 1 - n / N), "runs backwards")
     rejects(check_annealed_kd, lambda *a, **k: _Anneal(*a, **k, t2=False), "forget the t^2 factor")
     rejects(check_annealed_kd, lambda *a, **k: _Anneal(*a, **k, kl="batchmean"), "wrong reduction", "'mean'")

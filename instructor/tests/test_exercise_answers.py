@@ -99,7 +99,7 @@ def test_known_slips_get_their_hint():
              ("a3.3", "steps_per_epoch", 114, "last, smaller batch"),
              ("05.5", "unrolled_layers", {1}, "used twice"),
              ("01.4", "differing_terms", ("token_type",), "positions"), ("07.6", "primary_metric", "accuracy", "key"),
-             ("a3.5", "end", 100 * E.soft_to_hard_gradient(1.0, 1.0), "T_n^2 = 1")]
+             ("a3.5", "end", 100 * E.soft_to_hard_gradient(1.0, 1.0), "T_k^2 = 1")]
     for key, field, value, phrase in cases:
         status, detail = grade_exercise(key, {field: value})[field]
         assert status == "wrong" and phrase in detail, (key, field, detail)

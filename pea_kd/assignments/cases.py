@@ -85,7 +85,7 @@ def logit_inputs(B: int, C: int, temperature: float, alpha: float, reduction: st
                       config=LossConfig(alpha=alpha, temperature=temperature, kl_reduction=reduction))
 
 
-# one (B, C, alpha, kl_reduction) per training step n = 0..6; T_0 = 8, T_end = 2, N = 4 (so n = 5, 6 are past N)
+# one (B, C, alpha, kl_reduction) per training step k = 0..6; T_0 = 8, T_end = 2, N = 4 (so k = 5, 6 are past N)
 ANNEAL_STEPS = [(4, 3, 0.7, "batchmean"), (3, 2, 0.5, "batchmean"), (5, 3, 0.7, "mean"), (4, 4, 0.9, "batchmean"),
                 (3, 3, 0.7, "mean"), (4, 2, 0.6, "batchmean"), (2, 3, 0.7, "batchmean")]
 ANNEAL_T0, ANNEAL_T_END, ANNEAL_N = 8.0, 2.0, 4
@@ -131,7 +131,7 @@ def projection_weights():
 
 
 def annealed_cases():
-    """LossInputs of the training calls n = 0..6 of the annealed-KD checker."""
+    """LossInputs of the training calls k = 0..6 of the annealed-KD checker."""
     return [logit_inputs(B, Cn, ANNEAL_T0, a, red, seed) for seed, (B, Cn, a, red) in enumerate(ANNEAL_STEPS)]
 
 

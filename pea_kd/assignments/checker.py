@@ -166,7 +166,7 @@ def check_hidden_projection(cls, *, require_implemented: bool = False, verbose: 
 # ---------------------------------------------------------------- 3. temperature annealing
 
 def check_annealed_temperature(fn, *, require_implemented: bool = False, verbose: bool = True):
-    """Grade fn(step, t_start, t_end, anneal_steps) -> T_n, the linear schedule of assignment 3a."""
+    """Grade fn(step, t_start, t_end, anneal_steps) -> T_k, the linear schedule of assignment 3a."""
     g = Grader("temperature schedule", fn, require_implemented, verbose)
     with g:
         stored = expected("schedule", C.SCHEDULE_CASES)
@@ -225,7 +225,7 @@ def check_annealed_kd(cls, *, require_implemented: bool = False, verbose: bool =
                 "only when self.training is True (evaluation must not move the schedule)",
                 "eval mode does not advance the counter")
         g.check(close(at_end, stored["eval_after_all_calls"]),
-                "in eval mode your loss does not use the current T_n (it should use T_end once n >= N)")
+                "in eval mode your loss does not use the current T_k (it should use T_end once k >= N)")
         x = C.logit_inputs(4, 3, C.ANNEAL_T0, 0.7, "batchmean", seed=20, teacher_grad=True)
         _teacher_detached(g, lambda: loss_total(module(x)), [x.teacher_logits])
         small = C.logit_inputs(3, 3, C.ANNEAL_T0, 0.7, "batchmean", seed=21)

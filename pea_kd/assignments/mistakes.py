@@ -10,28 +10,28 @@ END INSTRUCTOR
 """
 
 ATTENTION_MISTAKES = {
-    "reverse": ("you computed KL(A_s || A_t), the KL the wrong way round. Distillation uses KL(A_t || A_s) = "
-                "sum_k A_t log(A_t / A_s): the teacher's distribution weights the log-ratio (as in the 'kd' loss)."),
-    "no_query_mask": ("padded positions are not masked: you averaged the KL over all B*T query rows. Average only "
+    "reverse": ("you computed KL(A_S || A_T), the KL the wrong way round. Distillation uses KL(A_T || A_S) = "
+                "sum_k A_T log(A_T / A_S): the teacher's distribution weights the log-ratio (as in the 'kd' loss)."),
+    "no_query_mask": ("padded positions are not masked: you averaged the KL over all B*n query rows. Average only "
                       "over the rows q of real tokens (attention_mask[b, q] == 1)."),
-    "divide_by_all": ("you zeroed the padded query rows but still divided by every position (B*T*heads). Divide by "
-                      "the number of real query rows times heads: mask.sum() * A."),
-    "keys_mean": ("your loss is T times too small: you averaged over the key axis k as well. The KL of one query row "
-                  "sums over k; only the (batch, head, query) rows are averaged."),
+    "divide_by_all": ("you zeroed the padded query rows but still divided by every position (B*n*h). Divide by "
+                      "the number of real query rows times heads: mask.sum() * h."),
+    "keys_mean": ("your loss is n times too small (n keys): you averaged over the key axis k as well. The KL of "
+                  "one query row sums over k; only the (batch, head, query) rows are averaged."),
     "no_normalisation": ("you forgot to normalise: you summed the row KLs over batch, heads and query rows instead "
                          "of averaging them (divide by the number of real rows times heads)."),
     "layers_sum": ("you summed over the mapped layers; the loss averages them: divide by M = len(layer_map)."),
     "layer_offset": ("wrong layers: attentions[i] is the attention of layer i+1 (no attention for the embeddings), "
-                     "so layer s of layer_map is student_attentions[s - 1], teacher_attentions[t - 1]."),
-    "cross_entropy": ("you computed the cross-entropy -sum_k A_t log A_s, not the KL: add sum_k A_t log A_t. The "
+                     "so the pair (i, j) of layer_map is student_attentions[i - 1], teacher_attentions[j - 1]."),
+    "cross_entropy": ("you computed the cross-entropy -sum_k A_T log A_S, not the KL: add sum_k A_T log A_T. The "
                       "gradient is the same, but a KL is 0 when the student matches the teacher; yours is not."),
-    "sign": "your loss has the wrong sign: KL(A_t || A_s) >= 0 and is minimised.",
-    "no_heads": ("your loss is A (number of heads) times too large: you divided the summed row KLs by the number of "
-                 "real query rows only. Every head has its own rows: divide by (real rows) x heads = mask.sum() * A."),
-    "kl_div_batchmean": ("you used the textbook F.kl_div(log A_s, A_t, reduction='batchmean'): it sums over heads, "
+    "sign": "your loss has the wrong sign: KL(A_T || A_S) >= 0 and is minimised.",
+    "no_heads": ("your loss is h (number of heads) times too large: you divided the summed row KLs by the number of "
+                 "real query rows only. Every head has its own rows: divide by (real rows) x heads = mask.sum() * h."),
+    "kl_div_batchmean": ("you used the textbook F.kl_div(log A_S, A_T, reduction='batchmean'): it sums over heads, "
                          "every query row (padded ones too) and keys, then divides by the batch size B only. This "
                          "loss averages the row KLs over (batch, head, real query q): mask the query rows, sum over "
-                         "keys only, divide by mask.sum() * A."),
+                         "keys only, divide by mask.sum() * h."),
 }
 
 
@@ -48,34 +48,34 @@ PROJECTION_MISTAKES = {
                    "over batch x layers x hidden (F.mse_loss's default 'mean')."),
     "sum_all": ("wrong reduction: you summed the squared differences; MSE averages over batch x layers x hidden "
                 "(F.mse_loss's default 'mean')."),
-    "student_offset": ("wrong student layer: student_hidden_states[0] is the embeddings, so layer s of layer_map is "
-                       "student_hidden_states[s], not [s - 1]."),
-    "teacher_offset": ("wrong teacher layer: teacher_cls_hidden[:, 0] is the embeddings, so layer t is "
-                       "teacher_cls_hidden[:, t], not [:, t - 1]."),
+    "student_offset": ("wrong student layer: student_hidden_states[0] is the embeddings, so student layer i of "
+                       "layer_map is student_hidden_states[i], not [i - 1]."),
+    "teacher_offset": ("wrong teacher layer: teacher_cls_hidden[:, 0] is the embeddings, so teacher layer j is "
+                       "teacher_cls_hidden[:, j], not [:, j - 1]."),
     "mean_pool": ("you averaged the student's hidden states over tokens; PKD matches the [CLS] vector, position 0: "
-                  "student_hidden_states[s][:, 0]."),
+                  "student_hidden_states[i][:, 0]."),
 }
 
 
 SCHEDULE_MISTAKES = {
-    "backwards": "your schedule runs backwards: it must start at T_0 (n = 0) and decrease to T_end (n >= N).",
+    "backwards": "your schedule runs backwards: it must start at T_0 (k = 0) and decrease to T_end (k >= N).",
     "no_clip": ("your temperature keeps falling after N steps (it goes below T_end, even negative): clip the "
-                "progress, min(n / N, 1)."),
-    "off_by_one": "off by one: the first step n = 0 must use T_0 exactly; use n / N, not (n + 1) / N.",
-    "constant": "your temperature never changes: T_n must move from T_0 towards T_end as n grows.",
+                "progress, min(k / N, 1)."),
+    "off_by_one": "off by one: the first step k = 0 must use T_0 exactly; use k / N, not (k + 1) / N.",
+    "constant": "your temperature never changes: T_k must move from T_0 towards T_end as k grows.",
 }
 
 
 ANNEALED_MISTAKES = {
-    "constant": ("your temperature never changes: read the step counter n (self.step) and use T_n from the "
+    "constant": ("your temperature never changes: read the step counter k (self.step) and use T_k from the "
                  "schedule, not config.temperature."),
     "scale_t0": ("you anneal the softmax temperature but scale by T_0^2 (config.temperature ** 2); the factor must "
-                 "follow the schedule: T_n^2."),
-    "no_t2": ("your soft term is T_n^2 times too small: did you forget the T^2 factor? It keeps the soft-target "
+                 "follow the schedule: T_k^2."),
+    "no_t2": ("your soft term is T_k^2 times too small: did you forget the T^2 factor? It keeps the soft-target "
               "gradients (which scale as 1/T^2) comparable across temperatures."),
-    "off_by_one": ("off by one: your first training call already uses T_1. Compute the loss with the current n, "
+    "off_by_one": ("off by one: your first training call already uses T_1. Compute the loss with the current k, "
                    "then increment the counter."),
-    "no_clip": "after N steps your temperature keeps falling below T_end: clip the progress, min(n / N, 1).",
+    "no_clip": "after N steps your temperature keeps falling below T_end: clip the progress, min(k / N, 1).",
     "reverse_kl": ("you computed KL(p_s || p_t), the KL the wrong way round; distillation uses "
                    "KL(softmax(z_t/T) || softmax(z_s/T))."),
     "mean_reduction": ("wrong reduction: you divided the KL by B*C ('mean') where config.kl_reduction is "
