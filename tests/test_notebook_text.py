@@ -54,7 +54,10 @@ CONSTANTS = {
     "assignments/a1_attention_kd.ipynb": {**MRPC_RUN_TIMES, "6": MEASURED, "1.5": MEASURED, "16": MEASURED},
     "assignments/a2_hidden_projection.ipynb": {"192": "the student width exercise 5 asks for", "8": MEASURED},
     "assignments/a3_temperature_annealing.ipynb": {"7": "check_annealed_kd's calls (pea_kd/assignments/cases.py)",
-                                                   "20": "a temperature exercise 4 asks for", **MRPC_RUN_TIMES},
+                                                   "20": "a temperature exercise 4 asks for", **MRPC_RUN_TIMES,
+                                                   "96": "steps of exercise 4's shorter setting: 3 epochs of "
+                                                         "count_batches(1000, 32) = 32 batches",
+                                                   "48": "half of those 96 steps, the N exercise 4 gives for it"},
     "assignments/a4_info_nce.ipynb": {"6": "the largest batch of check_info_nce's cases (pea_kd/assignments/cases.py)",
                                       "31": "the negatives of a batch of 32", **MRPC_RUN_TIMES},
 }
