@@ -262,7 +262,7 @@ def test_a_failure_is_raised_once_without_a_chained_traceback_and_names_the_case
     assert capsys.readouterr().out == ""  # not printed, then raised: shown once
     assert info.value.__cause__ is None and info.value.__suppress_context__
     message = str(info.value)
-    assert "IndexError on case 1 (B=3, T=6, heads A=2, L_s=4, L_t=8, layer_map=[(1, 2), (2, 4), (3, 6)]" in message
+    assert "IndexError on case 1 (B=3, n=6, heads h=2, L_s=4, L_t=8, layer_map=[(1, 2), (2, 4), (3, 6)]" in message
     assert "test_assignments.py, line" in message and "raise IndexError" in message
     message = rejects(check_annealed_kd, lambda *a, **k: _Anneal(*a, **k, t2=False))
     assert "t^2" in message

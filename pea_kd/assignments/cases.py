@@ -18,23 +18,23 @@ def _gen(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(1000 + seed)
 
 
-def padding_mask(B: int, T: int, g: torch.Generator) -> torch.Tensor:
-    """(B, T) long: example 0 is full length, example 1 has 2 padded positions, the rest random lengths >= 2."""
-    lengths = [T, T - 2] + [int(torch.randint(2, T + 1, (), generator=g)) for _ in range(B - 2)]
-    return (torch.arange(T)[None, :] < torch.tensor(lengths)[:, None]).long()
+def padding_mask(B: int, n: int, g: torch.Generator) -> torch.Tensor:
+    """(B, n) long: example 0 is full length, example 1 has 2 padded positions, the rest random lengths >= 2."""
+    lengths = [n, n - 2] + [int(torch.randint(2, n + 1, (), generator=g)) for _ in range(B - 2)]
+    return (torch.arange(n)[None, :] < torch.tensor(lengths)[:, None]).long()
 
 
 def masked_softmax(scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Attention probabilities softmax_k(scores[b,h,q,k]) with padded keys k at exactly 0 (as in BERT)."""
+    """Attention probabilities softmax_k(scores[b,a,q,k]) with padded keys k at exactly 0 (as in BERT)."""
     return scores.masked_fill(mask[:, None, None, :] == 0, float("-inf")).softmax(-1)
 
 
-def attention_scores(B: int, T: int, A: int, L_s: int, L_t: int, seed: int):
+def attention_scores(B: int, n: int, h: int, L_s: int, L_t: int, seed: int):
     """Student and teacher attention *scores* (pre-softmax) and the mask, for a student with L_s effective layers."""
     g = _gen(seed)
-    mask = padding_mask(B, T, g)
-    student = [torch.randn(B, A, T, T, generator=g, dtype=DTYPE) * 1.5 for _ in range(L_s)]
-    teacher = [torch.randn(B, A, T, T, generator=g, dtype=DTYPE) * 1.5 for _ in range(L_t)]
+    mask = padding_mask(B, n, g)
+    student = [torch.randn(B, h, n, n, generator=g, dtype=DTYPE) * 1.5 for _ in range(L_s)]
+    teacher = [torch.randn(B, h, n, n, generator=g, dtype=DTYPE) * 1.5 for _ in range(L_t)]
     return student, teacher, mask
 
 
@@ -44,30 +44,30 @@ def attention_inputs(student_scores, teacher_scores, mask, teacher_grad: bool = 
     a_t = tuple(masked_softmax(s, mask) for s in teacher_scores)
     if teacher_grad:
         a_t = tuple(a.detach().requires_grad_() for a in a_t)
-    B, _, T, _ = student_scores[0].shape
+    B, _, n, _ = student_scores[0].shape
     return LossInputs(student_logits=torch.zeros(B, 2, dtype=DTYPE),
                       student_attentions=tuple(masked_softmax(s, mask) for s in student_scores),
                       teacher_attentions=a_t, attention_mask=mask,
                       config=LossConfig(layer_map=pkd_layer_map(L_t, L_s)))
 
 
-ATTENTION_SHAPES = [(2, 5, 2, 3, 6), (3, 6, 2, 4, 8), (3, 4, 3, 2, 4), (4, 6, 2, 3, 12)]  # (B, T, A, L_s, L_t)
+ATTENTION_SHAPES = [(2, 5, 2, 3, 6), (3, 6, 2, 4, 8), (3, 4, 3, 2, 4), (4, 6, 2, 3, 12)]  # (B, n, h, L_s, L_t)
 
 
-def hidden_inputs(B: int, T: int, H_s: int, H_t: int, L_s: int, L_t: int, beta: float, seed: int,
+def hidden_inputs(B: int, n: int, H_s: int, H_t: int, L_s: int, L_t: int, beta: float, seed: int,
                   teacher_grad: bool = False) -> LossInputs:
-    """Student hidden states (L_s + 1 of (B, T, H_s)) and teacher [CLS] states (B, L_t + 1, H_t)."""
+    """Student hidden states (L_s + 1 of (B, n, H_s)) and teacher [CLS] states (B, L_t + 1, H_t)."""
     g = _gen(seed)
-    states = tuple(torch.randn(B, T, H_s, generator=g, dtype=DTYPE) for _ in range(L_s + 1))
+    states = tuple(torch.randn(B, n, H_s, generator=g, dtype=DTYPE) for _ in range(L_s + 1))
     teacher = torch.randn(B, L_t + 1, H_t, generator=g, dtype=DTYPE) * 3 + 0.5
     if teacher_grad:
         teacher.requires_grad_()
     return LossInputs(student_logits=torch.zeros(B, 2, dtype=DTYPE), student_hidden_states=states,
-                      teacher_cls_hidden=teacher, attention_mask=padding_mask(B, T, g),
+                      teacher_cls_hidden=teacher, attention_mask=padding_mask(B, n, g),
                       config=LossConfig(beta=beta, layer_map=pkd_layer_map(L_t, L_s)))
 
 
-# (B, T, L_s, L_t, beta)
+# (B, n, L_s, L_t, beta)
 HIDDEN_SHAPES = [(2, 4, 3, 6, 100.0), (3, 5, 4, 8, 100.0), (4, 3, 2, 12, 7.5), (3, 4, 6, 12, 100.0)]
 H_S, H_T = 6, 10
 
@@ -90,7 +90,7 @@ ANNEAL_STEPS = [(4, 3, 0.7, "batchmean"), (3, 2, 0.5, "batchmean"), (5, 3, 0.7, 
                 (3, 3, 0.7, "mean"), (4, 2, 0.6, "batchmean"), (2, 3, 0.7, "batchmean")]
 ANNEAL_T0, ANNEAL_T_END, ANNEAL_N = 8.0, 2.0, 4
 
-# (step n, T_0, T_end, N) for the schedule alone: start, inside, the end point, past the end
+# (step k, T_0, T_end, N) for the schedule alone: start, inside, the end point, past the end
 SCHEDULE_CASES = [(0, 10.0, 1.0, 100), (1, 10.0, 1.0, 100), (50, 10.0, 1.0, 100), (99, 10.0, 1.0, 100),
                   (100, 10.0, 1.0, 100), (150, 10.0, 1.0, 100), (0, 4.0, 2.0, 10), (3, 4.0, 2.0, 10),
                   (25, 4.0, 2.0, 10)]
@@ -117,8 +117,8 @@ def attention_cases():
 
 def projection_cases():
     """LossInputs per case of the projection checker."""
-    return [hidden_inputs(B, T, H_S, H_T, L_s, L_t, beta, seed)
-            for seed, (B, T, L_s, L_t, beta) in enumerate(HIDDEN_SHAPES)]
+    return [hidden_inputs(B, n, H_S, H_T, L_s, L_t, beta, seed)
+            for seed, (B, n, L_s, L_t, beta) in enumerate(HIDDEN_SHAPES)]
 
 
 def projection_weights():
@@ -171,12 +171,12 @@ def describe(item) -> str:
     if isinstance(item, LossInputs):
         cfg, parts = item.config, []
         if item.student_attentions is not None:
-            B, A, T, _ = item.student_attentions[0].shape
-            parts.append(f"B={B}, T={T}, heads A={A}, L_s={len(item.student_attentions)}, "
+            B, h, n, _ = item.student_attentions[0].shape
+            parts.append(f"B={B}, n={n}, heads h={h}, L_s={len(item.student_attentions)}, "
                          f"L_t={len(item.teacher_attentions)}")
         elif item.student_hidden_states is not None:
-            B, T, H_s = item.student_hidden_states[0].shape
-            parts.append(f"B={B}, T={T}, H_s={H_s}, H_t={item.teacher_cls_hidden.shape[-1]}, "
+            B, n, H_s = item.student_hidden_states[0].shape
+            parts.append(f"B={B}, n={n}, H_s={H_s}, H_t={item.teacher_cls_hidden.shape[-1]}, "
                          f"L_s={len(item.student_hidden_states) - 1}, L_t={item.teacher_cls_hidden.shape[1] - 1}, "
                          f"beta={cfg.beta:g}")
         else:
@@ -186,7 +186,7 @@ def describe(item) -> str:
         if cfg.layer_map:
             parts.append(f"layer_map={[tuple(p) for p in cfg.layer_map]}")
         if item.attention_mask is not None and item.student_attentions is not None:
-            parts.append(f"real lengths={item.attention_mask.sum(1).tolist()} of T")
+            parts.append(f"real lengths={item.attention_mask.sum(1).tolist()} of n")
         return ", ".join(parts)
     h_s, h_t, tau = item
     return f"B={h_s.shape[0]}, H={h_s.shape[1]}, tau={tau:g}"

@@ -96,7 +96,7 @@ def _seeded(*shape, seed: int, dtype=torch.float64) -> torch.Tensor:
 
 
 def _probe_pre_ln(fn: Callable) -> list[tuple[str, float]]:
-    """01.3: fn(layer, x) -> (T, H) for a MiniLM-sized layer with seeded weights; the norm of the output and of its
+    """01.3: fn(layer, x) -> (n, H) for a MiniLM-sized layer with seeded weights; the norm of the output and of its
     first row (exact float32 arithmetic differs between correct implementations only in the last bits)."""
     from bert_mini import BertConfig
     from bert_mini.modeling import BertLayer
@@ -128,7 +128,7 @@ def _probe_last_map(fn: Callable) -> list[tuple[str, list[int]]]:
 
 
 def cos_cls_inputs(seed: int) -> LossInputs:
-    """04.4: a float64 batch with the fields a [CLS] loss may read (B=3, T=5, H=8, student 3 layers, teacher 6)."""
+    """04.4: a float64 batch with the fields a [CLS] loss may read (B=3, n=5, H=8, student 3 layers, teacher 6)."""
     states = tuple(_seeded(3, 5, 8, seed=seed * 10 + e) for e in range(4))
     return LossInputs(student_logits=_seeded(3, 2, seed=seed), student_hidden_states=states,
                       teacher_cls_hidden=_seeded(3, 7, 8, seed=seed * 10 + 9), labels=torch.tensor([0, 1, 1]),
