@@ -139,7 +139,7 @@ def test_bf16_same_seed_twice_and_resume_are_bit_identical(tiny_env, tmp_path, m
 
     monkeypatch.setattr(Trainer, "step", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        tiny_run(tiny_env, tmp_path / "cut", amp="bf16", eval_every=3)
+        tiny_run(tiny_env, tmp_path / "cut", amp="bf16", eval_every=3, checkpoint_every=3)
     monkeypatch.setattr(Trainer, "step", step)
     assert torch.load(tmp_path / "cut" / "checkpoint.pt", weights_only=True)["state"]["step"] == 9
     resumed, _ = tiny_run(tiny_env, tmp_path / "cut", amp="bf16", eval_every=3, resume=True)

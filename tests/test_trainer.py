@@ -207,7 +207,7 @@ class NanAt(torch.nn.Module):
 
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tiny_env, tmp_path):
     with pytest.raises(NonFiniteLossError, match=r"global step 7 .*checkpoint\.pt holds the last good state"):
-        tiny_run(tiny_env, tmp_path / "run", loss=NanAt(7), eval_every=3)
+        tiny_run(tiny_env, tmp_path / "run", loss=NanAt(7), eval_every=3, checkpoint_every=3)
     ckpt = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
     assert ckpt["state"]["step"] == 6
     assert all(torch.isfinite(v).all() for v in ckpt["model"].values())
@@ -256,7 +256,7 @@ def test_kill_and_resume_equals_uninterrupted_run(tiny_env, tmp_path):
         return [sys.executable, str(script), "distill", "--task", "mrpc", "--teacher-dir", str(tmp_path / "teacher"),
                 "--student-model", str(checkpoint), "--student-layers", "1", "--variant", "sps",
                 "--loss", "kd+pkd+slow", "--max-length", "32", "--epochs", "3", "--batch-size", "8", "--lr", "1e-3",
-                "--eval-every", "3", "--out-dir", str(out_dir), "--no-progress", *extra]
+                "--eval-every", "3", "--checkpoint-every", "3", "--out-dir", str(out_dir), "--no-progress", *extra]
 
     full = subprocess.run(command(tmp_path / "full"), env=env, capture_output=True, text=True, timeout=120)
     assert full.returncode == 0, full.stderr
