@@ -10,9 +10,8 @@ Every step is the paper's step (`Trainer.step`), on a batch x with labels y:
     theta <- AdamW(theta, g, lr_t)              lr_t = lr f(t), f: linear warm-up, then linear decay to 0
 
 The batches of epoch e are shuffled by (seed, e) alone. Every eval_every steps and at each epoch end the dev set is
-scored (dev loss and metrics, one line of log.jsonl); `final_*` is the honest headline, `best_dev_*` is selected
-*and* scored on the dev set (what the authors report), so it is optimistic. Files in out_dir: log.jsonl,
-checkpoint.pt (while training), final/ (the model at the end), best/ (keep_best) and result.json.
+scored (a line of out_dir/log.jsonl); at the end out_dir holds final/ (the model), best/ (keep_best) and result.json:
+`final_*` is the honest headline, `best_dev_*` is selected *and* scored on dev (as the authors report): optimistic.
 
 Deliberate differences from the authors' BertAdam loop (docs/method.md#where-we-differ): torch.optim.AdamW (with
 bias correction, eps 1e-8; BertAdam had none and eps 1e-6), one global gradient-norm clip instead of one per tensor,
@@ -35,7 +34,7 @@ from typing import Callable, Optional
 import torch
 
 from . import distributed
-from .run_files import CHECKPOINT, LOG, RESULT, LoopState, RunFiles, TrainResult, locked, run_result
+from .run_files import CHECKPOINT, LOG, RESULT, LoopState, RunFiles, TrainResult, locked, run_result  # noqa: F401
 from .features import Features, collate, count_batches, make_batches
 from .glue import get_task
 from .identity import run_identity
@@ -44,9 +43,6 @@ from .mixed_precision import MixedPrecision, fp32_loss_inputs
 from .runtime import keep_freed_memory, resolve_amp, resolve_device
 from .step_inputs import StepInputs, as_teacher_rows
 from .train_progress import TrainingBar, report
-
-__all__ = ["CHECKPOINT", "LOG", "RESULT", "NonFiniteLossError", "TrainConfig", "TrainResult", "Trainer",
-           "linear_schedule", "param_groups", "predict", "train"]
 
 
 class NonFiniteLossError(RuntimeError):
@@ -66,8 +62,7 @@ class TrainConfig:
         a metric name (higher is better), or "loss" (dev loss, lower is better; used by PTP).
     device: "auto" (cuda if available, else mps on Apple silicon, else cpu), "cpu", "cuda", "cuda:1", "mps".
     amp: "auto" (bf16 autocast where the device has native bf16, CPU or CUDA; else fp16 with a GradScaler on CUDA,
-        fp32 on CPU and MPS), "bf16", "fp16" (CUDA, MPS), "off" (fp32). Weights, optimiser state and loss stay fp32
-        (runtime.resolve_amp).
+        fp32 on CPU and MPS), "bf16", "fp16" (CUDA, MPS), "off" (fp32); weights and loss stay fp32 (mixed_precision).
     progress: tqdm bar; None = only when stderr is a terminal.
     """
 
@@ -172,9 +167,9 @@ class Trainer:
         from bert_mini import save_pretrained
 
         self.config = config = config or TrainConfig()
-        if config.select not in ("auto", "loss") and metrics_fn is None and config.select not in _task_metrics(task):
+        if config.select not in ("auto", "loss") and metrics_fn is None and config.select not in get_task(task).metrics:
             raise ValueError(f"train: select={config.select!r} is not a metric of {get_task(task).name}; "
-                             f"choose loss or one of {', '.join(_task_metrics(task))}")
+                             f"choose loss or one of {', '.join(get_task(task).metrics)}")
         if train_data.labels is None or dev_data.labels is None:
             raise ValueError("train: train and dev features need labels")
         self.model, self.train_data, self.dev_data, self.task = model, train_data, dev_data, task
@@ -185,9 +180,9 @@ class Trainer:
         self.precision = MixedPrecision(self.device, self.amp_dtype)  # autocast; a loss scaler for fp16
         self.is_regression = model.num_labels == 1
         self.loss_config = dataclasses.replace(loss_config or LossConfig(), is_regression=self.is_regression)
-        teacher = as_teacher_rows(teacher)
-        teacher_hidden = teacher.hidden_size if teacher is not None else None
-        self.loss_fn = build_loss(loss, model.config.hidden_size, teacher_hidden) if isinstance(loss, str) else loss
+        teacher = as_teacher_rows(teacher)  # TeacherRows (a dict of tensors is hashed here), or None
+        hidden = teacher.hidden_size if teacher is not None else None  # H_t, for a loss with a projection
+        self.loss_fn = build_loss(loss, model.config.hidden_size, hidden) if isinstance(loss, str) else loss
         self.loss_name = getattr(self.loss_fn, "spec", type(self.loss_fn).__name__)
         self.requires = getattr(self.loss_fn, "requires", frozenset({"labels"}))
         # what the loss reads of the student's last layer: its [CLS] row only (LossModule.student_cls_only), or more
@@ -319,7 +314,3 @@ class Trainer:
         if select not in metrics:
             raise ValueError(f"train: select={select!r} is not a dev metric; available: loss, {', '.join(metrics)}")
         return select
-
-
-def _task_metrics(task) -> tuple:
-    return get_task(task).metrics
