@@ -5,11 +5,13 @@
     log.jsonl       one line per dev evaluation; on resume, the lines after the checkpoint's step are dropped
     result.json     the finished run (TrainResult); with no checkpoint.pt beside it, --resume returns it
 
-When to write checkpoint.pt. A checkpoint of the BERT-base teacher with its AdamW moments is 1.3 GB, and writing it
-costs seconds; losing the work since the last one costs that work. So by default a step writes one when the last one
+When to write checkpoint.pt. It holds the weights and AdamW's two moments, 12 bytes a parameter: 209 MB for the
+3-layer student, 272 MB for the MiniLM-L6 teacher, 1.3 GB for BERT-base (2, 2.4 and 22 s to write and sync on a
+VM's disk). Losing the work since the last one costs that work. So by default a step writes one when the last one
 (or the start of the run) is at least CHECKPOINT_MINUTES old, and the last step writes none (final/ and result.json
 follow at once) unless the checkpoint is kept: a stage of a few minutes writes none, a stage of hours loses at most
-CHECKPOINT_MINUTES on a kill. TrainConfig.checkpoint_every = N forces one every N steps (0: never).
+CHECKPOINT_MINUTES on a kill, and the writes cost under 4% of its time even for BERT-base (22 s every 10 min).
+TrainConfig.checkpoint_every = N forces one every N steps (0: never).
 
 Resume: the batches of epoch e depend only on (seed, e), so a run restored from checkpoint.pt skips the batches of
 its epoch it had already trained and, with the optimiser, schedule, scaler and RNG states restored, reaches
@@ -38,9 +40,7 @@ from .storage import directory_lock, storage_error, write_atomic
 
 log = logging.getLogger(__name__)
 CHECKPOINT, LOG, RESULT = "checkpoint.pt", "log.jsonl", "result.json"
-# Minutes of work whose loss justifies writing a checkpoint: a kill costs at most this (plus one step); one write of
-# the teacher's 1.3 GB takes seconds, well under 1% of the time between two of them.
-CHECKPOINT_MINUTES = 10.0
+CHECKPOINT_MINUTES = 10.0  # work whose loss justifies a checkpoint: a kill costs at most this (and one step)
 clock = time.monotonic  # seconds; a test replaces it with a fake clock
 
 
