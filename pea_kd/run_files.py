@@ -6,7 +6,7 @@
     result.json     the finished run (TrainResult); with no checkpoint.pt beside it, --resume returns it
 
 When to write checkpoint.pt. It holds the weights and AdamW's two moments, 12 bytes a parameter: 209 MB for the
-3-layer student, 272 MB for the MiniLM-L6 teacher, 1.3 GB for BERT-base (2, 2.4 and 22 s to write and sync on a
+3-layer student, 272 MB for the MiniLM-L6 teacher, 1.3 GB for BERT-base (1.7, 2.4 and 22 s to write and sync on a
 VM's disk). Losing the work since the last one costs that work. So by default a step writes one when the last one
 (or the start of the run) is at least CHECKPOINT_MINUTES old, and the last step writes none (final/ and result.json
 follow at once) unless the checkpoint is kept: a stage of a few minutes writes none, a stage of hours loses at most
