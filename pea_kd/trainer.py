@@ -20,7 +20,8 @@ computed on dev data (C1/C2 logged the last training batch's loss).
 
 Machinery, one named call each, to skip on a first reading: several processes (pea_kd.distributed), mixed precision
 (pea_kd.mixed_precision), the batch on its device with its teacher rows or a live teacher (pea_kd.step_inputs),
-checkpoints, resume and the run directory (pea_kd.run_files), the progress bar (pea_kd.train_progress).
+checkpoints, resume and the run directory (pea_kd.run_files), run identity (pea_kd.identity), memory and devices
+(pea_kd.runtime), the progress bar (pea_kd.train_progress).
 """
 from __future__ import annotations
 
@@ -34,12 +35,12 @@ from typing import Callable, Optional
 import torch
 
 from . import distributed
-from .run_files import CHECKPOINT, LOG, RESULT, LoopState, RunFiles, TrainResult, locked, run_result  # noqa: F401
 from .features import Features, collate, count_batches, make_batches
 from .glue import get_task
 from .identity import run_identity
 from .losses import LossConfig, LossInputs, build_loss, task_loss
 from .mixed_precision import MixedPrecision, fp32_loss_inputs
+from .run_files import CHECKPOINT, LOG, RESULT, LoopState, RunFiles, TrainResult, locked, run_result  # noqa: F401
 from .runtime import keep_freed_memory, resolve_amp, resolve_device
 from .step_inputs import StepInputs, as_teacher_rows
 from .train_progress import TrainingBar, report
