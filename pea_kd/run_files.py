@@ -106,6 +106,17 @@ class LoopState:
         self.tokens += tokens
         self.train_seconds += seconds
 
+    def evaluation_record(self, dev_loss: float, metrics: dict, lr: float, steps_per_epoch: list) -> dict:
+        """The log.jsonl record of an evaluation now; the running training-loss sums start again from zero."""
+        n = max(self.loss_count, 1)
+        epoch = self.epoch + (self.batch_in_epoch / steps_per_epoch[self.epoch] if self.batch_in_epoch else 0)
+        record = {"step": self.step, "epoch": round(epoch, 4), "train_loss": self.loss_sum / n,
+                  "train_parts": {k: v / n for k, v in self.part_sums.items()}, "dev_loss": dev_loss,
+                  "metrics": metrics, "lr": lr, "elapsed_s": self.train_seconds + self.eval_seconds,
+                  "examples_per_s": self.examples / max(self.train_seconds, 1e-9)}
+        self.loss_sum, self.part_sums, self.loss_count = 0.0, {}, 0
+        return record
+
 
 def run_result(trainer) -> TrainResult:
     """The TrainResult of a trainer whose loop has ended: its last and best evaluations, settings, identity, timing."""

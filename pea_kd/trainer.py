@@ -284,14 +284,8 @@ class Trainer:
         dev_loss = float(task_loss(logits, torch.from_numpy(labels), self.is_regression))
         preds = (logits[:, 0] if self.is_regression else logits.argmax(-1)).numpy()
         metrics = self.metrics_fn(preds, labels) if self.metrics_fn else compute_metrics(self.task, preds, labels)
-        n = max(state.loss_count, 1)
-        epoch = state.epoch + (state.batch_in_epoch / self.steps_per_epoch[state.epoch] if state.batch_in_epoch else 0)
-        record = {"step": state.step, "epoch": round(epoch, 4), "train_loss": state.loss_sum / n,
-                  "train_parts": {k: v / n for k, v in state.part_sums.items()}, "dev_loss": dev_loss,
-                  "metrics": metrics, "lr": self.scheduler.get_last_lr()[0],
-                  "elapsed_s": state.train_seconds + state.eval_seconds,
-                  "examples_per_s": state.examples / max(state.train_seconds, 1e-9)}
-        state.loss_sum, state.part_sums, state.loss_count = 0.0, {}, 0
+        # step, epoch, mean train loss (and parts) since the last evaluation, dev loss, metrics, lr, time, throughput
+        record = state.evaluation_record(dev_loss, metrics, self.scheduler.get_last_lr()[0], self.steps_per_epoch)
         key = self.select_key(metrics)
         value = dev_loss if key == "dev_loss" else metrics[key]
         if state.best_value is None or (value < state.best_value if key == "dev_loss" else value > state.best_value):
