@@ -261,3 +261,75 @@ def test_readme_times_are_read_from_the_table():
             "Notebooks 03 and 06 take about a minute each.\n")
     table, elsewhere = readme_times(text)
     assert table == {"01_bert.ipynb": 15.0, "03_t.ipynb": 270.0} and elsewhere == ["about a minute"]
+
+
+MACHINE_PATH = re.compile(r"(?<![\w.])/(?:tmp|work|home|Users|root|mnt|var|opt)/[\w.-]+")
+
+
+def output_strings(nb):
+    """(cell index, text) of every stored text output of the code cells (stdout, stderr, results, displays)."""
+    for index, cell in enumerate(nb.cells):
+        for out in cell.get("outputs", []) if cell.cell_type == "code" else []:
+            if out.get("output_type") == "stream":
+                yield index, out.get("text", "")
+            elif "data" in out:
+                yield index, out["data"].get("text/markdown") or out["data"].get("text/plain", "")
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
+def test_stored_outputs_print_no_machine_paths(path):
+    """A reader's copy shows where the notebook ran on someone else's machine: print a path relative to the run's own
+    directory (or say "a temporary directory"), never /tmp/..., /work/..., /home/...."""
+    name = path.relative_to(NOTEBOOK_DIR).as_posix()
+    found = [f"cell {i}: {m.group(0)}" for i, text in output_strings(nbformat.read(path, as_version=4))
+             for m in MACHINE_PATH.finditer(text)]
+    assert not found, f"{name}: stored outputs print machine paths: {found[:5]}"
+
+
+HISTORY = re.compile(r"\b(?:issue|issues|round|rounds|session|sessions)\s+#?\d+", re.I)
+HEX_HASH = re.compile(r"\b(?=[0-9a-f]*[a-f])(?=[0-9a-f]*\d)[0-9a-f]{7,40}\b")
+
+
+def history_problems(text: str) -> list[str]:
+    """Mentions of the repository's history a student cannot follow: an issue, round or session number, and a commit
+    hash that the sentence does not present as a commit ("the code at commit 93e4042" says what it is)."""
+    found = [m.group(0) for m in HISTORY.finditer(text)]
+    found += [m.group(0) for m in HEX_HASH.finditer(text) if "commit" not in text[max(0, m.start() - 24):m.start()]]
+    return found
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
+def test_no_repository_history_in_notebooks(path):
+    """The notebooks speak to a student, who has no issue tracker and no record of rounds of work: no issue, round
+    or session numbers in prose or outputs, and a commit hash only where it is named as one (a results file's
+    provenance)."""
+    nb = nbformat.read(path, as_version=4)
+    texts = [(i, c.source) for i, c in enumerate(nb.cells) if c.cell_type == "markdown"] + list(output_strings(nb))
+    found = [f"cell {i}: {hit}" for i, text in texts for hit in history_problems(text)]
+    assert not found, f"{path.relative_to(NOTEBOOK_DIR).as_posix()}: {found[:5]}"
+
+
+@pytest.mark.parametrize("text, caught", [
+    ("measured for issue 21 on an AVX-512 CPU", ["issue 21"]),
+    ("as in round 3 of this work, see session 1", ["round 3", "session 1"]),
+    ("the rerun with the code of f15ab7e", ["f15ab7e"]),
+    ("seeds 0 and 1 with the code at commit f15ab7e", []),
+    ("data_ptr 93841065267904, 22,713,986 parameters, 3 rounds of KD", []),
+])
+def test_the_history_guard(text, caught):
+    assert history_problems(text) == caught
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
+def test_precision_details_in_one_place(path):
+    """How the machine computes (runtime.precision_note) is printed once, in the closing "On another machine" section
+    when the notebook has one, not in the setup cell of every notebook."""
+    nb = nbformat.read(path, as_version=4)
+    calls = [i for i, c in enumerate(nb.cells) if c.cell_type == "code" and "print(precision_note(" in c.source]
+    notes = [i for i, c in enumerate(nb.cells) if c.cell_type == "markdown"
+             and re.search(r"^#+\s*On another machine\b", c.source, re.M | re.I)]
+    name = path.relative_to(NOTEBOOK_DIR).as_posix()
+    assert len(calls) <= 1, f"{name}: precision_note() is printed in cells {calls}; print it once"
+    if notes and calls:
+        assert calls[0] > notes[0], f"{name}: precision_note() is printed in cell {calls[0]}, before the " \
+                                    f"'On another machine' section (cell {notes[0]})"
