@@ -161,8 +161,9 @@ def hidden_state_stacks(student_shapes: list, plan: list, teacher_shape: tuple, 
     for e, shape in enumerate(student_shapes):  # student stack, bottom to top
         swapped = e > 0 and plan[e - 1][1]
         name = "embeddings" if e == 0 else f"e{e}: layer {plan[e - 1][0]}" + ("′ (Q↔K)" if swapped else "")
+        colour = "0.85" if e == 0 else f"C{plan[e - 1][0]}"
         ax.add_patch(FancyBboxPatch((0, e), 2.3, 0.7, boxstyle="round,pad=0.02", alpha=0.8, edgecolor="k",
-                                    facecolor="0.85" if e == 0 else f"C{plan[e - 1][0]}", hatch="//" if swapped else None))
+                                    facecolor=colour, hatch="//" if swapped else None))
         ax.text(1.15, e + 0.35, f"{name}\n{tuple(shape)}", ha="center", va="center", fontsize=7.5,
                 bbox=dict(facecolor="white", alpha=0.8, edgecolor="none", pad=0.5))
     for j in range(teacher_shape[1]):  # teacher rows: the cached layers, and NaN columns for the others
