@@ -237,3 +237,40 @@ def attention_maps(maps: list, titles: list, tokens: list):
     np.atleast_1d(axes)[0].set_ylabel("query i"); np.atleast_1d(axes)[min(1, len(maps) - 1)].set_xlabel("key j")
     plt.tight_layout()
     return fig
+
+
+def method_bars(results: dict, methods: list, majority: dict, metrics=("acc", "f1")) -> int:
+    """Notebook 07: the final dev score of each method (mean ± std over seeds, in %; orange: the SPS students, with
+    2L effective layers), the teacher (dashed) and the majority class (dotted), one panel per metric.
+
+    results: a results.json (its summary, teacher, config and optional other_runs); majority: {metric: score in %}.
+    Each seed is a dot when the summary keeps per-seed values, an earlier run of the table (other_runs) a cross.
+    Returns the number of seed dots drawn.
+    """
+    rows = {r["method"]: r for r in results["summary"]}
+    x = np.arange(len(methods))
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.75 * len(metrics), 3.4))
+    dots = 0
+    for ax, metric in zip(np.atleast_1d(axes), metrics):
+        mean = [rows[m]["final"][metric][0] for m in methods]
+        std = [rows[m]["final"][metric][1] or 0.0 for m in methods]
+        depth = max(rows[m]["effective_layers"] for m in methods)
+        ax.bar(x, mean, yerr=std, capsize=3, alpha=0.85,
+               color=["C1" if rows[m]["effective_layers"] == depth else "C0" for m in methods])
+        for k, m in enumerate(methods):  # each seed of the method, when the file keeps them
+            seeds = rows[m].get("per_seed", {}).get("final", {}).get(metric, [])
+            ax.plot(np.full(len(seeds), k) + np.linspace(-0.15, 0.15, len(seeds)), seeds, "o", color="k", ms=3,
+                    label="one seed" if k == 0 and seeds else None)
+            dots += len(seeds)
+        teacher = 100 * results["teacher"]["final"][metric]
+        ax.axhline(teacher, color="k", ls="--", lw=1, label="teacher")
+        ax.axhline(majority[metric], color="0.35", ls=":", lw=1.5, label="majority class")
+        for other in results.get("other_runs", []):
+            again = {r["method"]: r["final"][metric][0] for r in other["summary"]}
+            ax.plot(x, [again[m] for m in methods], "kx", ms=5, label=f"earlier run, seeds {other['seeds']}")
+        ax.set_ylim(min(min(mean) - max(std), majority[metric]) - 3, teacher + 3)
+        ax.set_xticks(x, methods, rotation=30, fontsize=8)
+        ax.set_title(f"{results['task']} dev {metric} (final, %), {len(results['config']['seeds'])} seeds", fontsize=9)
+    np.atleast_1d(axes)[0].legend(fontsize=7, loc="lower right")
+    plt.tight_layout()
+    return dots
