@@ -59,7 +59,8 @@ test: $(STAMP)
 # 2. with the other answer to "native bf16?" (PEA_KD_AUTO_BF16, pea_kd.runtime.auto_bf16), so that `--amp auto`
 #    trains as it does on a CPU with native bf16, or without it: the whole suite, except, where bf16 is only emulated
 #    (14x slower than fp32), what trains MiniLM in --amp auto: notebooks 03, 06, 07 and reproduce --smoke (an hour or
-#    more each there; their bf16 band was measured once, see notebook 07), and notebook 08, which pins fp32 anyway.
+#    more each there). Those run in bf16 where it is native: there `make test` itself trains them in bf16, and this
+#    second pass runs them in fp32. Notebook 08 pins fp32 (amp="off"), so a bf16 pass would repeat the fp32 one.
 NUMBER_TESTS := tests/test_notebooks.py tests/test_parity.py tests/test_hf_interop.py tests/test_loading.py \
 	tests/test_precision.py tests/test_distributed.py tests/test_exercises.py $(wildcard instructor/tests)
 test-cpus: $(STAMP)

@@ -1,12 +1,12 @@
-"""Dropout with masks drawn from raw random words: what `nn.Dropout` computes, at a fraction of its CPU cost.
+"""Engine: dropout with masks drawn from raw random words: what `nn.Dropout` computes, at a fraction of its CPU cost.
 
     y = x * m / (1 - p),   m_i ~ Bernoulli(1 - p) independently for every element   (inverted dropout)
 
 This is the one place where bert_mini does not use PyTorch's own operator, and only for the mask on the CPU. There
 `F.dropout` draws m with `bernoulli_`, which (on the AMD EPYC of this project, at least) runs one sequential
 Mersenne-Twister draw per element through a per-element distribution object and costs about as much as the matrix
-products next to it. Here the mask comes from *raw 32-bit random words*, drawn 64 bits at a time from the
-same generator (`Tensor.random_` over the full int64 range), 4-5x cheaper per element on that CPU:
+products next to it (docs/performance.md). Here the mask comes from *raw 32-bit random words*, drawn 64 bits at a
+time from the same generator (`Tensor.random_` over the full int64 range), 4-5x cheaper per element on that CPU:
 
     w_i uniform on the 2^32 values of a 32-bit word       (two per 64-bit draw of torch's default CPU generator)
     m_i = 1  iff  w_i < K,   K = round((1 - p) 2^32)       so  P(m_i = 1) = K / 2^32 = 1 - p, to within 2^-33

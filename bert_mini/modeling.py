@@ -9,10 +9,14 @@ One departure from the textbook picture, on purpose: the encoder runs an explici
 layer more than once and may run it with its Query and Key projections exchanged; that is how Pea-KD's Shuffled
 Parameter Sharing (SPS) is expressed without new modules or parameters (see `pea_kd.sps`).
 
-A second, smaller one: `cls_only=True` computes only the [CLS] row of the *last* step. A classifier reads nothing
-else of it (the pooler takes x_L[:, 0]), so the other T - 1 rows of the last layer's queries, attention output and
-feed-forward would be computed and thrown away; their keys and values are still needed, as [CLS] attends to every
-token. The [CLS] row is the same equation on fewer rows (equal up to float rounding, tests/test_modeling.py).
+Three fast paths, each one commented line that says which plain equation it replaces (skip them on a first reading):
+* `Dropout` (bert_mini.dropout): nn.Dropout's y = x * m / (1 - p), with masks drawn more cheaply on the CPU.
+* the attention kernel: where bert_mini.attention_kernels says so, softmax(Q K^T / sqrt(d_k) + M) V goes to
+  PyTorch's fused kernel, the same equation without the explicit matrices below.
+* `cls_only=True`: the *last* step computes its [CLS] row only. A classifier reads nothing else of it (the pooler
+  takes x_L[:, 0]), so the other T - 1 rows of its queries, attention output and feed-forward would be thrown away;
+  their keys and values are still needed, as [CLS] attends to every token. The same equation on fewer rows (equal
+  up to float rounding, tests/test_bert_mini.py).
 
 Module and parameter names mirror the Hugging Face checkpoints (`embeddings.word_embeddings.weight`,
 `encoder.layer.0.attention.self.query.weight`, ...), so loading a checkpoint is a plain `load_state_dict`.
@@ -27,8 +31,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .attention_kernels import use_fused_kernel
 from .config import BertConfig
-from .dropout import Dropout  # nn.Dropout's equation and interface; its CPU masks cost a fraction (see bert_mini.dropout)
+from .dropout import Dropout  # fast path: nn.Dropout's y = x * m / (1 - p), with cheaper CPU masks (bert_mini.dropout)
 
 Plan = list[tuple[int, bool]]
 
@@ -57,29 +62,9 @@ class BertEmbeddings(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor) -> torch.Tensor:
         positions = torch.arange(input_ids.shape[1], device=input_ids.device)  # (T,)
-        x = self.word_embeddings(input_ids) + self.position_embeddings(positions) + self.token_type_embeddings(
-            token_type_ids
-        )  # (B, T, H)
+        x = self.word_embeddings(input_ids) + self.position_embeddings(positions)  # E_word[ids] + E_pos[t]
+        x = x + self.token_type_embeddings(token_type_ids)  # + E_type[seg]   (B, T, H)
         return self.dropout(self.LayerNorm(x))
-
-
-# Which kernel computes softmax(Q K^T / sqrt(d_k) + M) V, by (device type, dtype of Q). SDPA's fused kernel is used
-# in fp32 and on CUDA; under CPU bf16 autocast the explicit matmul-softmax-matmul, which was reported faster there on
-# a CPU with native bf16 (docs/performance.md, "Mixed precision (bf16)"). In CPU training (attention dropout on) the
-# explicit path always: SDPA's CPU kernel has no dropout, so SDPA falls back to its own unfused matmul-softmax-matmul
-# there and draws the mask with bernoulli_; the explicit path is that same computation with bert_mini.dropout's
-# cheaper masks. `python -m pea_kd_bench.throughput` (make bench) measures the kernels on your machine.
-EXPLICIT_ATTENTION = {("cpu", torch.bfloat16)}
-ATTENTION_KERNEL = "auto"  # "auto" (the rules above), "sdpa" or "explicit": set by the benchmark to compare both
-
-
-def attention_kernel(q: torch.Tensor, dropout_p: float = 0.0) -> str:
-    """ "explicit" or "sdpa": the attention kernel for queries `q` with attention dropout `dropout_p` (0 = off)."""
-    if ATTENTION_KERNEL != "auto":
-        return ATTENTION_KERNEL
-    if dropout_p > 0 and q.device.type == "cpu":
-        return "explicit"
-    return "explicit" if (q.device.type, q.dtype) in EXPLICIT_ATTENTION else "sdpa"
 
 
 class BertSelfAttention(nn.Module):
@@ -103,28 +88,22 @@ class BertSelfAttention(nn.Module):
         batch, length, _ = x.shape
         return x.view(batch, length, self.num_heads, self.head_size).transpose(1, 2)  # (B, A, T, d_k)
 
-    def forward(
-        self, x: torch.Tensor, additive_mask: Optional[torch.Tensor], swap_qk: bool = False,
-        output_attentions: bool = False, cls_only: bool = False
-    ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    def forward(self, x: torch.Tensor, additive_mask: Optional[torch.Tensor], swap_qk: bool = False,
+                output_attentions: bool = False, cls_only: bool = False) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
         query_proj, key_proj = (self.key, self.query) if swap_qk else (self.query, self.key)
-        queries = x[:, :1] if cls_only else x  # cls_only: the [CLS] row asks, every token answers
+        queries = x[:, :1] if cls_only else x  # fast path cls_only: only the [CLS] row asks (instead of all T rows)
         q = self._split_heads(query_proj(queries))  # Q = x W_q + b_q   (B, A, T, d_k); T = 1 when cls_only
-        k = self._split_heads(key_proj(x))  # K = x W_k + b_k
+        k = self._split_heads(key_proj(x))  # K = x W_k + b_k   every token answers
         v = self._split_heads(self.value(x))  # V = x W_v + b_v
         dropout_p = self.dropout_prob if self.training else 0.0
-        if output_attentions or attention_kernel(q, dropout_p) == "explicit":
+        if use_fused_kernel(q, dropout_p, output_attentions):  # fast path: the equation below in PyTorch's fused kernel
+            context, probs = F.scaled_dot_product_attention(q, k, v, attn_mask=additive_mask, dropout_p=dropout_p), None
+        else:
             scores = (q / math.sqrt(self.head_size)) @ k.transpose(-1, -2)  # Q K^T / sqrt(d_k)   (B, A, T, T)
             if additive_mask is not None:  # + M (None: no position is padded)
                 scores = scores + additive_mask
             probs = scores.softmax(dim=-1)  # P = softmax(Q K^T / sqrt(d_k) + M)
             context = self.dropout(probs) @ v  # P V
-        else:
-            # The same equation through PyTorch's fused kernel: identical maths, less memory traffic.
-            probs = None
-            context = F.scaled_dot_product_attention(
-                q, k, v, attn_mask=additive_mask, dropout_p=dropout_p
-            )
         batch, _, length, _ = context.shape
         return context.transpose(1, 2).reshape(batch, length, -1), probs  # concat heads (B, T, H)
 
@@ -152,7 +131,7 @@ class BertAttention(nn.Module):
 
     def forward(self, x, additive_mask, swap_qk=False, output_attentions=False, cls_only=False):
         context, probs = self.self(x, additive_mask, swap_qk, output_attentions, cls_only)
-        return self.output(context, x[:, :1] if cls_only else x), probs  # the residual of the rows computed
+        return self.output(context, x[:, :1] if cls_only else x), probs  # cls_only: the [CLS] row's residual only
 
 
 class BertIntermediate(nn.Module):
@@ -280,15 +259,9 @@ class BertModel(BertPreTrainedModel):
         self.pooler = BertPooler(config)
         self.apply(self._init_weights)
 
-    def forward(
-        self,
-        input_ids: torch.Tensor,
-        attention_mask: Optional[torch.Tensor] = None,
-        token_type_ids: Optional[torch.Tensor] = None,
-        output_hidden_states: bool = False,
-        output_attentions: bool = False,
-        cls_only: bool = False,
-    ) -> BertOutput:
+    def forward(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None,
+                token_type_ids: Optional[torch.Tensor] = None, output_hidden_states: bool = False,
+                output_attentions: bool = False, cls_only: bool = False) -> BertOutput:
         """input_ids (B, T); attention_mask (B, T) with 1 for real tokens; token_type_ids (B, T) segment ids.
 
         cls_only=True: the last layer computes its [CLS] row only (module docstring), so `last_hidden_state` and the
@@ -297,10 +270,8 @@ class BertModel(BertPreTrainedModel):
         if input_ids.dim() != 2:
             raise ValueError(f"input_ids must have shape (batch, length), got {tuple(input_ids.shape)}")
         if input_ids.shape[1] > self.config.max_position_embeddings:
-            raise ValueError(
-                f"sequence length {input_ids.shape[1]} exceeds max_position_embeddings="
-                f"{self.config.max_position_embeddings}"
-            )
+            raise ValueError(f"sequence length {input_ids.shape[1]} exceeds max_position_embeddings="
+                             f"{self.config.max_position_embeddings}")
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         if token_type_ids is None:
@@ -308,12 +279,9 @@ class BertModel(BertPreTrainedModel):
         x = self.embeddings(input_ids, token_type_ids)  # (B, T, H)
         mask = extended_attention_mask(attention_mask, x.dtype)  # (B, 1, 1, T), or None without padding
         x, hidden_states, attentions = self.encoder(x, mask, output_hidden_states, output_attentions, cls_only)
-        return BertOutput(
-            last_hidden_state=x,
-            pooler_output=self.pooler(x),
-            hidden_states=tuple(hidden_states) if hidden_states is not None else None,
-            attentions=tuple(attentions) if attentions is not None else None,
-        )
+        return BertOutput(last_hidden_state=x, pooler_output=self.pooler(x),
+                          hidden_states=tuple(hidden_states) if hidden_states is not None else None,
+                          attentions=tuple(attentions) if attentions is not None else None)
 
 
 class BertForSequenceClassification(BertPreTrainedModel):
@@ -333,15 +301,9 @@ class BertForSequenceClassification(BertPreTrainedModel):
         self.classifier = nn.Linear(config.hidden_size, num_labels)
         self._init_weights(self.classifier)
 
-    def forward(
-        self,
-        input_ids: torch.Tensor,
-        attention_mask: Optional[torch.Tensor] = None,
-        token_type_ids: Optional[torch.Tensor] = None,
-        output_hidden_states: bool = False,
-        output_attentions: bool = False,
-        cls_only: bool = False,
-    ) -> BertOutput:
+    def forward(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None,
+                token_type_ids: Optional[torch.Tensor] = None, output_hidden_states: bool = False,
+                output_attentions: bool = False, cls_only: bool = False) -> BertOutput:
         """Same inputs as `BertModel.forward`; the output also carries `logits` (B, num_labels), which cls_only=True
         leaves unchanged (they read the [CLS] row only) at less cost: what training and evaluation pass."""
         out = self.bert(input_ids, attention_mask, token_type_ids, output_hidden_states, output_attentions, cls_only)

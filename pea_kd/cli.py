@@ -80,7 +80,7 @@ def add_training_args(p: argparse.ArgumentParser, stage: str) -> None:
     g.add_argument("--seed", type=int, default=0, help="seed of data order, dropout and new heads (default 0)")
     g.add_argument("--eval-every", type=int, default=0, help="evaluate on dev every N steps (default 0: each epoch)")
     g.add_argument("--checkpoint-every", type=int, default=None,
-                   help="write checkpoint.pt every N steps (default: at every evaluation; 0 = never)")
+                   help="write checkpoint.pt every N steps (default: when the last one is 10 minutes old; 0 = never)")
     g.add_argument("--select", default="auto",
                    help="dev score for best_dev_*/best/: auto (task's primary metric), a metric name, or loss")
     g.add_argument("--keep-best", action=argparse.BooleanOptionalAction, default=d["keep_best"],

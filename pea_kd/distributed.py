@@ -158,6 +158,16 @@ def reduce_batch(total: torch.Tensor, parts: dict, tokens: int, weight: float) -
     return means[0], dict(zip(keys, means[1:])), int(values[-1])
 
 
+def agree(flag: bool) -> bool:
+    """Rank 0's `flag` on every rank (a decision taken from one clock, e.g. whether a checkpoint is due); `flag`
+    itself when alone. A collective: every rank must call it."""
+    if not is_distributed():
+        return flag
+    decision = torch.tensor([int(flag)])
+    dist.broadcast(decision, src=0)  # a CPU tensor: gloo, also beside NCCL
+    return bool(decision.item())
+
+
 def seed_per_rank(seed: int) -> None:
     """Give every rank other dropout masks: rank r > 0 reseeds torch with seed + r * 2^32 (rank 0 keeps `seed`)."""
     if rank() > 0:

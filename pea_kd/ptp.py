@@ -30,7 +30,7 @@ PTP is defined for classification only: STS-B (regression, one output column, fl
 
 Hand-off: the PTP stage trains the student (same SPS variant) with a 4-way head by cross-entropy on these labels and
 saves it with `save_student`; the KD stage starts from its embeddings, layers and pooler bit for bit and discards the
-PTP head (`kd_student_from_ptp`). The PTP *training* stage itself lives with the trainer.
+PTP head (`kd_student_from_ptp`). The PTP *training* stage itself is pea_kd.ptp_stage.
 """
 from __future__ import annotations
 

@@ -208,7 +208,8 @@ def test_kill_one_rank_then_resume_with_the_same_world_size(tiny_env, tmp_path, 
         return ["--plugin", "slow.py"] * slow + [
             "distill", "--task", "mrpc", "--teacher-dir", str(teacher), "--student-model", str(checkpoint),
             "--student-layers", "1", "--variant", "original", "--loss", "kd+slow" if slow else "kd", "--max-length",
-            "32", "--epochs", "2", "--batch-size", "8", "--lr", "1e-3", "--eval-every", "3", "--out-dir",
+            "32", "--epochs", "2", "--batch-size", "8", "--lr", "1e-3", "--eval-every", "3", "--checkpoint-every", "3",
+            "--out-dir",
             str(out_dir), "--no-progress", *extra]
 
     full = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",

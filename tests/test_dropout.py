@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import bert_mini.dropout as dropout_module
+import bert_mini.attention_kernels as kernels
 import bert_mini.modeling as modeling
 from bert_mini import BertConfig, BertForSequenceClassification
 from bert_mini.dropout import Dropout, dropout, keep_mask
@@ -127,7 +128,7 @@ def test_the_model_trains_bit_identically_to_nn_dropout_given_the_same_masks(mon
     assert sum(isinstance(m, Dropout) for m in ours.modules()) == 2 + 3 * TINY["num_hidden_layers"]
     monkeypatch.setattr(dropout_module, "keep_mask", bernoulli_masks)
     logits, grads = train_step(ours)
-    monkeypatch.setattr(modeling, "ATTENTION_KERNEL", "explicit")  # nn.Dropout on the attention probabilities
+    monkeypatch.setattr(kernels, "ATTENTION_KERNEL", "explicit")  # nn.Dropout on the attention probabilities
     reference_logits, reference_grads = train_step(model_with(nn.Dropout))
     assert torch.equal(logits, reference_logits)
     assert all(torch.equal(grads[n], reference_grads[n]) for n in grads)
@@ -136,8 +137,8 @@ def test_the_model_trains_bit_identically_to_nn_dropout_given_the_same_masks(mon
 def test_cpu_training_takes_the_explicit_attention_path(monkeypatch):
     """SDPA on the CPU has no dropout kernel: in training bert_mini computes softmax(QK^T/sqrt(d)+M) V itself."""
     q = torch.zeros(1, 1, 2, 2)
-    assert modeling.attention_kernel(q, dropout_p=0.1) == "explicit"
-    assert modeling.attention_kernel(q, dropout_p=0.0) == "sdpa"
+    assert kernels.attention_kernel(q, dropout_p=0.1) == "explicit"
+    assert kernels.attention_kernel(q, dropout_p=0.0) == "sdpa"
     calls = []
     monkeypatch.setattr(modeling.F, "scaled_dot_product_attention", lambda *a, **k: calls.append(k) or 1 / 0)
     torch.manual_seed(0)

@@ -44,12 +44,13 @@ CONSTANTS = {
           "3,668": "MRPC's training set (GLUE)", "408": "MRPC's dev set (GLUE)", "67k": "SST-2's training set (GLUE)",
           "68%": "MRPC dev: 279 of 408 pairs are paraphrases", "81%": "MRPC dev: F1 of always answering paraphrase"},
     "02_tokenization_and_glue.ipynb": {"430": "sentences in tests/fixtures/tokenizer_golden.json"},
-    "03_finetuning_the_teacher.ipynb": {"64": "a setting exercise 2 asks for",
+    "03_finetuning_the_teacher.ipynb": {"64": "a setting exercise 2 asks for", "12": "BERT-base's layers",
                                         "53": "MRPC train's mean tokens per pair with MiniLM's tokenizer (53.2)"},
-    "06_ptp.ipynb": {"367": "a tenth of MRPC's 3,668 training pairs"},
+    "06_ptp.ipynb": {"367": "a tenth of MRPC's 3,668 training pairs",
+                     "50": "exercise 5's time: MRPC's teacher and 3 seeds of SPS + PKD and of Pea-KD at the stage "
+                           "times of notebooks/results/mrpc_results.json (466 + 3 x (326 + 534) s; notebook 07)"},
     "07_putting_it_together.ipynb": {"2.5": "5 PKD pairs against 2 (pkd_layer_map(6, 6) and (6, 3), notebook 04)",
                                      "0.25": "one of MRPC's 408 dev examples, in points of accuracy",
-                                     "1.1%": "bf16 against fp32, the SPS students' largest move (measured for issue 21)",
                                      "2.5%": "the band of section 3's cells (their pea_kd.rtol metadata, 0.025)"},
     "assignments/a1_attention_kd.ipynb": {**MRPC_RUN_TIMES, "6": MEASURED, "1.5": MEASURED, "16": MEASURED},
     "assignments/a2_hidden_projection.ipynb": {"192": "the student width exercise 5 asks for", "8": MEASURED},
@@ -278,10 +279,11 @@ def test_readme_times_are_read_from_the_table():
 # An absolute path of the machine that ran a notebook (a home, a checkout, a temporary directory) or a Windows drive.
 MACHINE_PATH = re.compile(r"(?<![\w.~])(?:/(?:home|Users|work|tmp|root|mnt|srv|opt|var|private)/|[A-Z]:\\)[^\s'\"]*")
 # The repository's history or its instructor-only files, which a student's copy (no tracker, no .git, no instructor/)
-# does not have: an issue number, a round of work, an instructor/ path, a short commit hash (hex with digits and
-# letters; a memory address 0x... is not one).
-HISTORY = re.compile(r"\bissues? #?\d+|\brounds? of work\b|\binstructor/|(?<!0x)\b(?=[0-9a-f]*[a-f])(?=[0-9a-f]*\d)"
-                     r"[0-9a-f]{7,12}\b", re.I)
+# does not have: an issue, round or session number, a round of work, an instructor/ path, and a commit hash (hex with
+# digits and letters; a memory address 0x... is not one) that the sentence does not present as a commit ("the code at
+# commit 93e4042" says what it is: a results file's provenance).
+HISTORY = re.compile(r"\b(?:issues?|rounds?|sessions?)\s+#?\d+|\brounds? of work\b|\binstructor/", re.I)
+HEX_HASH = re.compile(r"(?<!0x)\b(?=[0-9a-f]*[a-f])(?=[0-9a-f]*\d)[0-9a-f]{7,40}\b")
 # a tuple of whole numbers (a shape, a layer pair), not the arguments of a call such as pkd_layer_map(6, 6)
 SHAPE = re.compile(r"(?<![\w\]])\((\d+(?:,\s*\d+)+)\)")
 
@@ -304,11 +306,19 @@ def path_problems(name: str, nb) -> list[str]:
             for m in MACHINE_PATH.finditer(text)]
 
 
+def history_hits(text: str) -> list[str]:
+    """The mentions of the repository's history in `text`, in the order they appear."""
+    found = [(m.start(), m.group(0)) for m in HISTORY.finditer(text)]
+    found += [(m.start(), m.group(0)) for m in HEX_HASH.finditer(text)
+              if "commit" not in text[max(0, m.start() - 24):m.start()]]
+    return [hit for _, hit in sorted(found)]
+
+
 def history_problems(name: str, nb) -> list[str]:
     texts = [(f"markdown cell {i}", c.source) for i, c in enumerate(nb.cells) if c.cell_type == "markdown"]
     texts += [(f"the output of cell {i}", text) for i, text in stored_outputs(nb)]
-    return [f"{name}: {where} names {m.group(0)!r}, which a student's copy (no issue tracker, no .git, no instructor/) "
-            f"cannot look up" for where, text in texts for m in HISTORY.finditer(text)]
+    return [f"{name}: {where} names {hit!r}, which a student's copy (no issue tracker, no .git, no instructor/) "
+            f"cannot look up" for where, text in texts for hit in history_hits(text)]
 
 
 def shape_problems(name: str, nb) -> list[str]:
@@ -361,3 +371,29 @@ def test_the_new_guards_catch_what_they_look_for(check, markdown, printed, caugh
 def test_the_new_guards_accept_clean_text(markdown, printed):
     nb = notebook_with(markdown, printed)
     assert path_problems("nb.ipynb", nb) + history_problems("nb.ipynb", nb) + shape_problems("nb.ipynb", nb) == []
+
+
+@pytest.mark.parametrize("text, caught", [
+    ("measured for issue 21 on an AVX-512 CPU", ["issue 21"]),
+    ("as in round 3 of this work, see session 1", ["round 3", "session 1"]),
+    ("the rerun with the code of f15ab7e", ["f15ab7e"]),
+    ("seeds 0 and 1 with the code at commit f15ab7e", []),
+    ("data_ptr 93841065267904, 22,713,986 parameters, 3 rounds of KD", []),
+])
+def test_the_history_guard(text, caught):
+    assert history_hits(text) == caught
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
+def test_precision_details_in_one_place(path):
+    """How the machine computes (runtime.precision_note) is printed once, in the closing "On another machine" section
+    when the notebook has one, not in the setup cell of every notebook."""
+    nb = nbformat.read(path, as_version=4)
+    calls = [i for i, c in enumerate(nb.cells) if c.cell_type == "code" and "print(precision_note(" in c.source]
+    notes = [i for i, c in enumerate(nb.cells) if c.cell_type == "markdown"
+             and re.search(r"^#+\s*On another machine\b", c.source, re.M | re.I)]
+    name = path.relative_to(NOTEBOOK_DIR).as_posix()
+    assert len(calls) <= 1, f"{name}: precision_note() is printed in cells {calls}; print it once"
+    if notes and calls:
+        assert calls[0] > notes[0], f"{name}: precision_note() is printed in cell {calls[0]}, before the " \
+                                    f"'On another machine' section (cell {notes[0]})"

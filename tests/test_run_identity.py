@@ -210,7 +210,7 @@ def test_a_full_disk_is_one_line_and_keeps_the_last_good_checkpoint(tiny_env, tm
     monkeypatch.setattr(torch, "save", save)
     run = tmp_path / "run"
     with pytest.raises(StorageError) as err:
-        tiny_run(tiny_env, run, eval_every=3)
+        tiny_run(tiny_env, run, eval_every=3, checkpoint_every=3)
     assert str(err.value) == f"cannot write {run / 'checkpoint.pt'}: No space left on device"
     assert sorted(p.name for p in run.iterdir() if "lock" not in p.name) == ["checkpoint.pt", "log.jsonl"]
     assert torch.load(run / "checkpoint.pt", weights_only=True)["state"]["step"] == 3  # the last good one

@@ -207,11 +207,55 @@ class NanAt(torch.nn.Module):
 
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tiny_env, tmp_path):
     with pytest.raises(NonFiniteLossError, match=r"global step 7 .*checkpoint\.pt holds the last good state"):
-        tiny_run(tiny_env, tmp_path / "run", loss=NanAt(7), eval_every=3)
+        tiny_run(tiny_env, tmp_path / "run", loss=NanAt(7), eval_every=3, checkpoint_every=3)
     ckpt = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
     assert ckpt["state"]["step"] == 6
     assert all(torch.isfinite(v).all() for v in ckpt["model"].values())
     assert not (tmp_path / "run" / "result.json").exists() and not (tmp_path / "run" / "final").exists()
+
+
+def test_by_default_a_checkpoint_when_the_last_is_minutes_old_and_a_cut_run_resumes_bit_identically(
+        tiny_env, tmp_path, monkeypatch):
+    """No checkpoint_every: checkpoint.pt after a step when the last one (or the start) is CHECKPOINT_MINUTES old,
+    never at the last step (final/ and result.json follow). A fake clock that moves 3 minutes per step: 16 steps write
+    checkpoints after steps 4, 8 and 12; a run cut in step 11 resumes from step 8 to the uninterrupted run's numbers
+    and weights, bit for bit. With the real clock a run of seconds writes none."""
+    from pea_kd import run_files
+    from pea_kd.trainer import Trainer
+
+    assert run_files.CHECKPOINT_MINUTES == 10
+    minutes, saved, calls = [0.0], [], [0]
+    step, save = Trainer.step, run_files.RunFiles.save
+
+    def timed_step(self, indices, where=""):
+        calls[0] += 1
+        if calls[0] == cut_at:
+            raise KeyboardInterrupt
+        step(self, indices, where)
+        minutes[0] += 3
+
+    def recorded_save(self, trainer):
+        saved.append(trainer.state.step)
+        save(self, trainer)
+
+    monkeypatch.setattr(Trainer, "step", timed_step)
+    monkeypatch.setattr(run_files.RunFiles, "save", recorded_save)
+    cut_at = None
+    tiny_run(tiny_env, tmp_path / "real", eval_every=3)
+    assert saved == []  # seconds of work: no checkpoint
+    monkeypatch.setattr(run_files, "clock", lambda: 60 * minutes[0])
+    full, _ = tiny_run(tiny_env, tmp_path / "full", eval_every=3)
+    assert saved == [4, 8, 12]
+    cut_at, calls[0], minutes[0], saved[:] = 11, 0, 0.0, []
+    with pytest.raises(KeyboardInterrupt):
+        tiny_run(tiny_env, tmp_path / "cut", eval_every=3)
+    assert saved == [4, 8] and torch.load(tmp_path / "cut" / "checkpoint.pt", weights_only=True)["state"]["step"] == 8
+    cut_at = None
+    resumed, _ = tiny_run(tiny_env, tmp_path / "cut", eval_every=3, resume=True)
+    assert [(h["step"], h["train_loss"], h["dev_loss"], h["metrics"]) for h in resumed.history] == \
+           [(h["step"], h["train_loss"], h["dev_loss"], h["metrics"]) for h in full.history]
+    assert_same_weights(weights(tmp_path / "full" / "final"), weights(tmp_path / "cut" / "final"))
+    assert not (tmp_path / "cut" / "checkpoint.pt").exists()
 
 
 def test_existing_run_resume_rules(tiny_env, tmp_path):
@@ -256,7 +300,7 @@ def test_kill_and_resume_equals_uninterrupted_run(tiny_env, tmp_path):
         return [sys.executable, str(script), "distill", "--task", "mrpc", "--teacher-dir", str(tmp_path / "teacher"),
                 "--student-model", str(checkpoint), "--student-layers", "1", "--variant", "sps",
                 "--loss", "kd+pkd+slow", "--max-length", "32", "--epochs", "3", "--batch-size", "8", "--lr", "1e-3",
-                "--eval-every", "3", "--out-dir", str(out_dir), "--no-progress", *extra]
+                "--eval-every", "3", "--checkpoint-every", "3", "--out-dir", str(out_dir), "--no-progress", *extra]
 
     full = subprocess.run(command(tmp_path / "full"), env=env, capture_output=True, text=True, timeout=120)
     assert full.returncode == 0, full.stderr

@@ -152,8 +152,8 @@ def pkd_loss(inputs: LossInputs) -> LossResult:
     h_s, h_t = cls_pairs(inputs, "pkd")
     if h_s.shape[-1] != h_t.shape[-1]:
         raise ValueError(f"loss 'pkd': student hidden size {h_s.shape[-1]} != teacher hidden size {h_t.shape[-1]}; "
-                         f"PKD compares [CLS] vectors directly; a loss with a learned projection W (course assignment 2) "
-                         f"handles different sizes")
+                         "PKD compares [CLS] vectors directly; a loss with a learned projection W "
+                         "(course assignment 2) handles different sizes")
     loss = inputs.config.beta * normalized_mse(h_s, h_t)  # beta * MSE(norm(h_s), norm(h_t))
     return LossResult(loss, {"pkd": loss.detach()})
 
