@@ -192,11 +192,12 @@ def exercises() -> dict:
         "a1.1": {"title": "Different head counts", "notebook": "assignments/a1_attention_kd.ipynb", "fields": {
             "averaged_kl": _field("name", "'at most', 'at least' or 'either' (relative to the average of the "
                                   "per-head KLs)", "at most")}},
-        "a3.3": {"title": "Tying N to the run", "notebook": "assignments/a3_temperature_annealing.ipynb", "fields": {
+        "a3.3": {"title": "Tying N_anneal to the run", "notebook": "assignments/a3_temperature_annealing.ipynb",
+                 "fields": {
             "steps_per_epoch": _field("int", "optimiser steps in one epoch", math.ceil(3668 / 32),
                                       hints={3668 // 32: "the last, smaller batch is a step too"}),
             "total_steps": _field("int", "steps in 6 epochs", 6 * math.ceil(3668 / 32)),
-            "anneal_steps": _field("int", "N for annealing over the first half", 3 * math.ceil(3668 / 32))}},
+            "anneal_steps": _field("int", "N_anneal for annealing over the first half", 3 * math.ceil(3668 / 32))}},
         "a3.5": {"title": "T_k^2 or T_0^2?", "notebook": "assignments/a3_temperature_annealing.ipynb", "fields": {
             "start": _f("soft/hard gradient norm at T = T_0 = 10 with the factor T_0^2 = 100, 2 decimals",
                         balance["start"], 2,

@@ -333,7 +333,7 @@ class _Anneal(nn.Module):
 
 def test_annealing_checkers_reject_typical_mistakes():
     rejects(check_annealed_temperature, lambda n, t0, t1, N: t1 + (t0 - t1) * (1 - n / N),
-            "keeps falling", "min(k / N, 1)")
+            "keeps falling", "min(k / N_anneal, 1)")
     rejects(check_annealed_temperature, lambda n, t0, t1, N: t0 + (t1 - t0) * max(0, 1 - n / N), "runs backwards")
     rejects(check_annealed_kd, lambda *a, **k: _Anneal(*a, **k, t2=False), "forget the t^2 factor")
     rejects(check_annealed_kd, lambda *a, **k: _Anneal(*a, **k, kl="batchmean"), "wrong reduction", "'mean'")

@@ -90,7 +90,7 @@ ANNEAL_STEPS = [(4, 3, 0.7, "batchmean"), (3, 2, 0.5, "batchmean"), (5, 3, 0.7, 
                 (3, 3, 0.7, "mean"), (4, 2, 0.6, "batchmean"), (2, 3, 0.7, "batchmean")]
 ANNEAL_T0, ANNEAL_T_END, ANNEAL_N = 8.0, 2.0, 4
 
-# (step k, T_0, T_end, N) for the schedule alone: start, inside, the end point, past the end
+# (step k, T_0, T_end, N_anneal) for the schedule alone: start, inside, the end point, past the end
 SCHEDULE_CASES = [(0, 10.0, 1.0, 100), (1, 10.0, 1.0, 100), (50, 10.0, 1.0, 100), (99, 10.0, 1.0, 100),
                   (100, 10.0, 1.0, 100), (150, 10.0, 1.0, 100), (0, 4.0, 2.0, 10), (3, 4.0, 2.0, 10),
                   (25, 4.0, 2.0, 10)]

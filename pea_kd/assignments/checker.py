@@ -170,7 +170,7 @@ def check_annealed_temperature(fn, *, require_implemented: bool = False, verbose
     g = Grader("temperature schedule", fn, require_implemented, verbose)
     with g:
         stored = expected("schedule", C.SCHEDULE_CASES)
-        g.describe_cases([f"step n={n}, T_0={t0:g}, T_end={t1:g}, N={N}" for n, t0, t1, N in C.SCHEDULE_CASES])
+        g.describe_cases([f"step k={k}, T_0={t0:g}, T_end={t1:g}, N_anneal={N}" for k, t0, t1, N in C.SCHEDULE_CASES])
         values = [float(g.call(fn, *args, case=i)) for i, args in enumerate(C.SCHEDULE_CASES)]
         g.compare(values, [c["reference"] for c in stored["cases"]],
                   _mistake_values(stored, mistakes.SCHEDULE_MISTAKES))
@@ -194,7 +194,7 @@ def check_annealed_kd(cls, *, require_implemented: bool = False, verbose: bool =
                 raise
         module = make()
         g.check(isinstance(module, nn.Module), f"{g.fn_name}(...) must build an nn.Module (subclass nn.Module)")
-        g.check("step" in module.state_dict(), "keep the step counter n in a buffer, self.register_buffer('step', "
+        g.check("step" in module.state_dict(), "keep the step counter k in a buffer, self.register_buffer('step', "
                 "torch.zeros((), dtype=torch.long)): the trainer saves LossModule.state_dict() in checkpoint.pt, so "
                 "a Python int attribute would restart the schedule at T_0 after --resume",
                 "the step counter is a buffer in state_dict() (survives --resume)")
@@ -202,8 +202,8 @@ def check_annealed_kd(cls, *, require_implemented: bool = False, verbose: bool =
         inputs = C.annealed_cases()
         stored = expected("annealed", inputs)
         reference = [c["reference"] for c in stored["cases"]]
-        g.describe_cases([f"training call n={n}: {C.describe(x)}, T_end={T_end:g}, N={N}"
-                          for n, x in enumerate(inputs)])
+        g.describe_cases([f"training call k={k}: {C.describe(x)}, T_end={T_end:g}, N_anneal={N}"
+                          for k, x in enumerate(inputs)])
         values, snapshot = [], None
         for n, x in enumerate(inputs):
             if n == 3:
@@ -225,7 +225,7 @@ def check_annealed_kd(cls, *, require_implemented: bool = False, verbose: bool =
                 "only when self.training is True (evaluation must not move the schedule)",
                 "eval mode does not advance the counter")
         g.check(close(at_end, stored["eval_after_all_calls"]),
-                "in eval mode your loss does not use the current T_k (it should use T_end once k >= N)")
+                "in eval mode your loss does not use the current T_k (it should use T_end once k >= N_anneal)")
         x = C.logit_inputs(4, 3, C.ANNEAL_T0, 0.7, "batchmean", seed=20, teacher_grad=True)
         _teacher_detached(g, lambda: loss_total(module(x)), [x.teacher_logits])
         small = C.logit_inputs(3, 3, C.ANNEAL_T0, 0.7, "batchmean", seed=21)

@@ -58,10 +58,10 @@ PROJECTION_MISTAKES = {
 
 
 SCHEDULE_MISTAKES = {
-    "backwards": "your schedule runs backwards: it must start at T_0 (k = 0) and decrease to T_end (k >= N).",
-    "no_clip": ("your temperature keeps falling after N steps (it goes below T_end, even negative): clip the "
-                "progress, min(k / N, 1)."),
-    "off_by_one": "off by one: the first step k = 0 must use T_0 exactly; use k / N, not (k + 1) / N.",
+    "backwards": "your schedule runs backwards: it must start at T_0 (k = 0) and decrease to T_end (k >= N_anneal).",
+    "no_clip": ("your temperature keeps falling after N_anneal steps (it goes below T_end, even negative): clip "
+                "the progress, min(k / N_anneal, 1)."),
+    "off_by_one": "off by one: the first step k = 0 must use T_0 exactly; use k / N_anneal, not (k + 1) / N_anneal.",
     "constant": "your temperature never changes: T_k must move from T_0 towards T_end as k grows.",
 }
 
@@ -75,7 +75,8 @@ ANNEALED_MISTAKES = {
               "gradients (which scale as 1/T^2) comparable across temperatures."),
     "off_by_one": ("off by one: your first training call already uses T_1. Compute the loss with the current k, "
                    "then increment the counter."),
-    "no_clip": "after N steps your temperature keeps falling below T_end: clip the progress, min(k / N, 1).",
+    "no_clip": ("after N_anneal steps your temperature keeps falling below T_end: clip the progress, "
+                "min(k / N_anneal, 1)."),
     "reverse_kl": ("you computed KL(p_s || p_t), the KL the wrong way round; distillation uses "
                    "KL(softmax(z_t/T) || softmax(z_s/T))."),
     "mean_reduction": ("wrong reduction: you divided the KL by B*C ('mean') where config.kl_reduction is "
