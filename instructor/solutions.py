@@ -5,10 +5,10 @@ The checkers in pea_kd.assignments.checker grade a student's function against va
 is written directly from its equation, without the helpers of pea_kd.losses, so that instructor/tests/
 test_assignments.py can cross-check it against explicit loops and, where one exists, a built-in loss ("kd").
 
-    1. attention_kd_solution        L_attn = 1/M sum_(s,t) mean_{b, head, real q} KL(A_t[b,h,q,:] || A_s[b,h,q,:])
+    1. attention_kd_solution        L_attn = 1/M sum_(i,j) mean_{b, head a, real q} KL(A_T[b,a,q,:] || A_S[b,a,q,:])
     2. HiddenProjectionSolution     L_proj = beta * MSE(normalize(W h_s[CLS] + b), normalize(h_t[CLS]))
     3. annealed_temperature_solution / AnnealedKDSolution
-                                    T_k = T_end + (T_0 - T_end) max(0, 1 - k/N);
+                                    T_k = T_end + (T_0 - T_end) max(0, 1 - k/N_anneal);
                                     L_k = alpha T_k^2 KL(softmax(z_t/T_k) || softmax(z_s/T_k)) + (1 - alpha) CE(z_s, y)
     4. info_nce_solution            L_NCE = -1/B sum_b log softmax_b'(cos(h_s[b], h_t[b']) / tau)[b]
 """
@@ -27,21 +27,21 @@ Tensor = torch.Tensor
 # ---------------------------------------------------------------- 1. attention-distribution KD
 
 def attention_kd_solution(inputs: LossInputs) -> LossResult:
-    """Attention KD at the mapped layers: mean over (b, head, real query q) of KL(A_t[b,h,q,:] || A_s[b,h,q,:]).
+    """Attention KD at the mapped layers: mean over (b, head a, real query q) of KL(A_T[b,a,q,:] || A_S[b,a,q,:]).
 
-    L_attn = 1/M sum_{(s,t) in layer_map} 1/(A N) sum_b sum_h sum_{q: m[b,q]=1} sum_k A_t log(A_t / A_s),
-    A_s = student_attentions[s - 1], A_t = teacher_attentions[t - 1], N = sum_{b,q} m[b,q] real query rows,
+    L_attn = 1/M sum_{(i,j) in layer_map} 1/(h R) sum_b sum_a sum_{q: m[b,q]=1} sum_k A_T log(A_T / A_S),
+    A_S = student_attentions[i - 1], A_T = teacher_attentions[j - 1], R = sum_{b,q} m[b,q] real query rows,
     with 0 log 0 = 0 (padded keys have A = 0 exactly).
     """
-    mask = inputs.attention_mask.bool()  # (B, T) True = real token
+    mask = inputs.attention_mask.bool()  # (B, n) True = real token
     per_layer = []
-    for s, t in inputs.config.layer_map:
-        a_s = inputs.student_attentions[s - 1]  # (B, A, T, T); attentions[0] is layer 1 (no map for embeddings)
-        a_t = inputs.teacher_attentions[t - 1].detach()  # the teacher is a fixed target
+    for i, j in inputs.config.layer_map:
+        a_s = inputs.student_attentions[i - 1]  # (B, h, n, n); attentions[0] is layer 1 (no map for embeddings)
+        a_t = inputs.teacher_attentions[j - 1].detach()  # the teacher is a fixed target
         log_ratio = torch.log(a_t.clamp_min(1e-30)) - torch.log(a_s.clamp_min(1e-30))
-        kl_rows = torch.where(a_t > 0, a_t * log_ratio, torch.zeros_like(a_t)).sum(-1)  # (B, A, T): sum over keys k
-        real_rows = kl_rows.permute(0, 2, 1)[mask]  # (N, A): only the query rows of real tokens
-        per_layer.append(real_rows.mean())  # 1/(A N) sum
+        kl_rows = torch.where(a_t > 0, a_t * log_ratio, torch.zeros_like(a_t)).sum(-1)  # (B, h, n): sum over keys k
+        real_rows = kl_rows.permute(0, 2, 1)[mask]  # (R, h): only the query rows of real tokens
+        per_layer.append(real_rows.mean())  # 1/(h R) sum
     loss = torch.stack(per_layer).mean()  # 1/M sum over mapped layers
     return LossResult(loss, {"attention_kd": loss.detach()})
 
@@ -77,7 +77,7 @@ class HiddenProjectionSolution(nn.Module):
 # ---------------------------------------------------------------- 3. temperature annealing
 
 def annealed_temperature_solution(step: int, t_start: float, t_end: float, anneal_steps: int) -> float:
-    """T_k = T_end + (T_0 - T_end) * max(0, 1 - k / N): linear from T_0 at step k = 0 to T_end at k = N, then flat."""
+    """T_k = T_end + (T_0 - T_end) * max(0, 1 - k / N_anneal): T_0 at step k = 0, T_end from k = N_anneal on."""
     progress = min(step / anneal_steps, 1.0)  # fraction of the annealing done, clipped at 1
     return t_end + (t_start - t_end) * (1.0 - progress)
 
