@@ -1,9 +1,9 @@
 """The compute budget of a reproduction: how much arithmetic `make reproduce` is, and the least time it can take here.
 
-    F(B, T, s)    = forward_flops: one forward of a batch of B examples padded to T tokens
+    F(B, n, s)    = forward_flops: one forward of a batch of B examples padded to n tokens
                     through an encoder plan of s layer steps (2 x linear weights x tokens + attention, plus the head)
-    train(stage)  = sum over epochs, over the stage's length-bucketed batches b:  3 F(B_b, T_b, s)   (backward ~ 2F)
-    eval(stage)   = (number of evaluations) x sum over the sorted dev batches:  F(B, T, s)
+    train(stage)  = sum over epochs, over the stage's length-bucketed batches b:  3 F(B_b, n_b, s)   (backward ~ 2F)
+    eval(stage)   = (number of evaluations) x sum over the sorted dev batches:  F(B, n, s)
     bound         = FLOPs / R,  R = this machine's matmul rate in the run's precision (a large square product,
                     all threads): bf16 where the run autocasts to bf16 (--amp, runtime.resolve_amp), else fp32
 
@@ -45,13 +45,13 @@ def forward_flops(config, batch: int, seq_len: int, steps: Optional[int] = None,
                   cls_only: bool = False) -> float:
     """Estimated FLOPs of one classifier forward (a multiply-add counts 2); `steps` = encoder plan length.
 
-    per layer step: 2 * (4 H^2 + 2 H I) * B T     Q, K, V and output projections; the two feed-forward maps
-                  + 4 * B * T^2 * H               S = Q K^T and P V over all heads
+    per layer step: 2 * (4 H^2 + 2 H I) * B n     Q, K, V and output projections; the two feed-forward maps
+                  + 4 * B * n^2 * H               S = Q K^T and P V over all heads
     head:           2 * (H^2 + H C) * B           pooler and classifier on [CLS]
     cls_only (the last step computes its [CLS] row only, as training and evaluation run it; bert_mini.modeling):
-    last step:      2 * 2 H^2 * B T               K and V of every token
+    last step:      2 * 2 H^2 * B n               K and V of every token
                   + 2 * (2 H^2 + 2 H I) * B       Q, output projection and feed-forward of the B [CLS] rows
-                  + 4 * B * T * H                 one row of S and of P V per example
+                  + 4 * B * n * H                 one row of S and of P V per example
     """
     H, inner = config.hidden_size, config.intermediate_size
     steps = config.num_hidden_layers if steps is None else steps

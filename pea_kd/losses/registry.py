@@ -70,13 +70,13 @@ class LossInputs:
     """Everything a loss may read for one batch. Fields a loss does not declare in ``requires`` may be None.
 
     student_logits: (B, C) z_s (C = 1 for regression).
-    student_hidden_states: tuple of (B, T, H_s); index 0 = embeddings, index e = output of effective layer e. The last
+    student_hidden_states: tuple of (B, n, H_s) (n tokens); index 0 = embeddings, index e = output of effective layer e. The last
         one is (B, 1, H_s), its [CLS] row only, when every loss reading these states declared student_tokens="cls".
-    student_attentions: tuple of (B, A_s, T, T); index e-1 = attention probabilities of effective layer e.
+    student_attentions: tuple of (B, h_s, n, n) (h_s heads); index e-1 = attention probabilities of effective layer e.
     labels: (B,) long class ids, or float targets for regression.
     teacher_logits: (B, C) z_t.   teacher_cls_hidden: (B, L_t + 1, H_t) [CLS] vectors, index 0 = embeddings.
-    config: LossConfig.   attention_mask: (B, T) 1 = real token, 0 = padding.
-    teacher_attentions: tuple of (B, A_t, T, T), index i-1 = teacher layer i. Not in the teacher cache: needs a live
+    config: LossConfig.   attention_mask: (B, n) 1 = real token, 0 = padding.
+    teacher_attentions: tuple of (B, h_t, n, n), index i-1 = teacher layer i. Not in the teacher cache: needs a live
         teacher forward with output_attentions=True.
     Teacher tensors are targets: the built-in losses detach them.
     """
