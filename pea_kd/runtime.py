@@ -157,8 +157,8 @@ def keep_freed_memory() -> bool:
 
     1. Give back what earlier stages freed: gc.collect(), then malloc_trim(0), which returns every free page of the
        heap to the OS, the ones between blocks still in use included. Without it a process that runs many stages
-       (`reproduce`: 19) never shrinks: each stage's tensors of other sizes leave holes that stay resident, and
-       `make reproduce TASK=mrpc` grew to 5.5 GB in bf16.
+       (`reproduce`: 19) never shrinks: each stage's tensors of other sizes leave holes that stay resident, and a
+       later stage that cannot reuse them grows the heap further. With it the process peaks at its largest stage.
     2. Keep this stage's freed memory for its next step: glibc hands every allocation above 32 MB (the ceiling of
        its mmap threshold) a fresh mmap and unmaps it on free, so a tensor of that size made anew each step is faulted
        in page by page every time. The word-embedding gradient is one: dense (vocabulary x H, 47 MB for 30,522 x
