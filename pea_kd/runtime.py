@@ -5,6 +5,7 @@ Nothing here knows about training; `pea_kd.trainer` and the stages build on it.
 from __future__ import annotations
 
 import ctypes
+import gc
 import logging
 import os
 import random
@@ -146,26 +147,36 @@ def resolve_amp(amp: str, device: torch.device) -> Optional[torch.dtype]:
 
 
 M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4  # glibc's mallopt parameter numbers (malloc.h)
-KEPT_FREE_BYTES = 1 << 30  # freed heap memory glibc keeps for reuse instead of returning it to the OS
+KEPT_FREE_BYTES = 1 << 30  # freed memory at the top of the heap glibc keeps for reuse instead of returning it
 
 
 def keep_freed_memory() -> bool:
-    """Serve large tensors from the process heap and keep freed ones there (glibc Linux; elsewhere a no-op).
+    """Start a training stage on a clean heap, and serve its large tensors from the heap (glibc Linux; else a no-op).
 
-    glibc hands every allocation above 32 MB (the ceiling of its mmap threshold) a fresh mmap and unmaps it on free,
-    so a tensor of that size made anew each training step is faulted in page by page every time. The word-embedding
-    gradient is one: dense (vocabulary x H, 47 MB for 30,522 x 384), allocated in every backward pass and freed by
-    zero_grad. On the 2-core reference VM allocating and zeroing it took 100-140 ms (11,450 page faults) against
-    10-20 ms from the heap. mallopt(M_MMAP_MAX, 0) takes such blocks from the heap instead, and a 1 GiB
-    M_TRIM_THRESHOLD keeps freed memory there for the next step (the process does not shrink below its peak until it
-    exits). Process-wide, and the trainer calls it; True when set, False where malloc is not glibc's.
+    Two things, at every call (the trainer calls it once per stage, when it is built):
+
+    1. Give back what earlier stages freed: gc.collect(), then malloc_trim(0), which returns every free page of the
+       heap to the OS, the ones between blocks still in use included. Without it a process that runs many stages
+       (`reproduce`: 19) never shrinks: each stage's tensors of other sizes leave holes that stay resident, and a
+       later stage that cannot reuse them grows the heap further. With it the process peaks at its largest stage.
+    2. Keep this stage's freed memory for its next step: glibc hands every allocation above 32 MB (the ceiling of
+       its mmap threshold) a fresh mmap and unmaps it on free, so a tensor of that size made anew each step is faulted
+       in page by page every time. The word-embedding gradient is one: dense (vocabulary x H, 47 MB for 30,522 x
+       384), allocated in every backward pass and freed by zero_grad; allocating and zeroing it took 100-140 ms
+       (11,450 page faults) on a loaded 2-core VM against 10-20 ms from the heap. mallopt(M_MMAP_MAX, 0) takes such
+       blocks from the heap instead, and a 1 GiB M_TRIM_THRESHOLD keeps freed memory there for the next step.
+
+    Process-wide. True when set, False where malloc is not glibc's.
     """
     if not sys.platform.startswith("linux"):
         return False
     try:
-        mallopt = ctypes.CDLL("libc.so.6").mallopt
+        libc = ctypes.CDLL("libc.so.6")
+        mallopt, malloc_trim = libc.mallopt, libc.malloc_trim
     except (OSError, AttributeError):  # not glibc (musl has no mallopt)
         return False
+    gc.collect()  # objects of the previous stage held only by reference cycles
+    malloc_trim(0)
     return bool(mallopt(M_MMAP_MAX, 0)) and bool(mallopt(M_TRIM_THRESHOLD, KEPT_FREE_BYTES))
 
 

@@ -14,6 +14,9 @@ Each time is the median of `--iters` timed steps after `--warmup` untimed ones; 
 Precisions: fp32, and bf16 = the same step under `torch.autocast(dtype=torch.bfloat16)` (fp32 weights, AdamW state
 and loss), each next to the matmul ceiling *in that precision*. `--precision auto` (the default) measures bf16 only
 where the device has it natively (CUDA Ampere+, a CPU with AVX512-BF16 or AMX): elsewhere it is emulated and slower.
+When both precisions are measured, a last table puts bert_mini's bf16 speed-up (fp32 time / bf16 time) of a training
+step and of an inference next to the matmul ceiling's (bf16 GFLOP/s / fp32 GFLOP/s): a step that gains far less than
+the matmul does spends its time outside the matrix products (`python -m pea_kd_bench.step_profile` says where).
 
 The reference is Hugging Face `transformers.BertForSequenceClassification`, twice: with attn_implementation="sdpa"
 (its default) and "eager" (explicit softmax(Q K^T / sqrt(d) + M) V), loaded from the same checkpoint directory
@@ -319,6 +322,32 @@ def run_benchmark(model: str = "minilm-l6", device: str = "cpu", batch_size: int
     return report
 
 
+def precision_speedups(reports: dict) -> Optional[dict]:
+    """bf16 against fp32 from `main`'s reports: fp32 time / bf16 time of bert_mini's median training step and
+    inference (wall and process CPU time; > 1: bf16 is faster) and the matmul ceiling's bf16 / fp32 GFLOP/s. None
+    unless both precisions were measured."""
+    if not {"fp32", "bf16"} <= reports.keys():
+        return None
+    fp32, bf16 = reports["fp32"], reports["bf16"]
+    out = {"native_bf16": bf16["native_bf16"],
+           "matmul": bf16["matmul"]["gflops"] / fp32["matmul"]["gflops"]}
+    for mode in MODES:
+        ours = fp32["modes"][mode]["ours"], bf16["modes"][mode]["ours"]
+        out[mode] = ours[0]["median_s"] / ours[1]["median_s"]
+        out[f"{mode}_cpu"] = statistics.median(ours[0]["cpu_times_s"]) / statistics.median(ours[1]["cpu_times_s"])
+    return out
+
+
+def format_speedups(speedups: dict) -> str:
+    """The bf16 speed-ups as a small table, the matmul's last: how much of the hardware's gain a step keeps."""
+    lines = [f"bf16 speed-up over fp32 (fp32 time / bf16 time; {'native' if speedups['native_bf16'] else 'EMULATED'}"
+             " bf16):", f"  {'':30} {'wall':>7} {'CPU':>7}"]
+    lines += [f"  {'bert_mini ' + MODES[mode] + ' step':30} {speedups[mode]:6.2f}x {speedups[mode + '_cpu']:6.2f}x"
+              for mode in MODES]
+    lines.append(f"  {'matmul ceiling (GFLOP/s ratio)':30} {speedups['matmul']:6.2f}x")
+    return "\n".join(lines)
+
+
 def format_report(report: dict) -> str:
     """The human-readable table."""
     cfg, mm = report["config"], report["matmul"]
@@ -400,6 +429,10 @@ def main(argv=None) -> dict:
         parser.error(str(err))
     if "bf16" not in reports:
         print(f"bf16: not measured, {device} has no native bf16 (it would be emulated); --precision bf16 forces it")
+    speedups = precision_speedups(reports)
+    if speedups:
+        print(format_speedups(speedups) + "\n", flush=True)
+        reports["bf16_speedup"] = speedups  # next to the "fp32" and "bf16" reports, in the JSON too
     if args.json:
         write_json(reports, args.json)
         print(f"wrote {args.json}")

@@ -2,6 +2,7 @@
 import ast
 import json
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -78,6 +79,31 @@ def test_bf16_is_measured_under_autocast_next_to_a_bf16_ceiling(tiny_dir, monkey
     assert bench.resolve_precisions("auto", "cpu") == (["fp32", "bf16"] if native_bf16("cpu") else ["fp32"])
     with pytest.raises(ValueError, match="--precision 'fp8'"):
         bench.resolve_precisions("fp8", "cpu")
+
+
+def test_both_precisions_report_the_bf16_step_speedup_next_to_the_matmul_one(tiny_dir, tmp_path, capsys):
+    """With fp32 and bf16 measured (what --precision auto does where bf16 is native) the bench prints and stores
+    fp32 time / bf16 time of bert_mini's training step and inference, and the ceiling's bf16 / fp32 GFLOP/s."""
+    out = tmp_path / "bench.json"
+    reports = bench.main(["--device", "cpu", "--model", str(tiny_dir), "--batch-size", "2", "--seq-len", "8",
+                          "--iters", "3", "--warmup", "0", "--matmul-size", "32", "--no-reference",
+                          "--precision", "fp32,bf16", "--json", str(out)])
+    fp32, bf16, speedup = reports["fp32"], reports["bf16"], reports["bf16_speedup"]
+    for mode in ("train", "infer"):
+        times = [r["modes"][mode]["ours"] for r in (fp32, bf16)]
+        assert speedup[mode] == pytest.approx(times[0]["median_s"] / times[1]["median_s"])
+        cpu = [sorted(t["cpu_times_s"])[1] for t in times]  # the median of 3
+        assert speedup[f"{mode}_cpu"] == pytest.approx(cpu[0] / cpu[1])
+    assert speedup["matmul"] == pytest.approx(bf16["matmul"]["gflops"] / fp32["matmul"]["gflops"])
+    assert speedup["native_bf16"] == native_bf16("cpu")
+    text = capsys.readouterr().out
+    table = text[text.index("bf16 speed-up over fp32"):]
+    for name, key in (("training", "train"), ("inference", "infer")):
+        assert re.search(rf"bert_mini {name} step +{speedup[key]:.2f}x +{speedup[key + '_cpu']:.2f}x\n", table)
+    assert re.search(rf"matmul ceiling \(GFLOP/s ratio\) +{speedup['matmul']:.2f}x\n", table)
+    assert ("native bf16" if native_bf16("cpu") else "EMULATED bf16") in table
+    assert json.loads(out.read_text())["bf16_speedup"] == json.loads(json.dumps(speedup))
+    assert bench.precision_speedups({"fp32": fp32}) is None  # one precision: nothing to compare
 
 
 def test_reference_side_when_transformers_is_importable(tiny_dir):
