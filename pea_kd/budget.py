@@ -29,7 +29,8 @@ import torch
 
 from bert_mini import BertConfig, load_tokenizer, resolve_model_dir
 
-from .features import load_features, make_batches, split_holdout
+from .feature_cache import load_features
+from .features import make_batches, split_holdout
 from .glue import get_task
 from .methods import METHODS
 from .ptp import PTP_CLASSES

@@ -16,7 +16,7 @@ from typing import Optional
 
 from bert_mini import BertConfig, load_pretrained, load_tokenizer
 
-from .features import load_features
+from .feature_cache import load_features
 from .glue import get_task
 from .losses import LossConfig, build_loss, pkd_layer_map
 from .sps import make_plan

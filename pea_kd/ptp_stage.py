@@ -22,7 +22,8 @@ import numpy as np
 
 from bert_mini import load_tokenizer
 
-from .features import load_features, split_holdout
+from .feature_cache import load_features
+from .features import split_holdout
 from .glue import get_task
 from .ptp import PTP_CLASSES, build_ptp_labels, build_ptp_student, check_threshold, format_histogram
 from .students import save_student

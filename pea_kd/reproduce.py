@@ -22,43 +22,32 @@ and it is what the authors report.
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import json
 import logging
-import math
-import os
-import platform
 import statistics
-import subprocess
 import time
-from concurrent.futures import FIRST_COMPLETED, wait
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
 import torch
-from safetensors import safe_open
 
 from bert_mini import BertConfig, resolve_model_dir
 
 from . import __version__, distributed
-from .budget import device_words, matmul_rates, reproduce_budget
 from .defaults import default_lr
 from .distill import distill_student, teacher_layers_needed
 from .glue import PROJECT_ROOT, get_task, load_examples, split_path
 from .glue_download import ensure_task_data
-from .identity import RunMismatch
 from .losses import LossConfig
 from .methods import METHODS, Method
-from .parallel import executor, is_sps, next_unit, peak_rss_mb, resolve_jobs, start_order, worker_devices
-from .progress import ASSUMED_FRACTION, Eta, ReproduceProgress, Stage, stage_status
 from .ptp_stage import ptp_encoder_dir, run_ptp
 from .report import majority_baseline, write_report
-from .runtime import precision_name, resolve_amp, resolve_device
+from .reproduce_runs import StageRunner, run_record, stage_dirs, teacher_record
+from .runtime import resolve_device
 from .sps import make_plan
-from .teacher import CACHE_FILE, ensure_teacher_outputs, finetune_teacher
 from .storage import write_atomic
+from .teacher import ensure_teacher_outputs, finetune_teacher
 from .trainer import TrainConfig, TrainResult
 
 log = logging.getLogger(__name__)
@@ -173,10 +162,9 @@ def _train_config(cfg: ReproduceConfig, epochs: int, lr: float, seed: int) -> Tr
 def run_all(cfg: ReproduceConfig) -> dict:
     """Run (or resume) every stage and return the results dict written to results.json.
 
-    With cfg.jobs > 1 the stages run in that many worker processes, each with torch threads / jobs threads: the
-    teacher first, then the (method, seed) students, seed-major, at most `jobs` at a time. Students only read the
-    teacher's cache, so they are independent of one another. results.json lists runs in table order whatever the
-    order they finished in.
+    The teacher first, then the (method, seed) students, seed-major; with cfg.jobs > 1 at most that many at a time in
+    worker processes (reproduce_runs.StageRunner). Students only read the teacher's cache, so they are independent of
+    one another. results.json lists runs in table order whatever the order they finished in.
     """
     started = time.perf_counter()
     root = cfg.run_root
@@ -192,147 +180,36 @@ def run_all(cfg: ReproduceConfig) -> dict:
     spec = get_task(cfg.task)
     majority = majority_baseline(spec, [e.label for e in load_examples(spec, "train", data_dir)],
                                  [e.label for e in load_examples(spec, spec.dev_split, data_dir)])
-    commit = code_commit()
-    jobs, threads = resolve_jobs(cfg.jobs)
-    if jobs > 1 and distributed.is_distributed():
-        raise ValueError("reproduce: --jobs > 1 under torchrun; the torchrun processes already share every stage: "
-                         "use --jobs 1 (the default)")
     units = [(seed, m) for seed in cfg.seeds for m in METHODS if m.slug in cfg.methods]  # seed-major table order
     order = {(seed, m.name): i for i, (seed, m) in enumerate(units)}
-    queue = start_order(units)
-    # the overall view (pea_kd.progress): rank 0 alone under torchrun
-    progress = plan_progress(cfg, queue, jobs, teacher_dir, data_dir) if distributed.is_main() else None
-    quiet_workers = False
-    if jobs > 1:  # one bar per process would be unreadable: the workers train without bars, and under the overall
-        cfg = dataclasses.replace(cfg, progress=False)  # bar they log warnings only (its log line says each stage)
-        quiet_workers = progress is not None and progress.show_bar
-        log.info("running %d training processes at a time, %d torch thread(s) each", jobs, threads)
-    devices = worker_devices(jobs, cfg.device) if jobs > 1 else [cfg.device]  # CUDA: one GPU per worker slot
-    if devices != [cfg.device] * jobs:
-        log.info("worker devices (round-robin over %d visible GPUs): %s", torch.cuda.device_count(),
-                 ", ".join(f"slot {i} -> {d}" for i, d in enumerate(devices)))
-    free_slots = list(range(jobs))
-    runs, running, slots = [], {}, {}  # running: future -> (seed, Method); slots: future -> worker slot
+    stages = StageRunner(cfg, units, teacher_dir, data_dir)  # worker processes (--jobs), devices, the progress view
+    cfg = stages.cfg
+    runs = []
 
-    def report(teacher, cache_seconds, peak_mb):
+    def report(teacher, cache_seconds):
         runs.sort(key=lambda r: order[(r["seed"], r["method"])])
         results = {
-            "task": get_task(cfg.task).name, "config": dataclasses.asdict(cfg), "version": __version__,
-            "teacher": _teacher_record(teacher, cache_seconds), "majority": majority, "runs": runs,
-            "summary": summarize(runs, get_task(cfg.task).metrics),
-            "environment": {"code_commit": commit, "torch": torch.__version__, "python": platform.python_version(),
-                            "machine": platform.machine(), "cpu_count": os.cpu_count(), "jobs": jobs,
-                            "torch_threads": threads, "device": teacher.meta.get("device"), "worker_devices": devices,
-                            "data_parallel_processes": distributed.world_size(),
-                            "precision": _precision([teacher.meta] + [r["result"]["meta"] for r in runs]),
-                            "peak_rss_mb": peak_mb},
+            "task": spec.name, "config": dataclasses.asdict(cfg), "version": __version__,
+            "teacher": teacher_record(teacher, cache_seconds), "majority": majority, "runs": runs,
+            "summary": summarize(runs, spec.metrics),
+            "environment": stages.environment(teacher, runs),
             "complete": len(runs) == len(units),
             "wall_seconds_this_invocation": time.perf_counter() - started,
-            "progress": progress.summary() if progress else None,  # the plan's and the ETA's errors, when complete
+            "progress": stages.progress_summary(),  # the plan's and the ETA's errors, when complete
         }
         if distributed.is_main():  # under torchrun: rank 0 writes it
             write_report(results, root)  # after every run, so a partial table is always on disk
         return results
 
-    with executor(jobs, threads, logging.WARNING if quiet_workers else None) as pool, _fresh_start_hint(root), \
-            progress or contextlib.nullcontext():
-        if progress:
-            progress.begin("teacher")
-        teacher, cache_seconds = pool.submit(_teacher_stage, cfg, teacher_dir, data_dir, jobs * threads).result()
-        if progress:
-            progress.end("teacher")
-        while queue or running:
-            while len(running) < jobs:
-                unit = next_unit(queue, sps_running=sum(is_sps(m) for _, m in running.values()), jobs=jobs)
-                if unit is None:
-                    break
-                queue.remove(unit)
-                slot = free_slots.pop(0)
-                if devices[slot] != cfg.device:
-                    log.info("%s seed %d: worker slot %d on %s", unit[1].name, unit[0], slot, devices[slot])
-                if progress:
-                    progress.begin(stage_name(*unit))
-                future = pool.submit(_student_stage, dataclasses.replace(cfg, device=devices[slot]), unit[1], unit[0],
-                                     teacher_dir, data_dir)
-                running[future], slots[future] = unit, slot
-            done, _ = wait(running, return_when=FIRST_COMPLETED)
-            for future in done:
-                unit = running.pop(future)
-                free_slots.append(slots.pop(future))
-                runs.append(future.result())  # a failed stage raises here and stops the rest
-                if progress:
-                    progress.end(stage_name(*unit))
-            results = report(teacher, cache_seconds, peak_rss_mb())
-    if jobs > 1:  # the workers have exited: their peak memory is known now
-        results = report(teacher, cache_seconds, peak_rss_mb())
-    if progress:
-        progress.finish(results["progress"])
+    with stages:
+        teacher, cache_seconds = stages.run_teacher(_teacher_stage, teacher_dir, data_dir)
+        for finished in stages.run_students(_student_stage, teacher_dir, data_dir):
+            runs.extend(finished)
+            results = report(teacher, cache_seconds)
+    if stages.jobs > 1:  # the workers have exited: their peak memory is known now
+        results = report(teacher, cache_seconds)
+    stages.finish(results["progress"])
     return results
-
-
-def code_commit() -> Optional[str]:
-    """The git commit of the code that runs, with "+changes" when tracked files differ from it; None outside a git
-    checkout (an installed package) or without git."""
-    def git(*args) -> str:
-        return subprocess.run(["git", *args], cwd=Path(__file__).resolve().parent, capture_output=True, text=True,
-                              timeout=30, check=True).stdout.strip()
-    try:
-        head = git("rev-parse", "--short=12", "HEAD")
-        changed = git("status", "--porcelain", "--untracked-files=no")
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return head + ("+changes" if changed else "")
-
-
-def stage_name(seed: int, method: Method) -> str:
-    """A student stage's name in the progress view: "<method> seed <k>"."""
-    return f"{method.name} seed {seed}"
-
-
-def stage_dirs(root: Path, method: Method, seed: int) -> list[Path]:
-    """The run directories of one student: its PTP stage (when the method has one), then its distillation."""
-    ptp = [root / f"ptp-{method.variant}" / f"seed{seed}"] if method.ptp else []
-    return ptp + [root / method.slug / f"seed{seed}"]
-
-
-def plan_progress(cfg: ReproduceConfig, queue: list[tuple], jobs: int, teacher_dir: Path,
-                  data_dir) -> ReproduceProgress:
-    """The overall progress view of run_all: the teacher, then the students in the order they start, each with its
-    FLOPs (pea_kd.budget, on the data the stages read) and whether an earlier run already did it; R measured now in
-    the run's precision."""
-    rows = reproduce_budget(dataclasses.replace(cfg, data_dir=data_dir))
-    by_method = {row.name: row for row in rows[2:]}
-    stages = [_stage("teacher", rows[0].flops + rows[1].flops, stage_status([teacher_dir], [teacher_dir / CACHE_FILE]),
-                     alone=True)]
-    stages += [_stage(stage_name(seed, m), by_method[m.name].seed_flops[seed],
-                      stage_status(stage_dirs(cfg.run_root, m, seed))) for seed, m in queue]
-    device = resolve_device(cfg.device)
-    precision = precision_name(resolve_amp(cfg.amp, device))
-    ((size, gflops),) = matmul_rates(device, repeats=1, precisions=(precision,)).values()
-    rate = {"precision": precision, "size": size, "gflops": gflops}
-    eta = Eta(stages, 1 / (ASSUMED_FRACTION * rate["gflops"] * 1e9), jobs)
-    return ReproduceProgress(eta, rate, device_words(device), bar=cfg.progress)
-
-
-def _stage(name: str, flops: float, status: str, alone: bool = False) -> Stage:
-    return Stage(name, flops, alone=alone, status="reused" if status == "reused" else "todo",
-                 resumed=status == "resumed")
-
-
-def _precision(metas: list[dict]) -> str:
-    """The precision the stages trained in ("fp32", "bf16", ...); several joined by "+" if they differ."""
-    return "+".join(sorted({m["precision"] for m in metas}))
-
-
-@contextlib.contextmanager
-def _fresh_start_hint(root: Path):
-    """A stage directory holding a run with other settings stops the reproduction (nothing is reused or mixed):
-    the one-line error says how to start fresh here, where there is no --overwrite."""
-    try:
-        yield
-    except RunMismatch as err:
-        raise RunMismatch(err.args[0], err.args[1], f"{root} holds runs made with other settings: delete it or "
-                                                    "pass another --out-root") from None
 
 
 def _teacher_stage(cfg: ReproduceConfig, teacher_dir: Path, data_dir,
@@ -359,7 +236,7 @@ def _teacher_stage(cfg: ReproduceConfig, teacher_dir: Path, data_dir,
 
 def _student_stage(cfg: ReproduceConfig, method: Method, seed: int, teacher_dir: Path, data_dir) -> dict:
     result, ptp_result = train_method(cfg, method, seed, teacher_dir, data_dir)
-    return _run_record(method, seed, result, ptp_result)
+    return run_record(method, seed, result, ptp_result)
 
 
 def train_method(cfg: ReproduceConfig, method: Method, seed: int, teacher_dir: Path, data_dir,
@@ -382,34 +259,6 @@ def train_method(cfg: ReproduceConfig, method: Method, seed: int, teacher_dir: P
                              init_from=init_from, max_length=cfg.max_length, data_dir=data_dir,
                              config=_train_config(cfg, cfg.student_epochs, cfg.lr, seed), resume=True)
     return result, ptp_result
-
-
-def _count_parameters(final_dir: Path) -> int:
-    meta = json.loads((final_dir / "student.json").read_text(encoding="utf-8"))
-    return int(meta["num_parameters"])
-
-
-def _run_record(method: Method, seed: int, result: TrainResult, ptp: Optional[TrainResult]) -> dict:
-    final_dir = Path(result.out_dir) / "final"
-    seconds = result.seconds + (ptp.seconds if ptp is not None else 0.0)
-    return {"method": method.name, "slug": method.slug, "seed": seed, "variant": method.variant, "loss": method.loss,
-            "ptp": method.ptp, "final": result.final_metrics, "best_dev": result.best_dev_metrics,
-            "best_dev_step": result.best_dev_step, "final_step": result.final_step,
-            "parameters": _count_parameters(final_dir), "effective_layers": result.meta["effective_layers"],
-            "seconds": seconds, "ptp_result": ptp.to_dict() if ptp else None, "result": result.to_dict()}
-
-
-def _checkpoint_parameters(model_dir: Path) -> int:
-    """Number of parameters stored in a checkpoint directory's model.safetensors (buffers excluded)."""
-    with safe_open(model_dir / "model.safetensors", framework="pt") as f:
-        return sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys() if not k.endswith("position_ids"))
-
-
-def _teacher_record(teacher: TrainResult, cache_seconds: Optional[float]) -> dict:
-    return {"final": teacher.final_metrics, "best_dev": teacher.best_dev_metrics,
-            "best_dev_step": teacher.best_dev_step, "layers": teacher.meta["num_layers"],
-            "parameters": _checkpoint_parameters(Path(teacher.out_dir) / "final"), "seconds": teacher.seconds,
-            "cache_seconds": cache_seconds, "result": teacher.to_dict()}
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:

@@ -32,7 +32,8 @@ import torch
 from bert_mini import load_pretrained, load_tokenizer, save_pretrained
 
 from . import distributed
-from .features import Features, collate, load_features, make_batches, split_holdout
+from .feature_cache import load_features
+from .features import Features, collate, make_batches, split_holdout
 from .glue import get_task
 from .identity import features_digest, file_digest
 from .runtime import precision_name, resolve_amp, resolve_device, set_seed

@@ -50,7 +50,8 @@ from bert_mini import BertConfig, BertForSequenceClassification, BertTokenizer, 
 from pea_kd.cli import positive_int
 from pea_kd.defaults import configure_logging
 from pea_kd.distill import teacher_layers_needed
-from pea_kd.features import CACHE_ENV, load_features, make_batches
+from pea_kd.feature_cache import CACHE_ENV, load_features
+from pea_kd.features import make_batches
 from pea_kd.glue import Layout, TaskSpec
 from pea_kd.losses import LossConfig, pkd_layer_map
 from pea_kd.runtime import set_seed

@@ -25,7 +25,8 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from bert_mini import load_tokenizer
-from pea_kd.features import load_features, make_batches
+from pea_kd.feature_cache import load_features
+from pea_kd.features import make_batches
 from pea_kd.glue import get_task
 from pea_kd.runtime import set_seed
 from pea_kd.students import build_student

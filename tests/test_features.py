@@ -1,4 +1,5 @@
-"""pea_kd.features: encoding, the on-disk cache (round trip, invalidation, corruption), batching and collation."""
+"""pea_kd.features and pea_kd.feature_cache: encoding, the on-disk cache (round trip, invalidation, corruption),
+batching and collation."""
 import logging
 import os
 
@@ -8,8 +9,8 @@ import torch
 
 from bert_mini import load_tokenizer, resolve_model_dir
 from bert_mini.tokenization import BertTokenizer
-from pea_kd.features import (CACHE_ENV, Features, collate, count_batches, encode_examples, load_features,
-                             make_batches, padding_stats)
+from pea_kd.feature_cache import CACHE_ENV, load_features
+from pea_kd.features import Features, collate, count_batches, encode_examples, make_batches, padding_stats
 from pea_kd.glue import Example, load_examples, split_path
 
 WORDS = "the a movie film was great terrible boring quite surprisingly funny sad long plot actors music".split()
@@ -138,7 +139,7 @@ def test_cache_invalidated_by_max_length_tokenizer_and_data(glue_dir, tmp_path, 
 
     path = split_path("sst2", "train", glue_dir)
     path.write_text(path.read_text() + "an extra final row\t1\n")
-    with caplog.at_level(logging.INFO, logger="pea_kd.features"):
+    with caplog.at_level(logging.INFO, logger="pea_kd.feature_cache"):
         edited = load()
     assert counting.calls == 3 and len(edited) == len(base) + 1
     assert any("different source_sha256" in r.getMessage() for r in caplog.records)
@@ -167,7 +168,7 @@ def test_corrupt_cache_is_rebuilt_with_a_log_line(glue_dir, tmp_path, tok, caplo
             arrays["offsets"] = arrays["offsets"][::-1].copy()
         with open(path, "wb") as f:
             np.savez(f, **arrays)
-    with caplog.at_level(logging.WARNING, logger="pea_kd.features"):
+    with caplog.at_level(logging.WARNING, logger="pea_kd.feature_cache"):
         rebuilt = load_features("sst2", "train", counting, max_length=32, data_dir=glue_dir, cache_dir=cache)
     assert counting.calls == 2
     assert any("rebuilding" in r.getMessage() and str(path) in r.getMessage() for r in caplog.records)

@@ -10,10 +10,11 @@ import pytest
 import torch
 
 from pea_kd.glue import load_examples
-from pea_kd import reproduce
+from pea_kd import reproduce, reproduce_runs
 from pea_kd.parallel import next_unit, resolve_jobs, start_order
 from pea_kd.report import format_seed_table, format_table, majority_baseline, with_provenance
-from pea_kd.reproduce import METHODS, ReproduceConfig, code_commit, mean_std, smoke_data_dir, summarize
+from pea_kd.reproduce import METHODS, ReproduceConfig, mean_std, smoke_data_dir, summarize
+from pea_kd.reproduce_runs import code_commit
 
 ROOT = Path(__file__).resolve().parent.parent
 GLUE = Path(os.environ.get("GLUE_DIR") or ROOT.parent / "shared" / "glue_data")
@@ -270,11 +271,12 @@ def test_jobs_on_a_cuda_machine_get_one_gpu_each_round_robin(monkeypatch, tmp_pa
 
     monkeypatch.setattr(reproduce, "_teacher_stage", lambda *a: (SimpleNamespace(meta={"device": "cuda"}), None))
     monkeypatch.setattr(reproduce, "_student_stage", student_stage)
-    monkeypatch.setattr(reproduce, "executor", lambda jobs, threads, log_level: ThreadPoolExecutor(jobs))
-    monkeypatch.setattr(reproduce, "plan_progress", lambda *a: None)  # its matmul rate would need a real GPU
-    for name in ("_teacher_record", "summarize", "write_report", "_precision"):
-        monkeypatch.setattr(reproduce, name, lambda *a: None)
-    caplog.set_level("INFO", logger="pea_kd.reproduce")
+    monkeypatch.setattr(reproduce_runs, "executor", lambda jobs, threads, log_level: ThreadPoolExecutor(jobs))
+    monkeypatch.setattr(reproduce_runs, "plan_progress", lambda *a: None)  # its matmul rate would need a real GPU
+    for module, name in ((reproduce, "teacher_record"), (reproduce, "summarize"), (reproduce, "write_report"),
+                         (reproduce_runs, "_precision")):
+        monkeypatch.setattr(module, name, lambda *a: None)
+    caplog.set_level("INFO", logger="pea_kd.reproduce_runs")
     results = reproduce.run_all(ReproduceConfig(task="mrpc", seeds=(0, 1), methods=("ft", "kd", "pkd"), lr=5e-5,
                                                 jobs=2, out_root=str(tmp_path)))
     assert len(started) == 6 and results["environment"]["worker_devices"] == ["cuda:0", "cuda:1"]

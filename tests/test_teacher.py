@@ -9,7 +9,7 @@ from bert_mini import load_pretrained, load_tokenizer
 from pea_kd import distill as distill_module
 from pea_kd import teacher as teacher_module
 from pea_kd import teacher_cache
-from pea_kd.features import load_features
+from pea_kd.feature_cache import load_features
 from pea_kd.students import load_student
 from pea_kd.teacher import (CACHE_FILE, StaleTeacherCache, cache_teacher_outputs, ensure_teacher_outputs,
                             features_digest, finetune_teacher, load_teacher_outputs)

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 
 from bert_mini import BertConfig, BertForSequenceClassification, load_pretrained, load_tokenizer
-from pea_kd.features import load_features
+from pea_kd.feature_cache import load_features
 from pea_kd.losses import LossResult
 from pea_kd.trainer import NonFiniteLossError, TrainConfig, TrainResult, linear_schedule, param_groups, train
 
