@@ -112,7 +112,7 @@ def param_groups(modules, weight_decay: float) -> list[dict]:
 
 
 def linear_schedule(total_steps: int, warmup_steps: int) -> Callable[[int], float]:
-    """f(t) for the update at step t (0-based): (t+1)/W while t < W, then (T-t)/(T-W), reaching 0 after step T-1."""
+    """f(k) at step k (0-based): (k+1)/N_warm while k < N_warm, then (N_steps-k)/(N_steps-N_warm), 0 at k = N_steps."""
     def f(t: int) -> float:
         if t < warmup_steps:
             return (t + 1) / warmup_steps
