@@ -13,6 +13,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from .checks import SUPPORTED_ACTIVATIONS, check_config
+
 # Keys that appear in real BERT config.json files and do not change the forward pass we implement.
 _HARMLESS_KEYS = {
     "architectures", "model_type", "transformers_version", "gradient_checkpointing", "use_cache", "_name_or_path",
@@ -24,7 +26,7 @@ _HARMLESS_KEYS = {
 # Keys whose values we must check because other values mean a different model.
 _SUPPORTED_VALUES = {
     "position_embedding_type": {"absolute"},
-    "hidden_act": {"gelu"},
+    "hidden_act": SUPPORTED_ACTIVATIONS,
 }
 
 
@@ -47,17 +49,7 @@ class BertConfig:
     pad_token_id: int = 0
 
     def __post_init__(self) -> None:
-        if self.hidden_size % self.num_attention_heads:
-            raise ValueError(
-                f"BertConfig: hidden_size={self.hidden_size} is not divisible by "
-                f"num_attention_heads={self.num_attention_heads}"
-            )
-        for name in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
-                     "max_position_embeddings", "type_vocab_size"):
-            if int(getattr(self, name)) <= 0:
-                raise ValueError(f"BertConfig: {name} must be a positive integer, got {getattr(self, name)!r}")
-        if self.hidden_act not in _SUPPORTED_VALUES["hidden_act"]:
-            raise ValueError(f"BertConfig: hidden_act={self.hidden_act!r} is not supported (expected 'gelu')")
+        check_config(self)  # H divisible by A, positive sizes, exact GELU (bert_mini.checks)
 
     @property
     def head_size(self) -> int:

@@ -13,10 +13,8 @@ Three fast paths, each one commented line that says which plain equation it repl
 * `Dropout` (bert_mini.dropout): nn.Dropout's y = x * m / (1 - p), with masks drawn more cheaply on the CPU.
 * the attention kernel: where bert_mini.attention_kernels says so, softmax(Q K^T / sqrt(d_k) + M) V goes to
   PyTorch's fused kernel, the same equation without the explicit matrices below.
-* `cls_only=True`: the *last* step computes its [CLS] row only. A classifier reads nothing else of it (the pooler
-  takes x_L[:, 0]), so the other T - 1 rows of its queries, attention output and feed-forward would be thrown away;
-  their keys and values are still needed, as [CLS] attends to every token. The same equation on fewer rows (equal
-  up to float rounding, tests/test_bert_mini.py).
+* `cls_only=True`: the *last* step computes its [CLS] row only, all a classifier reads (the pooler takes x_L[:, 0]);
+  keys and values still come from every token. The same equation on fewer rows (tests/test_bert_mini.py).
 
 Module and parameter names mirror the Hugging Face checkpoints (`embeddings.word_embeddings.weight`,
 `encoder.layer.0.attention.self.query.weight`, ...), so loading a checkpoint is a plain `load_state_dict`.
@@ -32,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .attention_kernels import use_fused_kernel
+from .checks import check_input_ids, checked_plan
 from .config import BertConfig
 from .dropout import Dropout  # fast path: nn.Dropout's y = x * m / (1 - p), with cheaper CPU masks (bert_mini.dropout)
 
@@ -187,13 +186,7 @@ class BertEncoder(nn.Module):
 
     @plan.setter
     def plan(self, steps: Sequence[tuple[int, bool]]) -> None:
-        steps = [(int(i), bool(swap)) for i, swap in steps]
-        if not steps:
-            raise ValueError("encoder plan must have at least one step")
-        for i, _ in steps:
-            if not 0 <= i < len(self.layer):
-                raise ValueError(f"encoder plan refers to layer {i}, but the encoder has {len(self.layer)} layers")
-        self._plan = steps
+        self._plan = checked_plan(steps, len(self.layer))  # (int, bool) steps naming existing layers
 
     def forward(self, x, additive_mask, output_hidden_states=False, output_attentions=False, cls_only=False):
         hidden_states = [x] if output_hidden_states else None
@@ -267,11 +260,7 @@ class BertModel(BertPreTrainedModel):
         cls_only=True: the last layer computes its [CLS] row only (module docstring), so `last_hidden_state` and the
         last of `hidden_states` are (B, 1, H) and the last of `attentions` (B, A, 1, T); the pooled output is the same.
         """
-        if input_ids.dim() != 2:
-            raise ValueError(f"input_ids must have shape (batch, length), got {tuple(input_ids.shape)}")
-        if input_ids.shape[1] > self.config.max_position_embeddings:
-            raise ValueError(f"sequence length {input_ids.shape[1]} exceeds max_position_embeddings="
-                             f"{self.config.max_position_embeddings}")
+        check_input_ids(input_ids, self.config.max_position_embeddings)  # (B, T), T within the positions
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         if token_type_ids is None:

@@ -33,7 +33,8 @@ from bert_mini.download import DownloadError
 from . import distributed
 from .defaults import STAGE_DEFAULTS, configure_logging, default_lr
 from .storage import DirectoryInUse, StorageError
-from .trainer import NonFiniteLossError, TrainConfig
+from .train_checks import NonFiniteLossError
+from .trainer import TrainConfig
 
 PLUGIN_MODULES = ("pea_kd.commands", "pea_kd.export")  # may register more commands
 # argparse (< 3.13) reads "-1e-5" as an option, so `--lr -1e-5` said "expected one argument"; with every number

@@ -31,7 +31,7 @@ from typing import Callable, Optional, Sequence
 from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from .trainer import CHECKPOINT, RESULT
+from .run_files import CHECKPOINT, RESULT
 
 log = logging.getLogger(__name__)
 

@@ -13,20 +13,17 @@ The batches of epoch e are shuffled by (seed, e) alone. Every eval_every steps a
 scored (a line of out_dir/log.jsonl); at the end out_dir holds final/ (the model), best/ (keep_best) and result.json:
 `final_*` is the honest headline, `best_dev_*` is selected *and* scored on dev (as the authors report): optimistic.
 
-Deliberate differences from the authors' BertAdam loop (docs/method.md#where-we-differ): torch.optim.AdamW (with
-bias correction, eps 1e-8; BertAdam had none and eps 1e-6), one global gradient-norm clip instead of one per tensor,
-shuffled training data (theirs was sequential), the schedule applied once and run to its end, and the dev loss
-computed on dev data (C1/C2 logged the last training batch's loss).
+Where this loop differs from the authors' BertAdam loop (AdamW with bias correction, one global clip, shuffled data,
+the dev loss on dev data), and why: docs/method.md#where-we-differ.
 
 Machinery, one named call each, to skip on a first reading: several processes (pea_kd.distributed), mixed precision
 (pea_kd.mixed_precision), the batch on its device with its teacher rows or a live teacher (pea_kd.step_inputs),
 checkpoints, resume and the run directory (pea_kd.run_files), run identity (pea_kd.identity), memory and devices
-(pea_kd.runtime), the progress bar (pea_kd.train_progress).
+(pea_kd.runtime), the progress bar (pea_kd.train_progress), the checks of settings and loss (pea_kd.train_checks).
 """
 from __future__ import annotations
 
 import dataclasses
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,18 +33,14 @@ import torch
 
 from . import distributed
 from .features import Features, collate, count_batches, make_batches
-from .glue import get_task
 from .identity import run_identity
 from .losses import LossConfig, LossInputs, build_loss, task_loss
 from .mixed_precision import MixedPrecision, fp32_loss_inputs
-from .run_files import CHECKPOINT, LOG, RESULT, LoopState, RunFiles, TrainResult, locked, run_result  # noqa: F401
+from .run_files import LoopState, RunFiles, TrainResult, locked, run_result
 from .runtime import keep_freed_memory, resolve_amp, resolve_device
 from .step_inputs import StepInputs, as_teacher_rows
+from .train_checks import check_train_config, check_train_inputs, selection_key, stop_if_not_finite
 from .train_progress import TrainingBar, report
-
-
-class NonFiniteLossError(RuntimeError):
-    """The training loss became NaN or infinite. The run stops; checkpoint.pt still holds the last good state."""
 
 
 @dataclass
@@ -85,19 +78,7 @@ class TrainConfig:
     progress: Optional[bool] = None
 
     def __post_init__(self):
-        for name in ("epochs", "batch_size", "eval_batch_size"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"TrainConfig: {name} must be >= 1, got {getattr(self, name)!r}")
-        if not (self.lr > 0 and 0 <= self.warmup < 1 and self.weight_decay >= 0 and self.max_grad_norm >= 0):
-            raise ValueError(f"TrainConfig: need lr > 0, 0 <= warmup < 1, weight_decay >= 0, max_grad_norm >= 0; "
-                             f"got lr={self.lr}, warmup={self.warmup}, weight_decay={self.weight_decay}, "
-                             f"max_grad_norm={self.max_grad_norm}")
-        if self.eval_every < 0 or (self.checkpoint_every or 0) < 0 or self.seed < 0:
-            raise ValueError("TrainConfig: eval_every, checkpoint_every and seed must be >= 0")
-        if self.amp not in ("auto", "bf16", "fp16", "off"):
-            raise ValueError(f"TrainConfig: amp must be auto, bf16, fp16 or off, got {self.amp!r}")
-        # an unknown or absent device is refused here, before any work, and so is MPS under torchrun
-        distributed.check_device(resolve_device(self.device))
+        check_train_config(self)  # a one-line error for an impossible setting or an absent device (train_checks)
 
 
 def param_groups(modules, weight_decay: float) -> list[dict]:
@@ -168,11 +149,7 @@ class Trainer:
         from bert_mini import save_pretrained
 
         self.config = config = config or TrainConfig()
-        if config.select not in ("auto", "loss") and metrics_fn is None and config.select not in get_task(task).metrics:
-            raise ValueError(f"train: select={config.select!r} is not a metric of {get_task(task).name}; "
-                             f"choose loss or one of {', '.join(get_task(task).metrics)}")
-        if train_data.labels is None or dev_data.labels is None:
-            raise ValueError("train: train and dev features need labels")
+        check_train_inputs(config, task, metrics_fn, train_data, dev_data)  # select names a metric; labels exist
         self.model, self.train_data, self.dev_data, self.task = model, train_data, dev_data, task
         self.metrics_fn, self.save_fn, self.meta = metrics_fn, save_fn or save_pretrained, meta or {}
         self.out_dir, self.files = Path(out_dir), RunFiles(out_dir, config)
@@ -259,10 +236,7 @@ class Trainer:
             labels=batch["labels"], config=self.loss_config, attention_mask=batch["attention_mask"], **teacher)))
         value, parts, tokens = distributed.reduce_batch(result.total.detach(), result.parts, batch.tokens,
                                                         batch.weight)  # the global batch's L (torchrun: all ranks)
-        if not math.isfinite(value):
-            kept = self.files.checkpoint if self.files.checkpoint.is_file() else "no checkpoint"
-            raise NonFiniteLossError(f"loss is {value} at global step {self.state.step + 1} ({where}); stopped. "
-                                     f"{kept} holds the last good state; try a lower --lr or check the data")
+        stop_if_not_finite(value, self.state.step + 1, where, self.files.checkpoint)  # NaN/inf: stop, weights intact
         self.optimizer.zero_grad(set_to_none=True)
         self.precision.backward(result.total * batch.weight, self.optimizer)  # g = dL/dtheta (weight 1 in one process)
         distributed.average_gradients(self.loss_fn)  # torchrun: the loss's own parameters (DDP averages the model's)
@@ -301,11 +275,4 @@ class Trainer:
 
     def select_key(self, metrics: dict) -> str:
         """The record field that picks best_dev_*: "dev_loss" (lower is better) or a metric (higher is better)."""
-        select = self.config.select
-        if select == "loss":
-            return "dev_loss"
-        if select == "auto":
-            return next(iter(metrics)) if self.metrics_fn else get_task(self.task).primary_metric
-        if select not in metrics:
-            raise ValueError(f"train: select={select!r} is not a dev metric; available: loss, {', '.join(metrics)}")
-        return select
+        return selection_key(self.config.select, metrics, self.task, self.metrics_fn is not None)

@@ -16,7 +16,8 @@ from safetensors.torch import load_file
 from bert_mini import BertConfig, BertForSequenceClassification, load_pretrained, load_tokenizer
 from pea_kd.feature_cache import load_features
 from pea_kd.losses import LossResult
-from pea_kd.trainer import NonFiniteLossError, TrainConfig, TrainResult, linear_schedule, param_groups, train
+from pea_kd.train_checks import NonFiniteLossError
+from pea_kd.trainer import TrainConfig, TrainResult, linear_schedule, param_groups, train
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 ROOT = Path(__file__).resolve().parent.parent

@@ -17,12 +17,14 @@ and reads ``LossModule.requires`` to know which optional ``LossInputs`` fields i
 from __future__ import annotations
 
 import dataclasses
-import re
 from dataclasses import dataclass, field
 from typing import Callable, Optional, Union
 
 import torch
 from torch import nn
+
+from .checks import (add_parts, check_loss_config, check_loss_result, check_not_registered, check_registration,
+                     first_doc_line, parts_as_floats)
 
 Tensor = torch.Tensor
 
@@ -49,20 +51,7 @@ class LossConfig:
     weights: dict = field(default_factory=dict)
 
     def __post_init__(self):
-        if not 0.0 <= self.alpha <= 1.0:
-            raise ValueError(f"LossConfig: alpha must be in [0, 1], got {self.alpha}")
-        if not self.temperature > 0:
-            raise ValueError(f"LossConfig: temperature must be > 0, got {self.temperature}")
-        if not 0.0 <= self.beta < float("inf"):  # a negative PKD term would reward moving away from the teacher
-            raise ValueError(f"LossConfig: beta must be a finite number >= 0, got {self.beta}")
-        if self.kl_reduction not in ("batchmean", "mean"):
-            raise ValueError(f"LossConfig: kl_reduction must be 'batchmean' or 'mean', got {self.kl_reduction!r}")
-        try:
-            self.layer_map = [(int(s), int(t)) for s, t in self.layer_map]
-        except (TypeError, ValueError):
-            raise ValueError(f"LossConfig: layer_map must be a list of (student, teacher) int pairs, "
-                             f"got {self.layer_map!r}") from None
-        self.weights = {str(k): float(v) for k, v in dict(self.weights).items()}
+        check_loss_config(self)  # each value in its range, layer_map as int pairs (pea_kd.losses.checks)
 
 
 @dataclass
@@ -70,8 +59,8 @@ class LossInputs:
     """Everything a loss may read for one batch. Fields a loss does not declare in ``requires`` may be None.
 
     student_logits: (B, C) z_s (C = 1 for regression).
-    student_hidden_states: tuple of (B, n, H_s) (n tokens); index 0 = embeddings, index e = output of effective layer e. The last
-        one is (B, 1, H_s), its [CLS] row only, when every loss reading these states declared student_tokens="cls".
+    student_hidden_states: tuple of (B, n, H_s) (n tokens); index 0 = embeddings, index e = output of effective
+        layer e. The last is (B, 1, H_s), its [CLS] row only, when every loss reading them declared student_tokens="cls".
     student_attentions: tuple of (B, h_s, n, n) (h_s heads); index e-1 = attention probabilities of effective layer e.
     labels: (B,) long class ids, or float targets for regression.
     teacher_logits: (B, C) z_t.   teacher_cls_hidden: (B, L_t + 1, H_t) [CLS] vectors, index 0 = embeddings.
@@ -129,16 +118,6 @@ class LossEntry:
 
 
 _REGISTRY: dict[str, LossEntry] = {}
-_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
-
-
-def _first_doc_line(obj) -> str:
-    doc = (getattr(obj, "__doc__", None) or "").strip()
-    return doc.splitlines()[0].strip() if doc else "(no description: add a docstring)"
-
-
-def _identity(fn) -> tuple:
-    return getattr(fn, "__module__", None), getattr(fn, "__qualname__", None)
 
 
 def register_loss(name: str, *, needs_params: bool = False, requires=(), teacher_layers: str = "all",
@@ -160,26 +139,11 @@ def register_loss(name: str, *, needs_params: bool = False, requires=(), teacher
         and qualified name) is always allowed.
     The description shown by available_losses() is the first line of the docstring.
     """
-    if not isinstance(name, str) or not _NAME.match(name):
-        raise ValueError(f"register_loss: name must match [a-z][a-z0-9_]* (no '+'), got {name!r}")
-    requires = frozenset(requires)
-    if teacher_layers not in ("all", "layer_map"):
-        raise ValueError(f"register_loss({name!r}): teacher_layers must be 'all' or 'layer_map', "
-                         f"got {teacher_layers!r}")
-    if student_tokens not in ("all", "cls"):
-        raise ValueError(f"register_loss({name!r}): student_tokens must be 'all' or 'cls', got {student_tokens!r}")
-    unknown = requires - set(INPUT_FIELDS)
-    if unknown:
-        raise ValueError(f"register_loss({name!r}): requires has unknown fields {sorted(unknown)}; "
-                         f"LossInputs fields are {list(INPUT_FIELDS)}")
+    requires = check_registration(name, requires, teacher_layers, student_tokens, INPUT_FIELDS)  # one-line errors
 
     def decorator(fn):
-        old = _REGISTRY.get(name)
-        same_definition = old is not None and _identity(old.fn) == _identity(fn)
-        if old is not None and not (replace or same_definition):
-            raise ValueError(f"register_loss: {name!r} is already registered by {old.fn!r}; "
-                             f"pick another name or pass replace=True")
-        _REGISTRY[name] = LossEntry(name, fn, needs_params, requires, _first_doc_line(fn), teacher_layers,
+        check_not_registered(name, _REGISTRY.get(name), fn, replace)  # a taken name needs replace=True
+        _REGISTRY[name] = LossEntry(name, fn, needs_params, requires, first_doc_line(fn), teacher_layers,
                                      student_tokens)
         return fn
 
@@ -262,32 +226,14 @@ class LossModule(nn.Module):
         for name in self.names:
             fn = self.param_losses[name] if name in self.param_losses else self._fns[name]
             result = fn(inputs)
-            if not isinstance(result, LossResult):
-                raise TypeError(f"loss {name!r} returned {type(result).__name__}, expected LossResult(total, parts)")
-            if not (torch.is_tensor(result.total) and result.total.dim() == 0):
-                shape = tuple(result.total.shape) if torch.is_tensor(result.total) else type(result.total).__name__
-                raise ValueError(f"loss {name!r} returned total of shape {shape}; it must be a scalar tensor")
+            check_loss_result(name, result, LossResult)  # a LossResult with a scalar total
             w = inputs.config.weights.get(name, 1.0)
             total = w * result.total if total is None else total + w * result.total  # L = sum_i w_i L_i
-            for key, value in result.parts.items():
-                if key in parts:
-                    raise ValueError(f"losses {owner[key]!r} and {name!r} both report a part {key!r}: spec "
-                                     f"{self.spec!r} counts that term twice (e.g. 'kd' already includes (1-alpha)*CE)")
-                owner[key] = name
-                parts[key] = w * (value.detach() if torch.is_tensor(value) else value)
-        return LossResult(total, _to_floats(parts))
+            add_parts(parts, owner, name, result.parts, w, self.spec)  # w_i times each logged term, none twice
+        return LossResult(total, parts_as_floats(parts))  # one device sync for all parts
 
     def extra_repr(self) -> str:
         return f"spec={self.spec!r}"
-
-
-def _to_floats(parts: dict) -> dict[str, float]:
-    """Convert tensor parts with one device sync (a single .tolist()) instead of one .item() per part."""
-    keys = [k for k, v in parts.items() if torch.is_tensor(v)]
-    values = torch.stack([parts[k].reshape(()).float() for k in keys]).tolist() if keys else []
-    out = {k: float(v) for k, v in parts.items() if not torch.is_tensor(v)}
-    out.update(zip(keys, values))
-    return {k: out[k] for k in parts}  # keep the components' order for logging
 
 
 def build_loss(spec: str, student_hidden: Optional[int] = None, teacher_hidden: Optional[int] = None) -> LossModule:
