@@ -60,7 +60,7 @@ class LossInputs:
 
     student_logits: (B, C) z_s (C = 1 for regression).
     student_hidden_states: tuple of (B, n, H_s) (n tokens); index 0 = embeddings, index e = output of effective
-        layer e. The last is (B, 1, H_s), its [CLS] row only, when every loss reading them declared student_tokens="cls".
+        layer e. The last is (B, 1, H_s), its [CLS] row only, when every loss reading them has student_tokens="cls".
     student_attentions: tuple of (B, h_s, n, n) (h_s heads); index e-1 = attention probabilities of effective layer e.
     labels: (B,) long class ids, or float targets for regression.
     teacher_logits: (B, C) z_t.   teacher_cls_hidden: (B, L_t + 1, H_t) [CLS] vectors, index 0 = embeddings.
