@@ -133,7 +133,8 @@ def train_config_from_args(args: argparse.Namespace, lr: float) -> TrainConfig:
 
 def run_root(task: str) -> Path:
     """runs/<task>/, the task's GLUE name in lower case (runs/mrpc, runs/sst-2): where every command writes."""
-    from .glue import PROJECT_ROOT, get_task
+    from .glue import get_task
+    from .glue_files import PROJECT_ROOT
     return PROJECT_ROOT / "runs" / get_task(task).name.lower()
 
 

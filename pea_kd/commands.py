@@ -225,7 +225,7 @@ def _configure_publish(p):
 def _run_publish(args, parser):
     import json
 
-    from .glue import PROJECT_ROOT
+    from .glue_files import PROJECT_ROOT
     from .report import with_provenance
     from .storage import write_atomic
     source = Path(args.source) if args.source else run_root(args.task) / "results.json"

@@ -20,7 +20,8 @@ from pathlib import Path
 import numpy as np
 
 from .features import Features, encode_examples, padding_stats
-from .glue import PROJECT_ROOT, get_task, load_examples, split_path
+from .glue import get_task, load_examples, split_path
+from .glue_files import PROJECT_ROOT
 from .identity import file_digest
 from .storage import write_atomic
 

@@ -14,29 +14,20 @@ columns, and there are quirks a generic reader gets wrong:
 
 Every task is described by one small explicit `TaskSpec`: which file holds each split, the column names of that file
 (checked against its header), which columns are text_a / text_b / label, the label vocabulary and the metrics. Adding a
-task is adding one entry to `TASKS`. Any row that does not match its spec raises `GlueFormatError` with a one-line
-message `file:line: expected ..., got ...`; nothing is skipped silently.
+task is adding one entry to `TASKS`. Any row that does not match its spec raises `GlueFormatError` (glue_files), one
+line `file:line: expected ..., got ...`; nothing is skipped silently.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .glue_files import format_error, missing_split_error, parse_label, read_lines, resolve_data_dir, show
+
 log = logging.getLogger(__name__)
-
-# Where runs/, data/glue/ and data/cache/ go: the repository in a source checkout; the current directory when pea_kd
-# is installed as a package (never site-packages).
-_SOURCE_ROOT = Path(__file__).resolve().parent.parent
-PROJECT_ROOT = _SOURCE_ROOT if (_SOURCE_ROOT / "pyproject.toml").is_file() else Path.cwd()
-DEFAULT_DATA_DIR = PROJECT_ROOT / "data" / "glue"
-
-
-class GlueFormatError(ValueError):
-    """A GLUE file does not match its TaskSpec. The message is one line: `<file>:<line>: expected ..., got ...`."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,15 +189,6 @@ def get_task(task: str | TaskSpec) -> TaskSpec:
     return spec
 
 
-def resolve_data_dir(data_dir: str | os.PathLike | None) -> tuple[Path, str]:
-    """The GLUE root directory and where it came from: the argument, else $GLUE_DIR, else <project root>/data/glue."""
-    if data_dir is not None:
-        return Path(data_dir), "the data_dir argument"
-    if os.environ.get("GLUE_DIR"):
-        return Path(os.environ["GLUE_DIR"]), "$GLUE_DIR"
-    return DEFAULT_DATA_DIR, "the default <project root>/data/glue"
-
-
 def split_path(task: str | TaskSpec, split: str, data_dir: str | os.PathLike | None = None) -> Path:
     """Path of the TSV file holding `split` of `task` (the file need not exist)."""
     spec = get_task(task)
@@ -224,21 +206,17 @@ def load_examples(task: str | TaskSpec, split: str, data_dir: str | os.PathLike 
     spec = get_task(task)
     split = spec.resolve_split(split)
     path = split_path(spec, split, data_dir)
-    if not path.is_file():
-        root, source = resolve_data_dir(data_dir)
-        raise FileNotFoundError(
-            f"GLUE {spec.name} split {split!r} not found: no file {path} (data dir {root} from {source}); "
-            f"download it with `make data TASK={spec.directory.lower()}` or "
-            f"`python -m pea_kd download-glue --tasks {spec.directory}`")
+    if not path.is_file():  # where it looked, and how to download it
+        raise missing_split_error(spec.name, spec.directory, split, path, data_dir)
     layout = spec.files[split][1]
-    lines = _read_lines(path)
+    lines = read_lines(path)  # strict UTF-8, split on '\n' only: no CSV quoting
     first = 2 if layout.header else 1  # 1-based line number of the first data row
     if not lines:
-        raise _error(path, 1, "a header line" if layout.header else "a data row", "an empty file")
+        raise format_error(path, 1, "a header line" if layout.header else "a data row", "an empty file")
     if layout.header and tuple(lines[0].split("\t")) != layout.columns:
-        raise _error(path, 1, "header " + repr("\t".join(layout.columns)), _show(lines[0]))
+        raise format_error(path, 1, "header " + repr("\t".join(layout.columns)), show(lines[0]))
     if len(lines) < first:
-        raise _error(path, first, "at least one data row", "end of file")
+        raise format_error(path, first, "at least one data row", "end of file")
 
     width = len(layout.columns)
     col_a = layout.columns.index(layout.text_a)
@@ -251,59 +229,13 @@ def load_examples(task: str | TaskSpec, split: str, data_dir: str | os.PathLike 
             if split in spec.skip_malformed_rows:
                 skipped += 1
                 continue
-            raise _error(path, line_no, f"{width} tab-separated columns ({', '.join(layout.columns)})",
-                         f"{len(fields)}")
-        label = None if col_label is None else _parse_label(spec, fields[col_label], path, line_no)
+            raise format_error(path, line_no, f"{width} tab-separated columns ({', '.join(layout.columns)})",
+                               f"{len(fields)}")
+        raw_label = None if col_label is None else fields[col_label]  # test splits have no label column
+        label = None if raw_label is None else parse_label(spec.labels, spec.score_range, raw_label, path, line_no)
         examples.append(Example(guid=f"{split}-{line_no - first}", text_a=fields[col_a],
                                 text_b=None if col_b is None else fields[col_b], label=label))
     if skipped:
         log.warning("%s %s: skipped %d malformed rows (wrong column count; known quirk of the original file) in %s",
                     spec.name, split, skipped, path)
     return examples
-
-
-def _read_lines(path: Path) -> list[str]:
-    """Decode a file as strict UTF-8 and split it into lines on '\\n' only (no CSV quoting).
-
-    A leading byte-order mark (MRPC) is dropped, a missing final newline (CoLA dev) is fine, and Windows line endings
-    are tolerated.
-    """
-    data = path.read_bytes()
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as err:
-        line_no = data.count(b"\n", 0, err.start) + 1
-        raise _error(path, line_no, "UTF-8 text", f"byte 0x{data[err.start]:02x}") from None
-    lines = text.removeprefix("\ufeff").split("\n")
-    if lines[-1] == "":  # the final newline, or an empty file
-        lines.pop()
-    return [line.removesuffix("\r") for line in lines]
-
-
-def _parse_label(spec: TaskSpec, raw: str, path: Path, line_no: int) -> int | float:
-    """A class id (position of `raw` in spec.labels), or a finite float score (within spec.score_range) for
-    regression."""
-    if spec.labels is None:
-        try:
-            score = float(raw)
-        except ValueError:
-            score = math.nan
-        if not math.isfinite(score):
-            raise _error(path, line_no, "a numeric score", _show(raw))
-        if spec.score_range and not spec.score_range[0] <= score <= spec.score_range[1]:
-            low, high = spec.score_range
-            raise _error(path, line_no, f"a score in [{low:g}, {high:g}]", _show(raw))
-        return score
-    if raw not in spec.labels:
-        raise _error(path, line_no, f"a label in {{{', '.join(spec.labels)}}}", _show(raw))
-    return spec.labels.index(raw)
-
-
-def _show(text: str, limit: int = 80) -> str:
-    """repr() of a value for an error message: one line (tabs/newlines escaped), shortened."""
-    text = repr(text)
-    return text if len(text) <= limit else text[:limit - 3] + "..."
-
-
-def _error(path: Path, line_no: int, expected: str, got: str) -> GlueFormatError:
-    return GlueFormatError(f"{path}:{line_no}: expected {expected}, got {got}")

@@ -38,7 +38,8 @@ from typing import Optional
 
 from bert_mini.download import DownloadError, NoNetworkError, download_file, sha256_of
 
-from .glue import TaskSpec, get_task, resolve_data_dir, split_path
+from .glue import TaskSpec, get_task, split_path
+from .glue_files import resolve_data_dir
 
 log = logging.getLogger(__name__)
 

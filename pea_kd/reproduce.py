@@ -37,7 +37,8 @@ from bert_mini import BertConfig, resolve_model_dir
 from . import __version__, distributed
 from .defaults import default_lr
 from .distill import distill_student, teacher_layers_needed
-from .glue import PROJECT_ROOT, get_task, load_examples, split_path
+from .glue import get_task, load_examples, split_path
+from .glue_files import PROJECT_ROOT
 from .glue_download import ensure_task_data
 from .losses import LossConfig
 from .methods import METHODS, Method

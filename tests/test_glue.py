@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from pea_kd import glue
-from pea_kd.glue import Example, GlueFormatError, TASKS, get_task, load_examples, split_path
+from pea_kd import glue, glue_files
+from pea_kd.glue import Example, TASKS, get_task, load_examples, split_path
+from pea_kd.glue_files import GlueFormatError
 
 
 @pytest.fixture(scope="module")
@@ -129,7 +130,7 @@ def test_data_dir_from_environment_and_default(glue_dir, monkeypatch):
     monkeypatch.setenv("GLUE_DIR", str(glue_dir))
     assert len(load_examples("wnli", "dev")) == 71
     monkeypatch.delenv("GLUE_DIR")
-    assert split_path("mrpc", "dev") == glue.PROJECT_ROOT / "data" / "glue" / "MRPC" / "dev.tsv"
+    assert split_path("mrpc", "dev") == glue_files.PROJECT_ROOT / "data" / "glue" / "MRPC" / "dev.tsv"
     assert split_path("mrpc", "dev", "/x") == Path("/x/MRPC/dev.tsv")
 
 

@@ -83,7 +83,7 @@ def test_pip_install_gives_the_pea_kd_command(installed):
     out = subprocess.run([pea_kd_command, "--help"], check=True, capture_output=True, text=True,
                          cwd=tmp_path, env=OFFLINE).stdout
     assert "export-hf" in out and "reproduce" in out and "distill" in out and "download-glue" in out
-    probe = ("import json, importlib.metadata, pea_kd, bert_mini, pea_kd_bench; from pea_kd.glue import PROJECT_ROOT; "
+    probe = ("import json, importlib.metadata, pea_kd, bert_mini, pea_kd_bench; from pea_kd.glue_files import PROJECT_ROOT; "
              "from pea_kd.assignments.checker import EXPECTED_FILE; "
              "print(json.dumps([pea_kd.__file__, bert_mini.__file__, pea_kd_bench.__file__, str(PROJECT_ROOT), "
              "importlib.metadata.version('pea-kd'), EXPECTED_FILE.is_file()]))")

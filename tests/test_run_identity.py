@@ -15,7 +15,8 @@ from pea_kd import storage
 from pea_kd import teacher as teacher_module
 from test_cli import run_cli
 from pea_kd.distill import distill_student
-from pea_kd.glue import GlueFormatError, load_examples
+from pea_kd.glue import load_examples
+from pea_kd.glue_files import GlueFormatError
 from pea_kd.identity import RunMismatch, file_digest
 from pea_kd.reproduce import ReproduceConfig, run_all
 from pea_kd.storage import StorageError
