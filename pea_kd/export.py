@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from bert_mini import BertConfig, BertForSequenceClassification, load_pretrained, load_tokenizer, save_pretrained
-from bert_mini.loading import read_state_dict
+from bert_mini.checkpoint_files import read_state_dict
 
 from .cli import register_command
 from .glue import get_task

@@ -16,7 +16,7 @@ import torch
 from safetensors import safe_open
 
 from bert_mini import BertTokenizer, load_pretrained, load_tokenizer
-from bert_mini.loading import bundled_model_dir
+from bert_mini.checkpoint_files import bundled_model_dir
 from bert_mini.tokenization import tokenizer_from_dir
 from pea_kd.export import export_hf, unroll
 from pea_kd.sps import apply_plan, make_plan

@@ -7,7 +7,7 @@ import torch
 from safetensors.torch import save_file
 
 from bert_mini import BertConfig, BertForSequenceClassification, BertModel, load_pretrained, load_tokenizer, save_pretrained
-from bert_mini.loading import bundled_model_dir
+from bert_mini.checkpoint_files import bundled_model_dir
 
 TINY = dict(vocab_size=30, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32,
             max_position_embeddings=20)
