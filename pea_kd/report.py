@@ -4,7 +4,7 @@ The table separates the two ways of reading a dev score:
   final      the model at the end of training, no selection: the honest headline;
   best dev   the best evaluation seen during training, selected *and* scored on dev: optimistic (the authors' way).
 Next to the teacher it shows the floor: the majority class, what a model that ignores its input scores on dev
-(`majority_baseline`). Each method's row is a mean ± std over seeds; the seeds' own values are in
+(`majority_baseline`). Each method's row is a mean ± std over seeds (`summarize`); the seeds' own values are in
 results.json (`summary[i]["per_seed"]`) and in a second table of results.md.
 
 `with_provenance` prepares a finished results.json for notebooks/results/ (`python -m pea_kd publish-results`).
@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import datetime
 import json
+import statistics
 from pathlib import Path
 from typing import Optional
 
@@ -50,6 +51,28 @@ def majority_baseline(task, train_labels, dev_labels) -> dict:
     return {"rule": rule, "prediction": prediction, "label": label, "train_share": share,
             "train_examples": len(train), "dev_examples": len(dev),
             "metrics": compute_metrics(spec, np.full(len(dev), prediction), dev)}
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for a single value)."""
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def summarize(runs: list[dict], metrics: tuple) -> list[dict]:
+    """One row per method: mean ± std of every final and best-dev metric over seeds (and, under "per_seed", the
+    values of each seed, in %), parameters, depth, time."""
+    rows = []
+    for name in dict.fromkeys(r["method"] for r in runs):
+        mine = [r for r in runs if r["method"] == name]
+        row = {"method": name, "slug": mine[0]["slug"], "seeds": [r["seed"] for r in mine],
+               "parameters": mine[0]["parameters"], "effective_layers": mine[0]["effective_layers"],
+               "seconds": mean_std([r["seconds"] for r in mine])}
+        per_seed = {kind: {m: [100 * r[kind][m] for r in mine] for m in metrics} for kind in ("final", "best_dev")}
+        for kind, values in per_seed.items():
+            row[kind] = {m: mean_std(v) for m, v in values.items()}
+        row["per_seed"] = per_seed  # in %, in the order of row["seeds"]: what the mean ± std summarises
+        rows.append(row)
+    return rows
 
 
 def _majority_name(majority: dict) -> str:

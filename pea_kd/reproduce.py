@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,24 +31,19 @@ from typing import Optional
 
 import torch
 
-from bert_mini import BertConfig, resolve_model_dir
-
 from . import __version__, distributed
 from .defaults import default_lr
 from .distill import distill_student, teacher_layers_needed
-from .glue import get_task, load_examples, split_path
+from .glue import get_task, load_examples
 from .glue_files import PROJECT_ROOT
-from .glue_download import ensure_task_data
-from .losses import LossConfig
 from .methods import METHODS, Method
 from .ptp_stage import ptp_encoder_dir, run_ptp
-from .report import majority_baseline, write_report
+from .report import majority_baseline, summarize, write_report
+from .reproduce_setup import smoke_data_dir  # noqa: F401  (notebooks 06-08 import it from here)
+from .reproduce_setup import applicable_methods, check_settings, prepare_data, stage_train_config
 from .reproduce_runs import StageRunner, run_record, stage_dirs, teacher_record
-from .runtime import resolve_device
-from .sps import make_plan
-from .storage import write_atomic
 from .teacher import ensure_teacher_outputs, finetune_teacher
-from .trainer import TrainConfig, TrainResult
+from .trainer import TrainResult
 
 log = logging.getLogger(__name__)
 
@@ -92,15 +86,7 @@ class ReproduceConfig:
     progress: Optional[bool] = None
 
     def __post_init__(self):
-        unknown = sorted(set(self.methods) - {m.slug for m in METHODS})
-        if unknown:
-            raise ValueError(f"unknown method(s) {unknown}; expected some of {[m.slug for m in METHODS]}")
-        ptp = [m.slug for m in METHODS if m.ptp and m.slug in self.methods]
-        if ptp and get_task(self.task).is_regression:  # PTP's labels need a teacher that is right or wrong
-            if self.methods != tuple(m.slug for m in METHODS):
-                raise ValueError(f"{', '.join(ptp)}: PTP is defined for classification tasks; "
-                                 f"{get_task(self.task).name} is a regression task")
-            self.methods = tuple(m for m in self.methods if m not in ptp)  # the default: every method that applies
+        self.methods = applicable_methods(self.methods, self.task)  # known ones; PTP on classification tasks only
         if not self.seeds or not self.methods:
             raise ValueError("reproduce needs at least one seed and one method")
         if self.lr is None:
@@ -113,51 +99,12 @@ class ReproduceConfig:
         if self.smoke:  # every stage, tiny: a few dozen examples, one short epoch, one seed
             self.seeds = self.seeds[:1]
             self.teacher_epochs = self.student_epochs = self.ptp_epochs = 1
-        self.check()
-
-    def check(self) -> None:
-        """Refuse (one-line ValueError) every setting a stage would refuse, before the teacher trains for hours."""
-        for epochs, lr in ((self.teacher_epochs, self.teacher_lr), (self.student_epochs, self.lr),
-                           (self.ptp_epochs, self.lr)):
-            _train_config(self, epochs, lr, 0)  # TrainConfig's checks: epochs, lr, batch size, device
-        LossConfig(alpha=self.alpha, temperature=self.temperature, beta=self.beta)
-        teacher_layers = BertConfig.from_json(resolve_model_dir(self.teacher) / "config.json").num_hidden_layers
-        if not 1 <= self.student_layers <= teacher_layers:
-            raise ValueError(f"--student-layers {self.student_layers}: the student takes the bottom layers of the "
-                             f"{teacher_layers}-layer teacher {self.teacher}, so 1..{teacher_layers}")
-        for variant in {m.variant for m in METHODS if m.slug in self.methods}:
-            make_plan(self.student_layers, variant)
-        if self.jobs > 1 and resolve_device(self.device).type == "mps":
-            raise ValueError(f"--jobs {self.jobs} on mps: the worker processes would share the Mac's one GPU and its "
-                             "memory (not measured here); use --jobs 1, or --device cpu for CPU worker processes")
-        if self.max_length < 2 or self.smoke_examples < 1:
-            raise ValueError(f"--max-length must be >= 2 and smoke_examples >= 1, got {self.max_length}, "
-                             f"{self.smoke_examples}")
+        check_settings(self)  # every setting a stage would refuse, refused now (reproduce_setup)
 
     @property
     def run_root(self) -> Path:
         """<out_root>/<task>/ (<task>-smoke/ for smoke runs, so they never mix with real results)."""
         return Path(self.out_root) / (get_task(self.task).name.lower() + ("-smoke" if self.smoke else ""))
-
-
-def smoke_data_dir(task, data_dir, dest: Path, n: int) -> Path:
-    """A GLUE directory holding the first n rows of the task's train and dev files (header kept), for smoke runs."""
-    spec = get_task(task)
-    out = dest / spec.directory
-    out.mkdir(parents=True, exist_ok=True)
-    for split in ("train", spec.dev_split):
-        source = split_path(spec, split, data_dir)
-        has_header = spec.files[spec.resolve_split(split)][1].header
-        lines = source.read_text(encoding="utf-8").splitlines(keepends=True)
-        keep = lines[: n + int(has_header)]
-        keep[-1] = keep[-1].rstrip("\r\n") + "\n"
-        write_atomic(out / source.name, "".join(keep))
-    return dest
-
-
-def _train_config(cfg: ReproduceConfig, epochs: int, lr: float, seed: int) -> TrainConfig:
-    return TrainConfig(epochs=epochs, lr=lr, batch_size=cfg.batch_size, seed=seed, eval_every=cfg.eval_every,
-                       device=cfg.device, amp=cfg.amp, progress=cfg.progress)
 
 
 def run_all(cfg: ReproduceConfig) -> dict:
@@ -170,13 +117,7 @@ def run_all(cfg: ReproduceConfig) -> dict:
     started = time.perf_counter()
     root = cfg.run_root
     root.mkdir(parents=True, exist_ok=True)
-    data_dir = cfg.data_dir
-    with distributed.main_process_first():  # under torchrun: rank 0 fetches/writes the data, the others then read it
-        if distributed.is_main():
-            ensure_task_data(cfg.task, cfg.data_dir, progress=cfg.progress is not False)  # downloads a missing task
-        if cfg.smoke:
-            data_dir = smoke_data_dir(cfg.task, cfg.data_dir, root / "glue", cfg.smoke_examples) \
-                if distributed.is_main() else root / "glue"
+    data_dir = prepare_data(cfg, root)  # the task downloaded when missing; smoke runs: its first rows
     teacher_dir = root / "teacher"
     spec = get_task(cfg.task)
     majority = majority_baseline(spec, [e.label for e in load_examples(spec, "train", data_dir)],
@@ -224,7 +165,7 @@ def _teacher_stage(cfg: ReproduceConfig, teacher_dir: Path, data_dir,
     try:
         log.info("teacher: fine-tuning %s on %s -> %s", cfg.teacher, cfg.task, teacher_dir)
         teacher = finetune_teacher(cfg.task, out_dir=teacher_dir, model_name=cfg.teacher, max_length=cfg.max_length,
-                                   config=_train_config(cfg, cfg.teacher_epochs, cfg.teacher_lr, 0),
+                                   config=stage_train_config(cfg, cfg.teacher_epochs, cfg.teacher_lr, 0),
                                    data_dir=data_dir, resume=True)
         # one cache for every student: the union of their layer maps (every layer only if a loss may read any)
         students = [(m.loss, cfg.student_layers, m.variant) for m in METHODS if m.slug in cfg.methods]
@@ -250,7 +191,7 @@ def train_method(cfg: ReproduceConfig, method: Method, seed: int, teacher_dir: P
         log.info("%s seed %d: PTP stage -> %s", method.name, seed, ptp_dir)
         ptp_result = run_ptp(cfg.task, out_dir=ptp_dir, teacher_dir=teacher_dir, student_model=cfg.teacher,
                              num_layers=cfg.student_layers, variant=method.variant,
-                             config=_train_config(cfg, cfg.ptp_epochs, cfg.lr, seed),
+                             config=stage_train_config(cfg, cfg.ptp_epochs, cfg.lr, seed),
                              max_length=cfg.max_length, data_dir=data_dir, resume=True)
         init_from = ptp_encoder_dir(ptp_dir)
     log.info("%s seed %d: distillation -> %s", method.name, seed, run_dir)
@@ -258,27 +199,5 @@ def train_method(cfg: ReproduceConfig, method: Method, seed: int, teacher_dir: P
                              student_model=cfg.teacher, num_layers=cfg.student_layers, variant=method.variant,
                              loss=method.loss, alpha=cfg.alpha, temperature=cfg.temperature, beta=cfg.beta,
                              init_from=init_from, max_length=cfg.max_length, data_dir=data_dir,
-                             config=_train_config(cfg, cfg.student_epochs, cfg.lr, seed), resume=True)
+                             config=stage_train_config(cfg, cfg.student_epochs, cfg.lr, seed), resume=True)
     return result, ptp_result
-
-
-def mean_std(values: list[float]) -> tuple[float, float]:
-    """Mean and sample standard deviation (0 for a single value)."""
-    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
-
-
-def summarize(runs: list[dict], metrics: tuple) -> list[dict]:
-    """One row per method: mean ± std of every final and best-dev metric over seeds (and, under "per_seed", the
-    values of each seed, in %), parameters, depth, time."""
-    rows = []
-    for name in dict.fromkeys(r["method"] for r in runs):
-        mine = [r for r in runs if r["method"] == name]
-        row = {"method": name, "slug": mine[0]["slug"], "seeds": [r["seed"] for r in mine],
-               "parameters": mine[0]["parameters"], "effective_layers": mine[0]["effective_layers"],
-               "seconds": mean_std([r["seconds"] for r in mine])}
-        per_seed = {kind: {m: [100 * r[kind][m] for r in mine] for m in metrics} for kind in ("final", "best_dev")}
-        for kind, values in per_seed.items():
-            row[kind] = {m: mean_std(v) for m, v in values.items()}
-        row["per_seed"] = per_seed  # in %, in the order of row["seeds"]: what the mean ± std summarises
-        rows.append(row)
-    return rows

@@ -5,8 +5,6 @@ Machinery to skip on a first reading of pea_kd.trainer, which calls each of thes
 from __future__ import annotations
 
 import math
-from typing import Optional
-
 from . import distributed
 from .glue import get_task
 from .runtime import resolve_device

@@ -12,8 +12,9 @@ import torch
 from pea_kd.glue import load_examples
 from pea_kd import reproduce, reproduce_runs
 from pea_kd.parallel import next_unit, resolve_jobs, start_order
-from pea_kd.report import format_seed_table, format_table, majority_baseline, with_provenance
-from pea_kd.reproduce import METHODS, ReproduceConfig, mean_std, smoke_data_dir, summarize
+from pea_kd.report import format_seed_table, format_table, majority_baseline, mean_std, summarize, with_provenance
+from pea_kd.reproduce import METHODS, ReproduceConfig
+from pea_kd.reproduce_setup import smoke_data_dir
 from pea_kd.reproduce_runs import code_commit
 
 ROOT = Path(__file__).resolve().parent.parent
