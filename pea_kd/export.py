@@ -27,7 +27,8 @@ from bert_mini.checkpoint_files import read_state_dict
 from .cli import register_command
 from .glue import get_task
 from .sps import get_encoder
-from .students import STUDENT_FILE, load_student
+from .student_files import STUDENT_FILE
+from .students import load_student
 
 log = logging.getLogger(__name__)
 EXPORT_TOLERANCE = 1e-5  # max |logit difference| allowed between the source and the export (fp32)

@@ -12,8 +12,8 @@ A student is a `BertForSequenceClassification` with L real layers and an SPS pla
         classifier                                <- new again (the 4-way PTP head is discarded)
 
 `save_student` writes an HF-layout directory (config.json, model.safetensors, tokenizer files) plus `student.json`
-({variant, plan, num_layers, effective_layers, num_labels, num_parameters, extra}); `load_student` reads it back with
-plan and head.
+({variant, plan, num_layers, effective_layers, num_labels, num_parameters, extra}; pea_kd.student_files);
+`load_student` reads it back with plan and head.
 
 Outside pea_kd: an "original" student's config.json says model_type "bert", so Hugging Face's Auto classes run it
 as it is. A student with shared layers (sps, sps_no_shuffle, sps6) is NOT a plain BERT: its config.json says
@@ -22,25 +22,20 @@ L stored layers once. `python -m pea_kd export-hf DIR OUT` (`pea_kd.export`) wri
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Optional, Sequence
 
 from torch import nn
 
-from bert_mini import BertForSequenceClassification, BertTokenizer, load_pretrained, save_pretrained
+from bert_mini import BertForSequenceClassification, BertTokenizer, load_pretrained
 
 from .sps import Plan, apply_plan, get_encoder, make_plan
-from .storage import write_atomic
+from .student_files import check_stored_layers, model_type_of, read_student_meta, write_student_dir
 
 logger = logging.getLogger(__name__)
 
-STUDENT_FILE = "student.json"
-SPS_MODEL_TYPE = "pea_kd_sps"  # config.json model_type of students whose layers run more than once
 HEAD_INIT_STD = 0.02  # BERT's initializer_range: W_c ~ N(0, 0.02^2), b_c = 0
 
 
@@ -48,34 +43,6 @@ def reset_head(model: BertForSequenceClassification, std: float = HEAD_INIT_STD)
     """Re-initialise the task head in place: W_c ~ N(0, std^2), b_c = 0."""
     nn.init.normal_(model.classifier.weight, mean=0.0, std=std)
     nn.init.zeros_(model.classifier.bias)
-
-
-def model_type_of(variant: str) -> str:
-    """config.json `model_type` of a student: "bert" for a plain ("original") one, SPS_MODEL_TYPE otherwise."""
-    return "bert" if str(variant).lower() == "original" else SPS_MODEL_TYPE
-
-
-def read_student_meta(student_dir: str | os.PathLike) -> dict:
-    """The parsed `student.json` of a directory written by `save_student` (checked for the required fields)."""
-    path = Path(student_dir) / STUDENT_FILE
-    try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: not found; is {student_dir} a directory written by save_student?") from None
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path}: not valid JSON ({err.msg} at line {err.lineno})") from None
-    missing = [k for k in ("variant", "plan", "num_layers", "num_labels") if k not in meta]
-    if missing:
-        raise ValueError(f"{path}: missing field(s) {', '.join(missing)}")
-    meta["plan"] = [(int(i), bool(s)) for i, s in meta["plan"]]
-    try:
-        expected = make_plan(int(meta["num_layers"]), meta["variant"])
-    except ValueError as err:
-        raise ValueError(f"{path}: {err}") from None
-    if meta["plan"] != expected:
-        raise ValueError(f"{path}: stored plan {meta['plan']} is not the plan of variant {meta['variant']!r} "
-                         f"with {meta['num_layers']} layers")
-    return meta
 
 
 def build_student(
@@ -110,9 +77,7 @@ def build_student(
                 f"build_student: encoder_from={encoder_from} holds a {meta['num_layers']}-layer "
                 f"{meta['variant']!r} student, but variant={variant!r}, num_layers={num_layers} was asked for")
         model = load_pretrained(encoder_from, num_labels=num_labels, model_type=model_type_of(meta["variant"]))
-        if model.config.num_hidden_layers != num_layers:
-            raise ValueError(f"build_student: {encoder_from}/config.json has num_hidden_layers="
-                             f"{model.config.num_hidden_layers}, {STUDENT_FILE} says {num_layers}")
+        check_stored_layers("build_student", encoder_from, model, num_layers)  # config.json agrees with student.json
     reset_head(model)
     apply_plan(model, variant)
     return model
@@ -168,21 +133,7 @@ def save_student(
         "num_parameters": count_parameters(model),
         "extra": dict(extra_meta or {}),
     }
-    json.dumps(meta)  # fail before writing anything if extra_meta is not JSON-serialisable
-    out_dir = Path(out_dir)
-    staging = out_dir.with_name(f".{out_dir.name}.staging.{os.getpid()}")
-    if staging.exists():
-        shutil.rmtree(staging)
-    save_pretrained(model, staging, tokenizer=tokenizer, label_names=label_names, model_type=model_type_of(variant))
-    write_atomic(staging / STUDENT_FILE, json.dumps(meta, indent=2, sort_keys=True) + "\n")
-    if out_dir.exists():  # swap: rename the old dir away, the new one in, then delete the old one
-        old = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.old."))  # unique: never blocked
-        os.replace(out_dir, old)  # onto the empty dir just made
-        os.replace(staging, out_dir)
-        shutil.rmtree(old)
-    else:
-        os.replace(staging, out_dir)
-    return out_dir
+    return write_student_dir(model, out_dir, variant, meta, tokenizer, label_names)  # atomically (student_files)
 
 
 def load_student(out_dir: str | os.PathLike) -> BertForSequenceClassification:
@@ -192,13 +143,11 @@ def load_student(out_dir: str | os.PathLike) -> BertForSequenceClassification:
     if model.load_report.newly_initialized:
         raise ValueError(f"load_student: {out_dir} has no task head of shape "
                          f"({meta['num_labels']}, {model.config.hidden_size})")
-    if model.config.num_hidden_layers != int(meta["num_layers"]):
-        raise ValueError(f"load_student: {out_dir}/config.json has num_hidden_layers={model.config.num_hidden_layers}"
-                         f", {STUDENT_FILE} says {meta['num_layers']}")
+    check_stored_layers("load_student", out_dir, model, int(meta["num_layers"]))
     apply_plan(model, meta["variant"])
     model.student_meta = meta
     return model
 
 
-__all__ = ["build_student", "save_student", "load_student", "read_student_meta", "effective_layers",
-           "count_parameters", "reset_head", "model_type_of", "HEAD_INIT_STD", "STUDENT_FILE", "SPS_MODEL_TYPE"]
+__all__ = ["build_student", "save_student", "load_student", "effective_layers", "count_parameters", "reset_head",
+           "HEAD_INIT_STD"]

@@ -20,7 +20,8 @@ from bert_mini.checkpoint_files import bundled_model_dir
 from bert_mini.tokenization import tokenizer_from_dir
 from pea_kd.export import export_hf, unroll
 from pea_kd.sps import apply_plan, make_plan
-from pea_kd.students import SPS_MODEL_TYPE, load_student, save_student
+from pea_kd.student_files import SPS_MODEL_TYPE
+from pea_kd.students import load_student, save_student
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "tests" / "fixtures"

@@ -6,8 +6,8 @@ import torch
 
 from bert_mini import BertConfig, BertForSequenceClassification, BertModel, load_pretrained, save_pretrained
 from pea_kd.sps import make_plan
-from pea_kd.students import (build_student, count_parameters, effective_layers, load_student, read_student_meta,
-                             save_student)
+from pea_kd.student_files import read_student_meta
+from pea_kd.students import build_student, count_parameters, effective_layers, load_student, save_student
 
 TINY = dict(vocab_size=40, hidden_size=16, num_hidden_layers=4, num_attention_heads=4, intermediate_size=24,
             max_position_embeddings=16)
