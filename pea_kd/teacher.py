@@ -31,15 +31,13 @@ import torch
 
 from bert_mini import load_pretrained, load_tokenizer, save_pretrained
 
-from . import distributed
 from .feature_cache import load_features
 from .features import Features, collate, make_batches, split_holdout
 from .glue import get_task
 from .identity import features_digest, file_digest
 from .runtime import precision_name, resolve_amp, resolve_device, set_seed
-from .storage import directory_lock
-from .teacher_cache import (CACHE_FILE, CLS_DTYPES, MissingTeacherLayers, StaleTeacherCache, load_teacher_outputs,
-                            write_teacher_cache)
+from .teacher_cache import CACHE_FILE, CLS_DTYPES, write_teacher_cache
+from .teacher_cache_reuse import check_cls_dtype, check_teacher_head, checked_layers, reuse_or_recompute
 from .trainer import TrainConfig, TrainResult, train
 
 log = logging.getLogger(__name__)
@@ -134,18 +132,12 @@ def cache_teacher_outputs(teacher_dir, task, splits=("train", "dev"), max_length
     """
     started = time.perf_counter()
     spec = get_task(task)
-    if cls_dtype not in CLS_DTYPES:
-        raise ValueError(f"cache_teacher_outputs: cls_dtype must be one of {', '.join(CLS_DTYPES)}, got {cls_dtype!r}")
+    check_cls_dtype(cls_dtype)  # float32, float16 or bfloat16
     model_dir = teacher_model_dir(teacher_dir, which).resolve()
     model = load_pretrained(model_dir, num_labels=spec.num_labels)
-    if model.load_report.newly_initialized:
-        raise ValueError(f"{model_dir}: no fine-tuned {spec.name} head with {spec.num_labels} outputs; "
-                         "is this a teacher for another task?")
+    check_teacher_head(model, model_dir, spec)  # a fine-tuned head for this task
     num_layers = len(model.bert.encoder.plan)
-    layers = sorted(set(range(num_layers + 1) if layers is None else (int(x) for x in layers)))
-    if layers and not 0 <= layers[0] <= layers[-1] <= num_layers:
-        raise ValueError(f"cache_teacher_outputs: layers {layers} out of range for a {num_layers}-layer teacher "
-                         f"(0 = embeddings .. {num_layers})")
+    layers = checked_layers(layers, num_layers)  # sorted; None = every layer 0..L_t
     tokenizer = load_tokenizer(model_dir)
     dev = resolve_device(device)
     amp_dtype = resolve_amp(amp, dev)
@@ -185,23 +177,6 @@ def ensure_teacher_outputs(teacher_dir, task, splits=("train", "dev"), max_lengt
     args = (task, max_length, tokenizer.fingerprint, {s: len(f) for s, f in features.items()},
             {s: features_digest(f) for s, f in features.items()}, file_digest(model_dir / "model.safetensors"),
             precision_name(resolve_amp(amp, resolve_device(device))), layers, cls_dtype)
-    with distributed.main_process_first():  # under torchrun: rank 0 checks (or recomputes) it, the others then read
-        try:
-            return load_teacher_outputs(path, *args)
-        except StaleTeacherCache as err:
-            if path.is_file():  # a cache that exists but no longer matches is worth a warning; a first run is not
-                log.warning("%s; recomputing it", err)
-            else:
-                log.info("computing the teacher cache %s", path)
-        with directory_lock(teacher_dir, wait=True):
-            try:  # another process may have computed it while this one waited
-                return load_teacher_outputs(path, *args)
-            except MissingTeacherLayers as err:  # valid, but for students with other layer maps: keep theirs too
-                keep, dtype = (None if layers is None else sorted(set(layers) | set(err.stored))), err.cls_dtype
-            except StaleTeacherCache:
-                keep, dtype = layers, cls_dtype or "float32"
-            cache_teacher_outputs(teacher_dir, task, tuple(splits), max_length, data_dir, which=which,
-                                  device=device, amp=amp, layers=keep, cls_dtype=dtype)
-        return load_teacher_outputs(path, *args)
-
-
+    return reuse_or_recompute(path, args, teacher_dir, layers, cls_dtype, lambda keep, dtype: cache_teacher_outputs(
+        teacher_dir, task, tuple(splits), max_length, data_dir, which=which, device=device, amp=amp, layers=keep,
+        cls_dtype=dtype))  # the cache when valid, else recomputed under the teacher directory's lock

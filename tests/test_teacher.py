@@ -10,9 +10,10 @@ from pea_kd import distill as distill_module
 from pea_kd import teacher as teacher_module
 from pea_kd import teacher_cache
 from pea_kd.feature_cache import load_features
+from pea_kd.identity import features_digest
 from pea_kd.students import load_student
-from pea_kd.teacher import (CACHE_FILE, StaleTeacherCache, cache_teacher_outputs, ensure_teacher_outputs,
-                            features_digest, finetune_teacher, load_teacher_outputs)
+from pea_kd.teacher import CACHE_FILE, cache_teacher_outputs, ensure_teacher_outputs, finetune_teacher
+from pea_kd.teacher_cache import StaleTeacherCache, load_teacher_outputs
 from pea_kd.trainer import TrainConfig
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -173,7 +174,7 @@ def test_ensure_reuses_a_cache_holding_the_layers_asked_for_and_extends_one_that
     assert calls == [[1], [1, 2], None]
     tok = load_tokenizer(teacher_dir / "final")
     cache_teacher_outputs(teacher_dir, "mrpc", max_length=32, layers=[1])
-    with pytest.raises(teacher_module.MissingTeacherLayers, match=r"holds layers \[1\] of 0..2, not \[0, 2\]"):
+    with pytest.raises(teacher_cache.MissingTeacherLayers, match=r"holds layers \[1\] of 0..2, not \[0, 2\]"):
         load_teacher_outputs(teacher_dir / CACHE_FILE, "mrpc", 32, tok.fingerprint, {"train": 64}, layers=[0, 1, 2])
 
 
