@@ -33,6 +33,7 @@ import torch
 
 from .glue import Example
 from .identity import derived_digest, rows_digest
+from .input_checks import check_feature_lengths, check_uniform_split, checked_indices
 
 # Examples per tokenizer call. One call over MNLI-sized data (400k pairs) held every example's token lists as Python
 # objects at once: 2.7 GB peak; in chunks the peak does not grow with N, and the tokenizer still uses all cores.
@@ -58,11 +59,7 @@ class Features:
     _lengths: Optional[np.ndarray] = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self):
-        n = len(self.input_ids)
-        if len(self.token_type_ids) != n:
-            raise ValueError(f"Features: {n} input_ids but {len(self.token_type_ids)} token_type_ids")
-        if self.labels is not None and len(self.labels) != n:
-            raise ValueError(f"Features: {n} examples but {len(self.labels)} labels")
+        check_feature_lengths(len(self.input_ids), self.token_type_ids, self.labels)  # one entry per example
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -99,7 +96,7 @@ class Features:
 
     def subset(self, indices: Sequence[int] | np.ndarray) -> "Features":
         """The examples at `indices`, in that order (e.g. a SMOKE-mode sample or a held-out part of train)."""
-        idx = _check_indices(self, indices)
+        idx = checked_indices(len(self), indices)  # int64, each in [0, N)
         sub = Features([self.input_ids[i] for i in idx], [self.token_type_ids[i] for i in idx],
                        None if self.labels is None else self.labels[idx])
         sub._digest = derived_digest(self.digest, b"subset", idx.tobytes())  # O(len(idx)), no token is read
@@ -137,13 +134,7 @@ def encode_examples(examples: Sequence[Example], tokenizer, max_length: int = 12
     class ids, or float32 when any label is a float (regression, STS-B).
     """
     examples = list(examples)
-    for what, missing in (("text_b", [e.text_b is None for e in examples]),
-                          ("label", [e.label is None for e in examples])):
-        if any(missing) and not all(missing):
-            bad = examples[missing.index(not missing[0])]
-            state = ("None", "set") if missing[0] else ("set", "None")
-            raise ValueError(f"encode_examples: example {bad.guid} has {what} {state[1]} but example "
-                             f"{examples[0].guid} has it {state[0]}; a split must be uniform")
+    check_uniform_split(examples)  # all pairs or all single sentences, all labeled or none
     if not examples:
         return Features([], [], None)
     pair = examples[0].text_b is not None
@@ -224,7 +215,7 @@ def collate(features: Features, indices: Sequence[int] | np.ndarray, pad_token_i
     attention_mask (1 = real token, 0 = padding), all (B, T_max); labels (B,) (int64, or float32 for regression;
     absent for an unlabeled split); index (B,) = the example indices, in batch order.
     """
-    idx = _check_indices(features, indices)
+    idx = checked_indices(len(features), indices)  # int64, each in [0, N)
     if len(idx) == 0:
         raise ValueError("collate: empty batch")
     lengths = [len(features.input_ids[i]) for i in idx]
@@ -275,11 +266,3 @@ def padding_stats(features: Features | np.ndarray, batch_size: int, max_length: 
     stats["attention_saving_vs_fixed"] = 1 - positions(bucketed, 2) / max(len(lengths) * max_length ** 2, 1)
     return stats
 
-
-def _check_indices(features: Features, indices) -> np.ndarray:
-    """Indices as an int64 array, each in [0, N) (negative indices are refused, not wrapped)."""
-    idx = np.asarray(indices, dtype=np.int64).reshape(-1)
-    if len(idx) and (idx.min() < 0 or idx.max() >= len(features)):
-        bad = idx[(idx < 0) | (idx >= len(features))][0]
-        raise IndexError(f"example index {bad} out of range for {len(features)} examples")
-    return idx

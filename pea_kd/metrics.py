@@ -19,24 +19,12 @@ from __future__ import annotations
 import numpy as np
 
 from pea_kd.glue import TaskSpec, get_task
-
-
-def _as_pair(predictions, labels) -> tuple[np.ndarray, np.ndarray]:
-    """Both inputs as 1-D arrays of the same, non-zero length (ValueError otherwise)."""
-    p, y = np.asarray(predictions), np.asarray(labels)
-    for name, a in (("predictions", p), ("labels", y)):
-        if a.ndim != 1:
-            raise ValueError(f"{name} must be a 1-D array, got shape {a.shape}")
-    if len(p) != len(y):
-        raise ValueError(f"predictions and labels differ in length: {len(p)} vs {len(y)}")
-    if len(p) == 0:
-        raise ValueError("predictions and labels are empty")
-    return p, y
+from pea_kd.input_checks import as_pair, check_task_inputs  # 1-D, equal lengths, the task's kind of values
 
 
 def accuracy(predictions, labels) -> float:
     """Fraction of predictions equal to the label."""
-    p, y = _as_pair(predictions, labels)
+    p, y = as_pair(predictions, labels)
     return float(np.mean(p == y))
 
 
@@ -46,7 +34,7 @@ def f1_score(predictions, labels, positive: int = 1) -> float:
     F1 = 2PR / (P + R) with P = TP / (TP + FP), R = TP / (TP + FN), which simplifies to F1 = 2TP / (2TP + FP + FN).
     Defined as 0.0 when TP + FP + FN = 0 (no true and no predicted positive).
     """
-    p, y = _as_pair(predictions, labels)
+    p, y = as_pair(predictions, labels)
     tp = np.sum((p == positive) & (y == positive))
     fp = np.sum((p == positive) & (y != positive))
     fn = np.sum((p != positive) & (y == positive))
@@ -62,7 +50,7 @@ def matthews_corrcoef(predictions, labels) -> float:
     For two classes this is the familiar (TP TN - FP FN) / sqrt((TP+FP)(TP+FN)(TN+FP)(TN+FN)).
     Defined as 0.0 when the denominator is 0, i.e. when all predictions or all labels are one class.
     """
-    p, y = _as_pair(predictions, labels)
+    p, y = as_pair(predictions, labels)
     classes = np.union1d(p, y)
     t = np.array([np.sum(y == k) for k in classes], dtype=np.float64)
     q = np.array([np.sum(p == k) for k in classes], dtype=np.float64)
@@ -76,7 +64,7 @@ def pearson(predictions, labels) -> float:
 
     Defined as 0.0 when either side is constant (zero variance).
     """
-    x, y = _as_pair(predictions, labels)
+    x, y = as_pair(predictions, labels)
     if np.all(x == x[0]) or np.all(y == y[0]):  # constant: exactly 0 (x - mean(x) need not round to 0)
         return 0.0
     x = x.astype(np.float64) - np.mean(x, dtype=np.float64)
@@ -99,7 +87,7 @@ def rankdata(values) -> np.ndarray:
 
 def spearman(predictions, labels) -> float:
     """Spearman's rank correlation: Pearson correlation of the ranks (ties get average ranks). 0.0 if constant."""
-    x, y = _as_pair(predictions, labels)
+    x, y = as_pair(predictions, labels)
     return pearson(rankdata(x), rankdata(y))
 
 
@@ -117,21 +105,6 @@ METRICS = {"acc": accuracy, "f1": f1_score, "acc_and_f1": acc_and_f1, "mcc": mat
            "pearson": pearson, "spearman": spearman, "corr": corr}
 
 
-def _check_task_inputs(spec: TaskSpec, p: np.ndarray, y: np.ndarray) -> None:
-    """Regression: finite numbers. Classification: integer class ids in 0 .. num_labels - 1."""
-    for name, a in (("predictions", p), ("labels", y)):
-        if spec.is_regression:
-            if not (np.issubdtype(a.dtype, np.number) and np.all(np.isfinite(a))):
-                raise ValueError(f"{spec.name}: {name} must be finite numbers, got dtype {a.dtype} "
-                                 "containing non-numeric, NaN or infinite values")
-        elif not (np.issubdtype(a.dtype, np.integer) or a.dtype == np.bool_):
-            raise ValueError(f"{spec.name}: {name} must be integer class ids, got dtype {a.dtype} with shape "
-                             f"{a.shape} (take the argmax of the logits first)")
-        elif a.min() < 0 or a.max() >= spec.num_labels:
-            raise ValueError(f"{spec.name}: {name} must be class ids in 0..{spec.num_labels - 1}, "
-                             f"got values from {a.min()} to {a.max()}")
-
-
 def compute_metrics(task: str | TaskSpec, predictions, labels) -> dict[str, float]:
     """All metrics of `task` (its spec.metrics) for 1-D predictions against gold labels.
 
@@ -139,6 +112,6 @@ def compute_metrics(task: str | TaskSpec, predictions, labels) -> dict[str, floa
     Raises ValueError for mismatched lengths, empty or non-1-D inputs, float class ids or out-of-range classes.
     """
     spec = get_task(task)
-    p, y = _as_pair(predictions, labels)
-    _check_task_inputs(spec, p, y)
+    p, y = as_pair(predictions, labels)
+    check_task_inputs(spec, p, y)  # class ids in range, or finite scores
     return {name: METRICS[name](p, y) for name in spec.metrics}

@@ -42,6 +42,7 @@ from typing import Optional
 import torch
 from torch import nn
 
+from .input_checks import check_ptp_inputs, check_threshold
 from .students import build_student, load_student
 
 logger = logging.getLogger(__name__)
@@ -90,33 +91,11 @@ def true_median(values: torch.Tensor) -> float:
     return float(v[n // 2]) if n % 2 else float((v[n // 2 - 1] + v[n // 2]) / 2)
 
 
-def check_threshold(name: str, value) -> Optional[float]:
-    """A PTP threshold: None (the median) or a number in (0, 1]; ValueError otherwise."""
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < float(value) <= 1.0:
-        raise ValueError(f"build_ptp_labels: {name} must be a number in (0, 1], got {value!r}")
-    return float(value)
-
-
 def build_ptp_labels(teacher_logits, labels, t1: Optional[float] = None, t2: Optional[float] = None) -> PTPLabels:
     """PTP classes from the teacher's logits (N, C) and the gold labels (N,); thresholds default to the medians."""
     z = torch.as_tensor(teacher_logits)
     y = torch.as_tensor(labels)
-    if z.dim() == 2 and z.shape[1] == 1 or z.dim() == 1 or y.is_floating_point():
-        raise ValueError(
-            "PTP is defined for classification tasks; STS-B (regression) has no correct/wrong teacher prediction: "
-            f"got teacher_logits of shape {tuple(z.shape)} and labels of dtype {y.dtype}")
-    if z.dim() != 2 or z.shape[0] == 0:
-        raise ValueError(f"build_ptp_labels: teacher_logits must have shape (N, C) with N >= 1, got {tuple(z.shape)}")
-    if y.shape != (z.shape[0],):
-        raise ValueError(f"build_ptp_labels: labels must have shape ({z.shape[0]},) to match teacher_logits "
-                         f"{tuple(z.shape)}, got {tuple(y.shape)}")
-    if not z.is_floating_point() or not torch.isfinite(z).all():
-        raise ValueError("build_ptp_labels: teacher_logits must be finite floating-point values")
-    if y.dtype == torch.bool or y.min() < 0 or y.max() >= z.shape[1]:
-        raise ValueError(f"build_ptp_labels: labels must be class ids in [0, {z.shape[1]}), "
-                         f"got values in [{int(y.min())}, {int(y.max())}]")
+    check_ptp_inputs(z, y)  # classification only: finite (N, C) logits, N class ids
     t1, t2 = check_threshold("t1", t1), check_threshold("t2", t2)
 
     confidence = torch.softmax(z.double(), dim=1).max(dim=1).values  # c = max_j softmax(z_t)_j, (N,)
