@@ -175,6 +175,20 @@ def read_tokenizer_json(path: Path) -> tuple[list[str], bool]:
     return tokens, bool(normalizer.get("lowercase", True))
 
 
+def vocab_ids(tokens: list[str], special_tokens, source: str) -> dict[str, int]:
+    """{token: id} for a vocabulary whose token i has id i, refusing a duplicate entry (naming its line) or a
+    vocabulary without every one of `special_tokens`."""
+    vocab = {}
+    for line_no, token in enumerate(tokens):
+        if token in vocab:
+            raise ValueError(f"{source}:{line_no + 1}: duplicate vocabulary entry {token!r}")
+        vocab[token] = line_no
+    missing = [t for t in special_tokens if t not in vocab]
+    if missing:
+        raise ValueError(f"{source}: special tokens {missing} are missing from the vocabulary")
+    return vocab
+
+
 def write_tokenizer_files(directory: Path, vocab_bytes: bytes, lowercase: bool, model_max_length: int) -> None:
     """vocab.txt (byte for byte), tokenizer_config.json (do_lower_case, the class BertTokenizer, model_max_length)
     and special_tokens_map.json, written in place in an existing `directory`."""

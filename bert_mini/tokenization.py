@@ -21,7 +21,7 @@ import torch
 from tokenizers import Tokenizer, normalizers, pre_tokenizers, processors
 from tokenizers.models import WordPiece
 
-from .checkpoint_files import read_tokenizer_json, tokenizer_casing, write_tokenizer_files
+from .checkpoint_files import read_tokenizer_json, tokenizer_casing, vocab_ids, write_tokenizer_files
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 
@@ -58,15 +58,7 @@ class BertTokenizer:
 
     def _setup(self, tokens: list[str], vocab_bytes: bytes, source: str, lowercase: bool) -> None:
         """Build the pipeline from the vocabulary (token on line i has id i) and the casing."""
-        vocab = {}
-        for line_no, token in enumerate(tokens):
-            if token in vocab:
-                raise ValueError(f"{source}:{line_no + 1}: duplicate vocabulary entry {token!r}")
-            vocab[token] = line_no
-        missing = [t for t in SPECIAL_TOKENS if t not in vocab]
-        if missing:
-            raise ValueError(f"{source}: special tokens {missing} are missing from the vocabulary")
-        self.vocab = vocab
+        self.vocab = vocab = vocab_ids(tokens, SPECIAL_TOKENS, source)  # token -> id; duplicates refused
         self.lowercase = lowercase
         self._vocab_bytes = vocab_bytes  # written back byte for byte by `save`
         self.pad_token_id = vocab["[PAD]"]

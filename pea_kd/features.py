@@ -24,7 +24,6 @@ back in example order and how cached teacher outputs (rows in example order) are
 """
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
@@ -32,7 +31,7 @@ import numpy as np
 import torch
 
 from .glue import Example
-from .identity import derived_digest, rows_digest
+from .identity import derived_digest, inputs_digest, rows_digest
 from .input_checks import check_feature_lengths, check_uniform_split, checked_indices
 
 # Examples per tokenizer call. One call over MNLI-sized data (400k pairs) held every example's token lists as Python
@@ -74,11 +73,10 @@ class Features:
 
     @property
     def digest(self) -> str:
-        """sha256 (16 hex digits) naming the model inputs, token and segment ids (not the labels): equal digests =
-        identical inputs. Computed once, when the features are encoded, and stored with them in the cache file, so a
-        run never hashes 400k examples again; a subset's is derived from its parent's and the indices taken."""
+        """sha256 (16 hex digits) naming the token and segment ids (not the labels), recorded in the cache file when
+        they are encoded: a run never hashes them again; a subset's is derived from its parent's and the indices."""
         if self._digest is None:  # Features built by hand, or by dataclasses.replace
-            self._digest = _inputs_digest(self.input_ids, self.token_type_ids)
+            self._digest = inputs_digest(self.input_ids, self.token_type_ids)
         return self._digest
 
     @property
@@ -118,13 +116,6 @@ class Features:
         out._digest, out._lengths = self._digest, self._lengths
         return out
 
-
-def _inputs_digest(input_ids: Sequence[np.ndarray], token_type_ids: Sequence[np.ndarray]) -> str:
-    """sha256 (16 hex digits) over every example's int32 token ids and int8 segment ids."""
-    h = hashlib.sha256()
-    for ids, types in zip(input_ids, token_type_ids):
-        h.update(ids.astype("int32").tobytes() + b"|" + types.astype("int8").tobytes() + b";")
-    return h.hexdigest()[:16]
 
 
 def encode_examples(examples: Sequence[Example], tokenizer, max_length: int = 128) -> Features:

@@ -110,6 +110,14 @@ def derived_digest(parent: str, *parts: bytes) -> str:
     return h.hexdigest()[:16]
 
 
+def inputs_digest(input_ids, token_type_ids) -> str:
+    """sha256 (16 hex digits) over every example's int32 token ids and int8 segment ids (Features.digest)."""
+    h = hashlib.sha256()
+    for ids, types in zip(input_ids, token_type_ids):
+        h.update(ids.astype("int32").tobytes() + b"|" + types.astype("int8").tobytes() + b";")
+    return h.hexdigest()[:16]
+
+
 def features_digest(features) -> str:
     """The digest of the model inputs (token and segment ids) recorded with `features` (Features.digest): equal
     digests = identical model inputs."""

@@ -13,12 +13,10 @@ every example gets one of 4 PTP classes, the same 4 for every task (binary or 3-
     2  confidently wrong       y_hat != y  and  c >  t2
     3  unconfidently wrong     y_hat != y  and  c <= t2
 
-(exactly the authors' inequalities: a confidence equal to the threshold is "unconfident"). t1 is the threshold for
-correct predictions, t2 for wrong ones. The authors' README defines them as medians of c over the teacher's correct
-(t1) and wrong (t2) predictions; their code hard-codes the values in `AUTHORS_THRESHOLDS` (bert-base teacher;
-docs/method.md#thresholds). Here the defaults are computed: t1 = median{c : correct}, t2 = median{c : wrong},
-with the *true* median (the mean of the two middle values for an even count, like numpy.median; torch.median would
-return the lower one). For an odd count the median example itself has c == t, so it lands in the "unconfident" class.
+(exactly the authors' inequalities: a confidence equal to the threshold is "unconfident"). The defaults are the
+medians the authors' README defines, t1 = median{c : correct}, t2 = median{c : wrong} (their code hard-codes
+`AUTHORS_THRESHOLDS` instead: docs/method.md#thresholds), the *true* median: the mean of the two middle values for an
+even count (torch.median would return the lower one). For an odd count the median example has c == t: "unconfident".
 
 The teacher was fine-tuned on the very training set it labels, so it is rarely wrong there: classes 2 and 3 are
 small (often a few percent or less), and there is no rebalancing, as in the authors' code. If the teacher makes no

@@ -15,10 +15,8 @@ reads and checks them), pea_kd.teacher_rows is what a run sees of one split, and
 are in example order, so a training batch's `index` selects its teacher rows.
 
 Which layers: `cache-teacher` keeps every layer (K = L_t + 1) unless told otherwise; distillation asks
-`ensure_teacher_outputs` for the layers its loss reads, which for PKD is the layer map only. For MNLI's 392,702
-training examples and a 12-layer, 768-wide teacher, float32, that is 13 x 768 x 4 bytes = 39.9 kB a row, 15.7 GB,
-with every layer; 2 layers (PKD, 3-layer student: 4 and 8) 2.4 GB; 5 (the union over reproduce's students: 2, 4, 6,
-8, 10) 6.0 GB; logits only (KD, PTP) 4.7 MB. Stored as float16 (`cls_dtype`, chosen and recorded), half of each.
+`ensure_teacher_outputs` for the layers its loss reads, which for PKD is the layer map only (sizes on MNLI:
+docs/performance.md). Stored as float16 (`cls_dtype`, chosen and recorded), half of each.
 """
 from __future__ import annotations
 

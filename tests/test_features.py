@@ -284,10 +284,10 @@ def test_the_inputs_digest_is_stored_with_the_cache_and_read_back_without_hashin
     from pea_kd import features as features_module
     cache = tmp_path / "cache"
     built = load_features("sst2", "train", tok, max_length=32, data_dir=glue_dir, cache_dir=cache)
-    content = features_module._inputs_digest(built.input_ids, built.token_type_ids)
+    content = features_module.inputs_digest(built.input_ids, built.token_type_ids)
     assert built.digest == content
     labels = built.labels_digest
-    monkeypatch.setattr(features_module, "_inputs_digest", lambda *a: pytest.fail("the examples were hashed again"))
+    monkeypatch.setattr(features_module, "inputs_digest", lambda *a: pytest.fail("the examples were hashed again"))
     monkeypatch.setattr(features_module, "rows_digest", lambda *a: pytest.fail("the labels were hashed again"))
     read = load_features("sst2", "train", tok, max_length=32, data_dir=glue_dir, cache_dir=cache)
     assert read.digest == content and read.labels_digest == labels

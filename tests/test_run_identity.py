@@ -282,7 +282,7 @@ def test_a_run_is_identified_without_reading_the_teacher_rows_or_the_examples_ag
     make_teacher(tiny_env, teacher)
     first = distill(tiny_env, tmp_path / "run", teacher, keep_checkpoint=True)
     monkeypatch.setattr(teacher_cache, "rows_digest", lambda *a: pytest.fail("teacher rows hashed"))
-    monkeypatch.setattr(features, "_inputs_digest", lambda *a: pytest.fail("examples hashed"))
+    monkeypatch.setattr(features, "inputs_digest", lambda *a: pytest.fail("examples hashed"))
     monkeypatch.setattr(teacher_module, "cache_teacher_outputs", lambda *a, **k: pytest.fail("recomputed"))
     again = distill(tiny_env, tmp_path / "run", teacher, resume=True)  # every digest from the files' records
     assert again.meta["identity"] == first.meta["identity"]
