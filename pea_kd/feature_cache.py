@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .features import Features, encode_examples, padding_stats
+from .features import Features, encode_examples
 from .glue import get_task, load_examples, split_path
 from .glue_files import PROJECT_ROOT
 from .identity import file_digest
@@ -127,6 +127,8 @@ if __name__ == "__main__":  # python -m pea_kd.feature_cache mrpc sst2 : padding
     import sys
 
     from bert_mini import load_tokenizer
+
+    from .padding_report import padding_stats
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     tok = load_tokenizer("minilm-l6")

@@ -122,7 +122,7 @@ def length_histograms(lengths: dict, limit: int):
 
 def positions_per_token(stats: dict, title: str):
     """Token positions one epoch computes per real token under fixed, random and bucketed padding,
-    {task name: pea_kd.features.padding_stats(...)}; 1 means no padding at all."""
+    {task name: pea_kd.padding_report.padding_stats(...)}; 1 means no padding at all."""
     x = np.arange(len(stats))
     fig, ax = plt.subplots(figsize=(7, 2.8))
     for k, (scheme, colour) in enumerate([("fixed", "C7"), ("random", "C1"), ("bucketed", "C0")]):

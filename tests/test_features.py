@@ -10,7 +10,8 @@ import torch
 from bert_mini import load_tokenizer, resolve_model_dir
 from bert_mini.tokenization import BertTokenizer
 from pea_kd.feature_cache import CACHE_ENV, load_features
-from pea_kd.features import Features, collate, count_batches, encode_examples, make_batches, padding_stats
+from pea_kd.features import Features, collate, count_batches, encode_examples, make_batches
+from pea_kd.padding_report import padding_stats
 from pea_kd.glue import Example, load_examples, split_path
 
 WORDS = "the a movie film was great terrible boring quite surprisingly funny sad long plot actors music".split()
