@@ -8,8 +8,9 @@
 
 bert_mini knows nothing about knowledge distillation; `pea_kd` builds on it.
 """
+from .checkpoint_files import LoadReport
 from .config import BertConfig
-from .loading import LoadReport, load_pretrained, load_tokenizer, resolve_model_dir, save_pretrained
+from .loading import load_pretrained, load_tokenizer, resolve_model_dir, save_pretrained
 from .modeling import BertForSequenceClassification, BertModel, BertOutput
 from .tokenization import BertTokenizer, Encoding
 

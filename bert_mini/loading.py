@@ -15,15 +15,14 @@ from __future__ import annotations
 import logging
 import os
 import re
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence
 
 import torch
 from safetensors.torch import save_file
 
-from .checkpoint_files import (BUNDLED_PACKAGE, bundled_model_dir, label_fields, read_state_dict, replace_dir,
-                               staging_dir, weight_files)
+from .checkpoint_files import (BUNDLED_PACKAGE, LoadReport, bundled_model_dir, label_fields, read_state_dict,
+                               replace_dir, staging_dir, weight_files)
 from .config import BertConfig
 from .modeling import BertForSequenceClassification, BertModel
 from .tokenization import BertTokenizer, tokenizer_from_dir
@@ -33,27 +32,6 @@ logger = logging.getLogger(__name__)
 ALIASES = {"minilm-l6": BUNDLED_PACKAGE}
 # Checkpoint entries that are not weights of the encoder: buffers and the pre-training heads.
 _IGNORABLE = re.compile(r"^(embeddings\.position_ids|cls\..*)$")
-
-
-@dataclass
-class LoadReport:
-    """What loading did: names missing from the checkpoint, names it had that we do not use, and fresh weights."""
-
-    source: str
-    missing: list[str] = field(default_factory=list)
-    unexpected: list[str] = field(default_factory=list)
-    newly_initialized: list[str] = field(default_factory=list)
-    dropped_layers: list[int] = field(default_factory=list)  # checkpoint layers above num_hidden_layers
-
-    def __str__(self) -> str:
-        parts = [f"loaded {self.source}"]
-        if self.dropped_layers:
-            parts.append(f"kept the bottom layers only, dropped encoder layers {self.dropped_layers}")
-        if self.newly_initialized:
-            parts.append(f"newly initialised (train them): {', '.join(self.newly_initialized)}")
-        if self.unexpected:
-            parts.append(f"unused checkpoint entries: {', '.join(self.unexpected)}")
-        return "; ".join(parts)
 
 
 def resolve_model_dir(name_or_path: str | os.PathLike, cache_dir=None, base_url: Optional[str] = None) -> Path:

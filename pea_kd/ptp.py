@@ -38,9 +38,9 @@ from dataclasses import dataclass
 from typing import Optional
 
 import torch
-from torch import nn
 
 from .input_checks import check_ptp_inputs, check_threshold
+from .ptp_report import format_histogram, tensor_differences  # noqa: F401  (notebook 06 imports both from here)
 from .students import build_student, load_student
 
 logger = logging.getLogger(__name__)
@@ -123,40 +123,9 @@ def build_ptp_labels(teacher_logits, labels, t1: Optional[float] = None, t2: Opt
                      num_correct=num_correct, num_wrong=num_wrong, confidence=confidence)
 
 
-def format_histogram(res: PTPLabels) -> str:
-    """A readable table of the PTP class counts, with the thresholds and the teacher's accuracy."""
-    n = res.num_correct + res.num_wrong
-    lines = [
-        f"PTP labels for {n} examples: teacher correct on {res.num_correct} ({100 * res.num_correct / n:.1f}%), "
-        f"wrong on {res.num_wrong}",
-        f"thresholds: t1 = {res.t1:.4f} (correct), t2 = {res.t2:.4f} (wrong)",
-        f"{'class':<6} {'name':<22} {'count':>8} {'share':>7}",
-    ]
-    for k, name in enumerate(PTP_CLASSES):
-        count = res.histogram[name]
-        lines.append(f"{k:<6} {name:<22} {count:>8} {100 * count / n:>6.1f}%")
-    return "\n".join(lines)
-
-
 def build_ptp_student(pretrained: str | os.PathLike = "minilm-l6", num_layers: int = 3, variant: str = "sps"):
     """The PTP-stage model: a student (pre-trained bottom layers, SPS plan) with a new 4-way head."""
     return build_student(pretrained, num_layers=num_layers, num_labels=NUM_PTP_CLASSES, variant=variant)
-
-
-def tensor_differences(a: nn.Module, b: nn.Module) -> list[str]:
-    """State-dict names whose tensors differ between two models in presence, shape, dtype or any bit."""
-    sa, sb = a.state_dict(), b.state_dict()
-    differ = []
-    for name in sorted(set(sa) | set(sb)):
-        x, y = sa.get(name), sb.get(name)
-        if x is None or y is None or x.shape != y.shape or x.dtype != y.dtype:
-            differ.append(name)
-        else:  # compare the raw bytes: bit for bit, so even -0.0 vs 0.0 or a NaN payload counts
-            bytes_x = x.detach().contiguous().reshape(-1).view(torch.uint8)
-            bytes_y = y.detach().contiguous().reshape(-1).view(torch.uint8)
-            if not torch.equal(bytes_x, bytes_y):
-                differ.append(name)
-    return differ
 
 
 def kd_student_from_ptp(ptp_dir: str | os.PathLike, num_labels: int, variant: str, num_layers: int):

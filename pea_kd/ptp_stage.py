@@ -26,7 +26,8 @@ from .feature_cache import load_features
 from .features import split_holdout
 from .glue import get_task
 from .input_checks import check_threshold
-from .ptp import PTP_CLASSES, build_ptp_labels, build_ptp_student, format_histogram
+from .ptp import PTP_CLASSES, build_ptp_labels, build_ptp_student
+from .ptp_report import format_histogram
 from .students import save_student
 from .teacher import ensure_teacher_outputs
 from .runtime import set_seed

@@ -7,7 +7,8 @@ import torch
 
 from bert_mini import BertConfig, BertModel, save_pretrained
 from pea_kd.ptp import (AUTHORS_THRESHOLDS, PTP_CLASSES, authors_thresholds, build_ptp_labels, build_ptp_student,
-                        format_histogram, kd_student_from_ptp, tensor_differences, true_median)
+                        kd_student_from_ptp, true_median)
+from pea_kd.ptp_report import format_histogram, tensor_differences
 from pea_kd.sps import make_plan
 from pea_kd.students import load_student, save_student
 
