@@ -7,9 +7,8 @@
 
 Why each step:
 
-* Tokenise once. WordPiece over a whole split is the same work every epoch and every run (teacher, PTP, each
-  student), so the stages read a split through `pea_kd.feature_cache.load_features`, which runs `encode_examples`
-  once and keeps the ids on disk (one .npz per task, split, tokenizer, max_length and data file).
+* Tokenise once: the stages read a split through `pea_kd.feature_cache.load_features`, which runs
+  `encode_examples` once and keeps the ids on disk.
 * Dynamic padding. Every example is stored unpadded; a batch is padded only to its own longest member T_max, not to
   the global `max_length`. Self-attention costs O(T^2) per head (the score matrix softmax(Q K^T / sqrt(d_k)) is
   T x T) and the feed-forward layers O(T), and every pad position is computed and then masked away: pure waste.

@@ -11,10 +11,8 @@
     report    results.md, results.json, results.png (bar chart), curves.png (dev metric during training); next to
               the teacher, the majority class of train scored on dev (report.majority_baseline), and each seed's values
 
-Every stage runs through the trainer with resume=True: a finished stage returns its stored result instantly and an
-interrupted one continues from its checkpoint, so an interrupted `make reproduce` picks up where it stopped. Reuse
-needs the same settings (pea_kd.identity): rerun with other ones (--lr, --alpha, ...) and it stops with a one-line error
-naming them instead of reporting old runs under new labels; give it another --out-root.
+Every stage runs through the trainer with resume=True, so an interrupted `make reproduce` picks up where it stopped
+(with the same settings only: pea_kd.identity; docs/runs_and_storage.md).
 
 Headline numbers are *final* dev scores (end of training, no selection), as mean ± std over seeds. The best dev
 score seen during training is a separate, labelled column: selecting and scoring on the same dev set is optimistic,

@@ -52,6 +52,13 @@ def read_student_meta(student_dir: str | os.PathLike) -> dict:
     return meta
 
 
+def check_same_student(meta: dict, variant: str, num_layers: int, directory) -> None:
+    """Refuse a stored student (its student.json `meta`) of another variant or depth than the one asked for."""
+    if str(meta["variant"]).lower() != str(variant).lower() or int(meta["num_layers"]) != num_layers:
+        raise ValueError(f"build_student: encoder_from={directory} holds a {meta['num_layers']}-layer "
+                         f"{meta['variant']!r} student, but variant={variant!r}, num_layers={num_layers} was asked for")
+
+
 def check_stored_layers(who: str, directory, model, num_layers: int) -> None:
     """Refuse a checkpoint whose config.json disagrees with student.json on the number of layers."""
     if model.config.num_hidden_layers != num_layers:

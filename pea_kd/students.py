@@ -15,10 +15,8 @@ A student is a `BertForSequenceClassification` with L real layers and an SPS pla
 ({variant, plan, num_layers, effective_layers, num_labels, num_parameters, extra}; pea_kd.student_files);
 `load_student` reads it back with plan and head.
 
-Outside pea_kd: an "original" student's config.json says model_type "bert", so Hugging Face's Auto classes run it
-as it is. A student with shared layers (sps, sps_no_shuffle, sps6) is NOT a plain BERT: its config.json says
-model_type "pea_kd_sps", which transformers (and `bert_mini.load_pretrained`) refuse loudly instead of running the
-L stored layers once. `python -m pea_kd export-hf DIR OUT` (`pea_kd.export`) writes its unrolled plain-BERT twin.
+A student with shared layers is not a plain BERT: its config.json names another model_type, which Hugging Face
+refuses (pea_kd.student_files); `python -m pea_kd export-hf DIR OUT` writes its unrolled plain-BERT twin.
 """
 from __future__ import annotations
 
@@ -32,7 +30,7 @@ from torch import nn
 from bert_mini import BertForSequenceClassification, BertTokenizer, load_pretrained
 
 from .sps import Plan, apply_plan, get_encoder, make_plan
-from .student_files import check_stored_layers, model_type_of, read_student_meta, write_student_dir
+from .student_files import check_same_student, check_stored_layers, model_type_of, read_student_meta, write_student_dir
 
 logger = logging.getLogger(__name__)
 
@@ -72,10 +70,7 @@ def build_student(
                            "pre-trained checkpoint, the head is re-initialised", pretrained, num_labels)
     else:
         meta = read_student_meta(encoder_from)
-        if str(meta["variant"]).lower() != str(variant).lower() or int(meta["num_layers"]) != num_layers:
-            raise ValueError(
-                f"build_student: encoder_from={encoder_from} holds a {meta['num_layers']}-layer "
-                f"{meta['variant']!r} student, but variant={variant!r}, num_layers={num_layers} was asked for")
+        check_same_student(meta, variant, num_layers, encoder_from)  # the variant and depth asked for
         model = load_pretrained(encoder_from, num_labels=num_labels, model_type=model_type_of(meta["variant"]))
         check_stored_layers("build_student", encoder_from, model, num_layers)  # config.json agrees with student.json
     reset_head(model)
