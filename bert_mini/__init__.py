@@ -10,7 +10,8 @@ bert_mini knows nothing about knowledge distillation; `pea_kd` builds on it.
 """
 from .checkpoint_files import LoadReport
 from .config import BertConfig
-from .loading import load_pretrained, load_tokenizer, resolve_model_dir, save_pretrained
+from .loading import load_pretrained, load_tokenizer, save_pretrained
+from .model_dirs import resolve_model_dir
 from .modeling import BertForSequenceClassification, BertModel, BertOutput
 from .tokenization import BertTokenizer, Encoding
 

