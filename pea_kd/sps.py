@@ -34,6 +34,8 @@ from __future__ import annotations
 
 from torch import nn
 
+from .plan_table import describe_plan  # noqa: F401  (notebook 05 and docs/api.md import it from here)
+
 Plan = list[tuple[int, bool]]
 
 VARIANTS = ("original", "sps_no_shuffle", "sps", "sps6")
@@ -86,28 +88,3 @@ def variant_of(model: nn.Module) -> str | None:
         except ValueError:  # sps6 on a non-6-layer model
             continue
     return None
-
-
-def describe_plan(plan: Plan) -> str:
-    """A table of the plan: one row per effective layer, the module it runs, whether Q/K are swapped, and which
-    other effective layers share its parameters. Example for `make_plan(2, "sps")`:
-
-        2 layers of parameters, 4 effective layers
-        effective  module           Q/K      shares parameters with
-        e1         encoder.layer.0  normal   e3
-        e2         encoder.layer.1  normal   e4
-        e3         encoder.layer.0  swapped  e1
-        e4         encoder.layer.1  swapped  e2
-    """
-    plan = [(int(i), bool(s)) for i, s in plan]
-    uses: dict[int, list[int]] = {}
-    for e, (index, _) in enumerate(plan, start=1):
-        uses.setdefault(index, []).append(e)
-    rows = [("effective", "module", "Q/K", "shares parameters with")]
-    for e, (index, swap) in enumerate(plan, start=1):
-        others = ", ".join(f"e{k}" for k in uses[index] if k != e) or "-"
-        rows.append((f"e{e}", f"encoder.layer.{index}", "swapped" if swap else "normal", others))
-    widths = [max(len(row[c]) for row in rows) for c in range(3)]
-    lines = [f"{len(uses)} layers of parameters, {len(plan)} effective layers"]
-    lines += ["  ".join(cell.ljust(w) for cell, w in zip(row[:3], widths)) + "  " + row[3] for row in rows]
-    return "\n".join(lines)

@@ -50,14 +50,11 @@ class TrainConfig:
     lr: peak learning rate (authors: 2e-5 for teacher, PTP and KD).   warmup: fraction of all steps spent warming up.
     weight_decay: AdamW decay, not applied to biases and LayerNorm weights.   max_grad_norm: global L2 clip (0 = off).
     eval_every: evaluate every N optimiser steps (0 = only at the end of each epoch; epoch ends are always evaluated).
-    checkpoint_every: None = write checkpoint.pt when the last one is 10 minutes old (run_files.CHECKPOINT_MINUTES),
-        N = every N steps, 0 = never.   keep_checkpoint: keep it (written at the end) when the run completes.
     select: dev score that picks `best_dev_*`: "auto" (the task's primary metric, or the first key of metrics_fn),
         a metric name (higher is better), or "loss" (dev loss, lower is better; used by PTP).
-    device: "auto" (cuda if available, else mps on Apple silicon, else cpu), "cpu", "cuda", "cuda:1", "mps".
-    amp: "auto" (bf16 autocast where the device has native bf16, CPU or CUDA; else fp16 with a GradScaler on CUDA,
-        fp32 on CPU and MPS), "bf16", "fp16" (CUDA, MPS), "off" (fp32); weights and loss stay fp32 (mixed_precision).
-    progress: tqdm bar; None = only when stderr is a terminal.
+    Machinery: checkpoint_every (None: when the last checkpoint.pt is 10 minutes old, N: every N steps, 0: never) and
+    keep_checkpoint (pea_kd.run_files); device "auto", "cpu", "cuda", "cuda:1", "mps" (runtime.resolve_device); amp
+    "auto", "bf16", "fp16", "off", weights and loss staying fp32 (runtime.resolve_amp); progress (None: on a terminal).
     """
 
     epochs: int = 3

@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from bert_mini import BertConfig, BertForSequenceClassification, BertModel
-from pea_kd.sps import apply_plan, describe_plan, get_encoder, make_plan, variant_of
+from pea_kd.plan_table import describe_plan
+from pea_kd.sps import apply_plan, get_encoder, make_plan, variant_of
 from pea_kd.students import build_student, count_parameters, effective_layers
 
 F_, T_ = False, True
