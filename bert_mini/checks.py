@@ -1,7 +1,7 @@
-"""The model's argument checks: a config's values, an encoder plan, the shape of a batch of token ids.
+"""The model's argument checks: a config's values, an encoder plan, a batch of token ids, a checkpoint's shapes.
 
 Each refuses bad input with a one-line error naming the argument and what was expected, before any computation.
-bert_mini.config and bert_mini.modeling call them by one line each; skip on a first reading.
+bert_mini.config, modeling and loading call them by one line each; skip on a first reading.
 """
 from __future__ import annotations
 
@@ -41,3 +41,17 @@ def check_input_ids(input_ids, max_position_embeddings: int) -> None:
     if input_ids.shape[1] > max_position_embeddings:
         raise ValueError(f"sequence length {input_ids.shape[1]} exceeds max_position_embeddings="
                          f"{max_position_embeddings}")
+
+
+def checked_layer_count(num_hidden_layers: int, available: int, model_dir) -> int:
+    """`num_hidden_layers`, refused unless 1 <= it <= the `available` layers of the checkpoint in `model_dir`."""
+    if not 1 <= num_hidden_layers <= available:
+        raise ValueError(f"num_hidden_layers={num_hidden_layers}: {model_dir} has {available} layers")
+    return num_hidden_layers
+
+
+def check_shape(weights_path, key: str, tensor, expected) -> None:
+    """Refuse a checkpoint tensor whose shape differs from the one the model built from config.json has."""
+    if tuple(tensor.shape) != tuple(expected.shape):
+        raise ValueError(f"{weights_path}: {key} has shape {tuple(tensor.shape)}, "
+                         f"config.json implies {tuple(expected.shape)}")

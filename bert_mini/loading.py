@@ -21,6 +21,7 @@ from typing import Optional, Sequence
 import torch
 from safetensors.torch import save_file
 
+from .checks import check_shape, checked_layer_count
 from .checkpoint_files import LoadReport, label_fields, read_state_dict, replace_dir, staging_dir, weight_files
 from .config import BertConfig
 from .model_dirs import resolve_model_dir
@@ -62,12 +63,8 @@ def load_pretrained(
     """
     model_dir = resolve_model_dir(name_or_path, cache_dir, base_url)
     config = BertConfig.from_json(model_dir / "config.json", model_type=model_type)
-    if num_hidden_layers is not None:
-        if not 1 <= num_hidden_layers <= config.num_hidden_layers:
-            raise ValueError(
-                f"num_hidden_layers={num_hidden_layers}: {model_dir} has {config.num_hidden_layers} layers"
-            )
-        config.num_hidden_layers = num_hidden_layers
+    if num_hidden_layers is not None:  # keep the bottom L layers, refused when the checkpoint has fewer
+        config.num_hidden_layers = checked_layer_count(num_hidden_layers, config.num_hidden_layers, model_dir)
     state, weights_path = read_state_dict(model_dir, model_type)
     state = normalize_keys(state)
 
@@ -81,11 +78,7 @@ def load_pretrained(
         if layer and num_hidden_layers is not None and int(layer.group(1)) >= num_hidden_layers:
             report.dropped_layers = sorted({*report.dropped_layers, int(layer.group(1))})
         elif key in expected:
-            if tuple(tensor.shape) != tuple(expected[key].shape):
-                raise ValueError(
-                    f"{weights_path}: {key} has shape {tuple(tensor.shape)}, "
-                    f"config.json implies {tuple(expected[key].shape)}"
-                )
+            check_shape(weights_path, key, tensor, expected[key])  # the shape config.json implies
             to_load[key] = tensor
         elif not _IGNORABLE.match(key) and not (num_labels is not None and key.startswith("classifier.")):
             report.unexpected.append(key)

@@ -119,13 +119,7 @@ def cache_teacher_outputs(teacher_dir, task, splits=("train", "dev"), max_length
     (logits only, e.g. for PTP). PKD reads only its layer map, so `ensure_teacher_outputs` asks for just those.
     cls_dtype: how cls_hidden is stored, "float32" (exact, the default), "float16" or "bfloat16" (half the bytes;
     the trainer computes the loss in float32 from them; float16 keeps 11 significant bits, bfloat16 8).
-    File: {"version", "task", "teacher" (model dir, for information), "teacher_weights" (sha256 of its
-    model.safetensors: what identifies the teacher), "precision" ("fp32", "bf16", "fp16"), "max_length",
-    "tokenizer" (fingerprint), "num_layers" (L_t), "hidden_size" (H_t), "layers" (the stored ones, sorted),
-    "cls_dtype" (storage dtype of cls_hidden), "num_examples": {split: N}, "digests": {split: features_digest},
-    "row_digests": {split: {"logits": .., "cls_hidden/<layer>": ..}} (computed by teacher_cache as it writes the
-    file: what run identities are made of), "splits": {split: {"logits" (N, C), "cls_hidden" (N, K, H_t) or None,
-    "labels"}}, "seconds"}.
+    The file's fields: docs/runs_and_storage.md, "The teacher cache file".
     amp: float32 by default ("off"), so the cached targets are exact; "auto" uses bf16/fp16 on CUDA.
     """
     started = time.perf_counter()
