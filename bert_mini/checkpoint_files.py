@@ -213,8 +213,9 @@ def vocab_ids(tokens: list[str], special_tokens, source: str) -> dict[str, int]:
 
 
 def write_tokenizer_files(directory: Path, vocab_bytes: bytes, lowercase: bool, model_max_length: int) -> None:
-    """vocab.txt (byte for byte), tokenizer_config.json (do_lower_case, the class BertTokenizer, model_max_length)
-    and special_tokens_map.json, written in place in an existing `directory`."""
+    """vocab.txt (byte for byte), tokenizer_config.json (do_lower_case: uncased, lower-case and strip accents; the
+    class BertTokenizer; model_max_length) and special_tokens_map.json, written in place in an existing `directory`
+    (save_pretrained calls this inside its staging directory, which it renames atomically)."""
     special = {"unk_token": "[UNK]", "sep_token": "[SEP]", "pad_token": "[PAD]", "cls_token": "[CLS]",
                "mask_token": "[MASK]"}
     config = {"tokenizer_class": "BertTokenizer", "do_lower_case": lowercase, "strip_accents": None,

@@ -46,10 +46,7 @@ class BertTokenizer:
 
     @classmethod
     def from_tokenizer_json(cls, path: str | Path) -> "BertTokenizer":
-        """Read a `tokenizers` file (what transformers 5 saves instead of vocab.txt); only BERT's WordPiece is accepted.
-
-        The vocabulary comes from `model.vocab` (ids 0..V-1), the casing from the BertNormalizer's `lowercase`.
-        """
+        """Read a `tokenizers` file (what transformers 5 saves instead of vocab.txt): BERT's WordPiece only."""
         path = Path(path)
         tokens, lowercase = read_tokenizer_json(path)  # anything but BERT's WordPiece is refused
         tokenizer = cls.__new__(cls)
@@ -81,12 +78,8 @@ class BertTokenizer:
         self._tokenizer = tok
 
     def save(self, directory: str | Path, model_max_length: int = 512) -> None:
-        """Write vocab.txt, tokenizer_config.json and special_tokens_map.json: what `AutoTokenizer` and we read back.
-
-        tokenizer_config.json says `do_lower_case` (uncased: lower-case and strip accents) and the class,
-        BertTokenizer; `model_max_length` is the model's max_position_embeddings. `directory` must exist; the files
-        are written in place (`save_pretrained` calls this inside its staging directory, which it renames atomically).
-        """
+        """Write vocab.txt, tokenizer_config.json and special_tokens_map.json into the existing `directory`: what
+        `AutoTokenizer` and we read back (`model_max_length`: the model's max_position_embeddings)."""
         write_tokenizer_files(Path(directory), self._vocab_bytes, self.lowercase, model_max_length)
 
     @property
