@@ -82,14 +82,20 @@ def config_fields(values: dict, known: set, source: str, model_type: str) -> dic
     return kwargs
 
 
-def read_config_json(path: Path) -> dict:
-    """The JSON object of a config file; a missing file, invalid JSON or a non-object is a one-line error."""
+def read_json(path: Path, missing: str):
+    """The parsed JSON file at `path`; a missing file is FileNotFoundError("<path>: <missing>"), invalid JSON a
+    one-line ValueError naming the line."""
     try:
-        values = json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: config file not found") from None
+        raise FileNotFoundError(f"{path}: {missing}") from None
     except json.JSONDecodeError as err:
         raise ValueError(f"{path}: not valid JSON ({err.msg} at line {err.lineno})") from None
+
+
+def read_config_json(path: Path) -> dict:
+    """The JSON object of a config file; a missing file, invalid JSON or a non-object is a one-line error."""
+    values = read_json(path, "config file not found")
     if not isinstance(values, dict):
         raise ValueError(f"{path}: expected a JSON object of config fields")
     return values

@@ -68,7 +68,7 @@ class StepInputs:
         missing = [f for f, k in self.teacher_fields.items() if teacher is None or getattr(teacher, k) is None]
         if missing:
             raise ValueError(f"train: loss {self.loss_name!r} needs {', '.join(missing)}: pass teacher=<cached "
-                             "teacher outputs of the train split> (pea_kd.teacher.load_teacher_outputs)")
+                             "teacher outputs of the train split> (pea_kd.teacher_cache.load_teacher_outputs)")
         if len(teacher) != len(self.train_data):
             raise ValueError(f"train: the teacher cache has {len(teacher)} rows, the train data "
                              f"{len(self.train_data)} examples")

@@ -15,7 +15,7 @@ import shutil
 from pathlib import Path
 
 from bert_mini import save_pretrained
-from bert_mini.checkpoint_files import replace_dir
+from bert_mini.checkpoint_files import read_json, replace_dir
 
 from .sps import make_plan
 from .storage import write_atomic
@@ -32,12 +32,7 @@ def model_type_of(variant: str) -> str:
 def read_student_meta(student_dir: str | os.PathLike) -> dict:
     """The parsed `student.json` of a directory written by `save_student` (checked for the required fields)."""
     path = Path(student_dir) / STUDENT_FILE
-    try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: not found; is {student_dir} a directory written by save_student?") from None
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path}: not valid JSON ({err.msg} at line {err.lineno})") from None
+    meta = read_json(path, f"not found; is {student_dir} a directory written by save_student?")
     missing = [k for k in ("variant", "plan", "num_layers", "num_labels") if k not in meta]
     if missing:
         raise ValueError(f"{path}: missing field(s) {', '.join(missing)}")
