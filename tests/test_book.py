@@ -1,7 +1,7 @@
 """The book stays a book: the modules of the README's reading table are few, short and open with their idea.
 
-The reading table ("The reading path") names the modules a student reads; the machinery they call lives elsewhere
-(README, "Machinery: skip on a first reading"). These checks keep the reading small as the code grows: about 3,000
+The reading table (the README's reading path) names the modules a student reads; the machinery they call lives
+elsewhere (the README's machinery paragraph, to skip on a first reading). These checks keep the reading small as the code grows: about 3,000
 lines in all and no module much over 300 (limits with a little headroom, so that a one-line change does not fail
 them), and every module opens with a docstring that states its idea.
 """
