@@ -8,6 +8,8 @@
                 SPS + PKD  SPS student (2L effective layers), KD + PKD
                 PTP + PKD  PTP stage first (runs/<task>/ptp-original/seed<k>/), then PKD from its encoder
                 Pea-KD     PTP stage on the SPS student, then SPS + KD + PKD from its encoder
+              --beyond-paper adds three rows that are not the paper's (pea_kd.methods.BEYOND_PAPER, marked †): KD + DA,
+              Pea-KD + DA, Pea-KD + DA + hidden; the teacher labels the augmented set once, after its cache
     report    results.md, results.json, results.png (bar chart), curves.png (dev metric during training); next to
               the teacher, the majority class of train scored on dev (report.majority_baseline), and each seed's values
 
@@ -32,7 +34,7 @@ from typing import Optional
 
 import torch
 
-from bert_mini import BertConfig, resolve_model_dir
+from bert_mini import BertConfig, load_tokenizer, resolve_model_dir
 
 from . import __version__, distributed
 from .defaults import default_lr
@@ -40,14 +42,16 @@ from .distill import distill_student, teacher_layers_needed
 from .glue import PROJECT_ROOT, get_task, load_examples, split_path
 from .glue_download import ensure_task_data
 from .losses import LossConfig
-from .methods import METHODS, Method
+from .augment import AugmentConfig, augmented_teacher_rows, load_augmented
+from .feature_cache import load_features
+from .methods import ALL_METHODS, BEYOND_PAPER, METHODS, Method
 from .ptp_stage import ptp_encoder_dir, run_ptp
 from .report import majority_baseline, write_report
 from .reproduce_runs import StageRunner, run_record, stage_dirs, teacher_record
 from .runtime import resolve_device
 from .sps import make_plan
 from .storage import write_atomic
-from .teacher import ensure_teacher_outputs, finetune_teacher
+from .teacher import ensure_teacher_outputs, finetune_teacher, teacher_model_dir
 from .trainer import TrainConfig, TrainResult
 
 log = logging.getLogger(__name__)
@@ -89,14 +93,22 @@ class ReproduceConfig:
     device: str = "auto"
     amp: str = "auto"  # runtime.resolve_amp: bf16 autocast where the device has native bf16, else fp32 (fp16 on CUDA)
     progress: Optional[bool] = None
+    beyond_paper: bool = False  # add the rows beyond the paper (methods.BEYOND_PAPER)
+    augment_variants: int = 8  # V, variants per training example (augment.AugmentConfig)
+    augment_rate: float = 0.4  # r, probability of replacing a word
+    augment_neighbours: int = 15  # K, candidates per word
+    augment_epochs: int = 1  # epochs of the final stage on originals + variants: (1 + V) x the data each
 
     def __post_init__(self):
-        unknown = sorted(set(self.methods) - {m.slug for m in METHODS})
+        default = tuple(m.slug for m in (ALL_METHODS if self.beyond_paper else METHODS))
+        if self.beyond_paper:
+            self.methods = tuple(dict.fromkeys(tuple(self.methods) + tuple(m.slug for m in BEYOND_PAPER)))
+        unknown = sorted(set(self.methods) - {m.slug for m in ALL_METHODS})
         if unknown:
-            raise ValueError(f"unknown method(s) {unknown}; expected some of {[m.slug for m in METHODS]}")
-        ptp = [m.slug for m in METHODS if m.ptp and m.slug in self.methods]
+            raise ValueError(f"unknown method(s) {unknown}; expected some of {[m.slug for m in ALL_METHODS]}")
+        ptp = [m.slug for m in ALL_METHODS if m.ptp and m.slug in self.methods]
         if ptp and get_task(self.task).is_regression:  # PTP's labels need a teacher that is right or wrong
-            if self.methods != tuple(m.slug for m in METHODS):
+            if self.methods != default:
                 raise ValueError(f"{', '.join(ptp)}: PTP is defined for classification tasks; "
                                  f"{get_task(self.task).name} is a regression task")
             self.methods = tuple(m for m in self.methods if m not in ptp)  # the default: every method that applies
@@ -111,7 +123,8 @@ class ReproduceConfig:
             self.teacher_epochs = recipe.get("epochs", 3)
         if self.smoke:  # every stage, tiny: a few dozen examples, one short epoch, one seed
             self.seeds = self.seeds[:1]
-            self.teacher_epochs = self.student_epochs = self.ptp_epochs = 1
+            self.teacher_epochs = self.student_epochs = self.ptp_epochs = self.augment_epochs = 1
+            self.augment_variants = min(self.augment_variants, 2)
         self.check()
 
     def check(self) -> None:
@@ -124,7 +137,10 @@ class ReproduceConfig:
         if not 1 <= self.student_layers <= teacher_layers:
             raise ValueError(f"--student-layers {self.student_layers}: the student takes the bottom layers of the "
                              f"{teacher_layers}-layer teacher {self.teacher}, so 1..{teacher_layers}")
-        for variant in {m.variant for m in METHODS if m.slug in self.methods}:
+        self.augment_config()  # AugmentConfig's checks
+        if self.augment_epochs < 1:
+            raise ValueError(f"--augment-epochs must be >= 1, got {self.augment_epochs}")
+        for variant in {m.variant for m in ALL_METHODS if m.slug in self.methods}:
             make_plan(self.student_layers, variant)
         if self.jobs > 1 and resolve_device(self.device).type == "mps":
             raise ValueError(f"--jobs {self.jobs} on mps: the worker processes would share the Mac's one GPU and its "
@@ -132,6 +148,15 @@ class ReproduceConfig:
         if self.max_length < 2 or self.smoke_examples < 1:
             raise ValueError(f"--max-length must be >= 2 and smoke_examples >= 1, got {self.max_length}, "
                              f"{self.smoke_examples}")
+
+    def augment_config(self) -> AugmentConfig:
+        """The augmentation of the DA rows (one set for every seed and student)."""
+        return AugmentConfig(rate=self.augment_rate, variants=self.augment_variants,
+                             neighbours=self.augment_neighbours)
+
+    def selected(self) -> list[Method]:
+        """The methods of this reproduction, in table order."""
+        return [m for m in ALL_METHODS if m.slug in self.methods]
 
     @property
     def run_root(self) -> Path:
@@ -180,7 +205,7 @@ def run_all(cfg: ReproduceConfig) -> dict:
     spec = get_task(cfg.task)
     majority = majority_baseline(spec, [e.label for e in load_examples(spec, "train", data_dir)],
                                  [e.label for e in load_examples(spec, spec.dev_split, data_dir)])
-    units = [(seed, m) for seed in cfg.seeds for m in METHODS if m.slug in cfg.methods]  # seed-major table order
+    units = [(seed, m) for seed in cfg.seeds for m in cfg.selected()]  # seed-major table order
     order = {(seed, m.name): i for i, (seed, m) in enumerate(units)}
     stages = StageRunner(cfg, units, teacher_dir, data_dir)  # worker processes (--jobs), devices, the progress view
     cfg = stages.cfg
@@ -191,6 +216,7 @@ def run_all(cfg: ReproduceConfig) -> dict:
         results = {
             "task": spec.name, "config": dataclasses.asdict(cfg), "version": __version__,
             "teacher": teacher_record(teacher, cache_seconds), "majority": majority, "runs": runs,
+            **({"augment": augment} if augment else {}),
             "summary": summarize(runs, spec.metrics),
             "environment": stages.environment(teacher, runs),
             "complete": len(runs) == len(units),
@@ -203,6 +229,7 @@ def run_all(cfg: ReproduceConfig) -> dict:
 
     with stages:
         teacher, cache_seconds = stages.run_teacher(_teacher_stage, teacher_dir, data_dir)
+        augment = augmented_set(cfg, teacher_dir, data_dir)  # made by the teacher stage: read back, with its time
         for finished in stages.run_students(_student_stage, teacher_dir, data_dir):
             runs.extend(finished)
             results = report(teacher, cache_seconds)
@@ -226,12 +253,29 @@ def _teacher_stage(cfg: ReproduceConfig, teacher_dir: Path, data_dir,
                                    config=_train_config(cfg, cfg.teacher_epochs, cfg.teacher_lr, 0),
                                    data_dir=data_dir, resume=True)
         # one cache for every student: the union of their layer maps (every layer only if a loss may read any)
-        students = [(m.loss, cfg.student_layers, m.variant) for m in METHODS if m.slug in cfg.methods]
+        students = [(m.loss, cfg.student_layers, m.variant) for m in cfg.selected()]
         cache = ensure_teacher_outputs(teacher_dir, cfg.task, ("train", "dev"), cfg.max_length, data_dir,
                                        device=cfg.device, layers=teacher_layers_needed(teacher_dir, students))
+        augmented_set(cfg, teacher_dir, data_dir)  # the DA rows' data, labelled by the teacher once for all of them
         return teacher, cache.get("seconds")  # the time computing it took, also when reused (None: not recorded)
     finally:
         torch.set_num_threads(before)
+
+
+def augmented_set(cfg: ReproduceConfig, teacher_dir: Path, data_dir) -> Optional[dict]:
+    """Build (or read back) the augmented training set and the teacher's outputs on it, when a DA row is selected;
+    what results.json records of it: the settings, its size and the seconds the teacher took to label it."""
+    if not any(m.augment for m in cfg.selected()):
+        return None
+    tokenizer = load_tokenizer(teacher_model_dir(teacher_dir))
+    train = load_features(cfg.task, "train", tokenizer, cfg.max_length, data_dir)
+    augmented = load_augmented(get_task(cfg.task).name, train, teacher_model_dir(teacher_dir), tokenizer.vocab,
+                               cfg.augment_config())
+    students = [(m.loss, cfg.student_layers, m.variant) for m in cfg.selected()]
+    _, seconds = augmented_teacher_rows(teacher_dir, cfg.task, augmented, teacher_layers_needed(teacher_dir, students),
+                                        cfg.max_length, cfg.device)
+    return {**dataclasses.asdict(cfg.augment_config()), "epochs": cfg.augment_epochs, "examples": len(augmented),
+            "teacher_seconds": seconds}
 
 
 def _student_stage(cfg: ReproduceConfig, method: Method, seed: int, teacher_dir: Path, data_dir) -> dict:
@@ -257,7 +301,9 @@ def train_method(cfg: ReproduceConfig, method: Method, seed: int, teacher_dir: P
                              student_model=cfg.teacher, num_layers=cfg.student_layers, variant=method.variant,
                              loss=method.loss, alpha=cfg.alpha, temperature=cfg.temperature, beta=cfg.beta,
                              init_from=init_from, max_length=cfg.max_length, data_dir=data_dir,
-                             config=_train_config(cfg, cfg.student_epochs, cfg.lr, seed), resume=True)
+                             config=_train_config(cfg, cfg.augment_epochs if method.augment else cfg.student_epochs,
+                                                  cfg.lr, seed), resume=True,
+                             augment=cfg.augment_config() if method.augment else None)
     return result, ptp_result
 
 
