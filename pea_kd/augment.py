@@ -92,6 +92,8 @@ def nearest_neighbours(embeddings: torch.Tensor, words: np.ndarray, candidates: 
     """(len(words), k) token ids: for each word w, the k candidates u != w of largest cos(E[w], E[u])."""
     e = torch.nn.functional.normalize(embeddings.float(), dim=-1)  # E / ||E||: a dot product is then the cosine
     cand = torch.from_numpy(np.flatnonzero(candidates))
+    if k >= len(cand):
+        raise ValueError(f"augment: {k} neighbours asked, but the vocabulary has {len(cand)} candidate words")
     out = np.zeros((len(words), k), dtype=np.int32)
     for start in range(0, len(words), chunk):
         w = torch.from_numpy(words[start:start + chunk].astype(np.int64))
