@@ -40,6 +40,7 @@ from .features import Features
 from .glue import get_task
 from .identity import derived_digest, file_digest, rows_digest
 from .runtime import resolve_device
+from .step_inputs import GOLD_MISSING
 from .storage import directory_lock, write_atomic
 from .teacher import teacher_forward, teacher_model_dir
 from .teacher_cache import StaleTeacherCache, load_teacher_outputs, write_teacher_cache
@@ -49,7 +50,6 @@ log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 EMBEDDING_KEY = "embeddings.word_embeddings.weight"  # the teacher's input word-embedding table E (V_vocab, H)
-GOLD_MISSING = -1  # the label of an augmented classification example (NaN for regression): "no gold label"
 STOP_WORDS = frozenset("""a an the and or but nor so yet if then than as of at by for from in into on onto to with
 without about over under up down out off is am are was were be been being do does did done have has had having will
 would shall should can could may might must it its itself this that these those i me my we us our you your he him his
@@ -126,12 +126,6 @@ def augment_features(train: Features, embeddings: torch.Tensor, vocab: dict, con
     missing = np.full(len(input_ids), np.nan if regression else GOLD_MISSING,
                       dtype=np.float32 if regression else np.int64)
     return Features(input_ids, token_type_ids, missing)
-
-
-def gold_mask(labels) -> np.ndarray:
-    """(N,) bool: which examples have a gold label (not GOLD_MISSING / NaN)."""
-    labels = np.asarray(labels)
-    return ~np.isnan(labels) if np.issubdtype(labels.dtype, np.floating) else labels != GOLD_MISSING
 
 
 def embedding_table(model_dir) -> torch.Tensor:

@@ -28,6 +28,13 @@ from .teacher_rows import TeacherRows
 
 CACHED_FIELDS = (("teacher_logits", "logits"), ("teacher_cls_hidden", "cls_hidden"))  # LossInputs field, rows field
 LIVE_FIELDS = ("teacher_attentions", "teacher_hidden_states")  # never cached: a live teacher's forward
+GOLD_MISSING = -1  # the label of an example without a gold label (pea_kd.augment's variants); NaN for regression
+
+
+def gold_mask(labels) -> np.ndarray:
+    """(N,) bool: which examples have a gold label (not GOLD_MISSING, not NaN)."""
+    labels = np.asarray(labels)
+    return ~np.isnan(labels) if np.issubdtype(labels.dtype, np.floating) else labels != GOLD_MISSING
 
 
 @dataclass
@@ -90,7 +97,6 @@ class StepInputs:
     @staticmethod
     def _gold_mask(labels) -> Optional[torch.Tensor]:
         """(N,) bool, False for the examples with no gold label (augmented ones); None when every one has it."""
-        from .augment import gold_mask  # here: pea_kd.augment reads the teacher, which imports the trainer
         gold = gold_mask(labels) if labels is not None else None
         return None if gold is None or gold.all() else torch.from_numpy(gold)
 

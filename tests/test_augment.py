@@ -9,8 +9,9 @@ from safetensors.torch import save_file
 
 from pea_kd import augment
 from pea_kd.augment import (GOLD_MISSING, AugmentConfig, augment_features, augment_key, augmented_training_data,
-                            gold_mask, load_augmented, nearest_neighbours)
+                            load_augmented, nearest_neighbours)
 from pea_kd.features import Features
+from pea_kd.step_inputs import gold_mask
 
 # a toy vocabulary: specials, stop words, pieces, a number, and whole words (ids in order)
 TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "the", "of", "##ing", "##s", "1990",
@@ -132,3 +133,30 @@ def test_joined_training_data_keeps_the_originals_first_and_marks_gold():
     regression = Features(train.input_ids, train.token_type_ids, np.linspace(0, 5, 4).astype(np.float32))
     reg_aug = augment_features(regression, _embeddings(), VOCAB, AugmentConfig(variants=1, neighbours=4))
     assert np.isnan(reg_aug.labels).all() and gold_mask(augmented_training_data(regression, reg_aug).labels).sum() == 4
+
+
+@pytest.mark.usefixtures("single_thread")
+def test_training_batches_carry_the_gold_mask_and_hidden_states_come_live_the_rest_cached(tiny_env):
+    from bert_mini import load_pretrained, load_tokenizer
+    from pea_kd.feature_cache import load_features
+    from pea_kd.losses import build_loss
+    from pea_kd.step_inputs import StepInputs
+    from pea_kd.teacher_rows import TeacherRows
+
+    checkpoint, _ = tiny_env
+    train = load_features("mrpc", "train", load_tokenizer(checkpoint), 32).head(8)
+    both = augmented_training_data(train, Features(train.input_ids, train.token_type_ids, np.full(8, GOLD_MISSING)))
+    rows = TeacherRows.from_tensors(torch.randn(16, 2), torch.randn(16, 3, 32))
+    spec, cpu = "kd+pkd+hidden", torch.device("cpu")
+    with pytest.raises(ValueError, match="needs teacher_hidden_states, which the teacher cache lacks"):
+        StepInputs(both, build_loss(spec), spec, [(1, 1)], rows, None, cpu, 0)
+    inputs = StepInputs(both, build_loss(spec), spec, [(1, 1)], rows, load_pretrained(checkpoint, num_labels=2), cpu, 0)
+    batch = inputs.load(np.array([0, 9, 3, 12]))
+    assert batch.teacher["has_gold"].tolist() == [True, False, True, False]
+    targets = inputs.teacher_targets(batch)
+    assert torch.equal(targets["teacher_logits"], rows.logits[[0, 9, 3, 12]])  # z_t from the cache, not the live model
+    assert len(targets["teacher_hidden_states"]) == 3  # embeddings + 2 layers, every token
+    assert targets["teacher_hidden_states"][-1].shape == (4, batch["input_ids"].shape[1], 32)
+    assert set(inputs.identity()) >= {"teacher_targets", "teacher_live"}
+    plain = StepInputs(train, build_loss("kd"), "kd", [], TeacherRows.from_tensors(torch.randn(8, 2)), None, cpu, 0)
+    assert "has_gold" not in plain.load(np.array([0, 1])).teacher  # every example has its label: nothing changes
