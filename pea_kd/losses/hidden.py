@@ -31,7 +31,10 @@ def hidden_layer_map(teacher_layers: int, student_layers: int) -> list[tuple[int
 
 @register_loss("hidden", requires=("student_hidden_states", "teacher_hidden_states", "attention_mask"))
 def hidden_loss(inputs: LossInputs) -> LossResult:
-    """All-token hidden-state MSE over hidden_layer_map, padding masked (beyond the paper). Parts: {"hidden": L}."""
+    """All-token hidden-state MSE over hidden_layer_map, padding masked (beyond the paper).
+
+    The formula is the module docstring's. Parts: {"hidden": L_hidden}.
+    """
     states = require(inputs, "student_hidden_states", "hidden")
     teacher = require(inputs, "teacher_hidden_states", "hidden")
     mask = require(inputs, "attention_mask", "hidden")
