@@ -85,7 +85,7 @@ def test_same_settings_same_pairs_another_seed_other_pairs():
     c = augment_features(train, e, VOCAB, AugmentConfig(seed=4, neighbours=4))
     assert a.digest == b.digest and all(np.array_equal(x, y) for x, y in zip(a.input_ids, b.input_ids))
     assert c.digest != a.digest
-    head = augment_features(train.head(4), e, VOCAB, AugmentConfig(seed=3, neighbours=4))  # example i draws from [seed, i] alone
+    head = augment_features(train.head(4), e, VOCAB, AugmentConfig(seed=3, neighbours=4))  # example i: seed [3, i]
     assert all(np.array_equal(x, y) for x, y in zip(head.input_ids, a.input_ids[:len(head)]))
 
 
@@ -119,7 +119,8 @@ def test_the_set_is_cached_by_content_and_reread(tmp_path, monkeypatch):
     assert again.digest == first.digest and all(np.array_equal(x, y) for x, y in zip(again.input_ids, first.input_ids))
     assert (again.labels == GOLD_MISSING).all()
     monkeypatch.undo()
-    other = load_augmented("MRPC", train, tmp_path, VOCAB, AugmentConfig(variants=3, neighbours=4), tmp_path / "cache" / "features")
+    other = load_augmented("MRPC", train, tmp_path, VOCAB, AugmentConfig(variants=3, neighbours=4),
+                           tmp_path / "cache" / "features")
     assert len(other) == 3 * len(train) and len(list((tmp_path / "cache" / "augment").glob("*.npz"))) == 2
 
 

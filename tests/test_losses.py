@@ -459,7 +459,8 @@ def np_hidden(student, teacher, mask, pairs):
 
 
 @pytest.mark.parametrize("student_layers, teacher_layers, pairs", [
-    (6, 6, [(1, 1), (2, 2), (3, 3), (4, 4), (5, 5), (6, 6)]), (3, 6, [(1, 2), (2, 4), (3, 6)]), (4, 6, [(2, 3), (4, 6)])])
+    (6, 6, [(1, 1), (2, 2), (3, 3), (4, 4), (5, 5), (6, 6)]), (3, 6, [(1, 2), (2, 4), (3, 6)]),
+    (4, 6, [(2, 3), (4, 6)])])
 def test_hidden_loss_matches_loops_over_real_tokens_and_its_layer_map(student_layers, teacher_layers, pairs):
     g = torch.Generator().manual_seed(0)
     B, n, H = 2, 5, 4
