@@ -71,7 +71,7 @@ class StepInputs:
         self.live_teacher = live_teacher.to(device).eval() if live_teacher is not None else None
         # a live teacher gives an attention loss everything; a per-token hidden-state loss only those states
         self.hidden_only = live == ["teacher_hidden_states"]
-        # {LossInputs field: rows field} of what the loss reads from the cache (none with a live teacher)
+        # {LossInputs field: rows field} of what the loss reads from the cache (none when a live teacher gives all)
         self.teacher_fields = {} if live_teacher is not None and not self.hidden_only else {
             f: k for f, k in CACHED_FIELDS if f in self.requires}
         self.rows = self._checked_rows(teacher) if self.teacher_fields else None
