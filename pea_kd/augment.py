@@ -12,13 +12,15 @@ sentences. TinyBERT (Jiao et al., 2020) makes them by word replacement, and the 
 E is the teacher's own input word-embedding table (V_vocab x H): our teacher (MiniLM) has no masked-LM head to
 propose words, and its embeddings place words used alike near each other. Candidates u are whole-word tokens too, so a
 replaced token is one token: lengths, segments and truncation stay those of the original. Defaults: r = 0.4, K = 15
-(TinyBERT's), V = 8 variants per example (TinyBERT used 20-30; 8 keeps a seed within 3x of Pea-KD's training time).
+(TinyBERT's), V = 8 variants per example (TinyBERT used 20-30), seen in one epoch over the (1 + V) x data: the costliest
+row (Pea-KD + DA + hidden) then stays within 3x of Pea-KD's training time per seed (docs/method.md#beyond-the-paper).
+The teacher labels every variant once (`augmented_teacher_rows`), for every seed and student.
 
 No gold label is invented: an augmented example's label is GOLD_MISSING (-1; NaN for regression), and the losses
 read only the teacher on it (losses.task_loss with has_gold). `augmented_training_data` joins the originals and their
-variants. The set is deterministic for its settings (example i, variant v draw from the seed [seed, i]) and cached
-under data/cache/augment/, named by a digest of everything it depends on: the settings, the stop words, the training
-data's digests and the embedding table's.
+variants. The set is deterministic for its settings (example i draws its variants from the seed [seed, i]) and
+cached next to the features cache (data/cache/augment/), named by a digest of everything it depends on: the settings,
+the stop words, the training data's digests and the embedding table's.
 """
 from __future__ import annotations
 
