@@ -190,7 +190,8 @@ def augmented_teacher_rows(teacher_dir, task, augmented: Features, layers, max_l
                            device: str = "auto", which: str = "final") -> tuple[TeacherRows, float]:
     """The teacher's logits and [CLS] states (`layers`) on the augmented set, computed once, in float32, into
     <teacher_dir>/teacher_outputs-augmented-<its digest>.pt (teacher_outputs.pt's format, one split "augmented"; row
-    digests recorded as it is written) and shared by every seed and student. Returns (rows, seconds it took)."""
+    digests recorded as it is written) and shared by every seed and student; a file that lacks some of `layers` is
+    recomputed with the layers it had and those. Returns (rows, the seconds computing it took)."""
     spec = get_task(task)
     model_dir = teacher_model_dir(teacher_dir, which).resolve()
     tokenizer = load_tokenizer(model_dir)
@@ -201,7 +202,8 @@ def augmented_teacher_rows(teacher_dir, task, augmented: Features, layers, max_l
     with directory_lock(teacher_dir, wait=True):
         try:
             cache = load_teacher_outputs(path, *args)
-        except StaleTeacherCache:
+        except StaleTeacherCache as err:
+            layers = sorted(set(layers) | set(getattr(err, "stored", ())))  # MissingTeacherLayers: keep the stored
             started = time.perf_counter()
             model = load_pretrained(model_dir, num_labels=spec.num_labels)
             dev = resolve_device(device)
@@ -220,10 +222,11 @@ def augmented_teacher_rows(teacher_dir, task, augmented: Features, layers, max_l
 
 def joined_rows(train: TeacherRows, augmented: TeacherRows) -> TeacherRows:
     """The teacher rows of augmented_training_data: the originals', then the variants' (the same layers)."""
-    if train.layers != augmented.layers:
-        raise ValueError(f"augment: teacher rows hold layers {train.layers} and {augmented.layers}; they must match")
-    cls = None if train.cls_hidden is None else torch.cat([train.cls_hidden, augmented.cls_hidden.to(
-        train.cls_hidden.dtype)])
+    missing = augmented.missing_layers(train.layers) if train.cls_hidden is not None else []
+    if missing:
+        raise ValueError(f"augment: the augmented set's teacher rows lack layers {missing}")
+    cls = None if train.cls_hidden is None else torch.cat([train.cls_hidden, augmented.cls_hidden[
+        :, [augmented.layers.index(t) for t in train.layers]].to(train.cls_hidden.dtype)])  # the same columns
     digests = {k: derived_digest(d, b"augmented", augmented.digests[k].encode()) for k, d in train.digests.items()}
     return TeacherRows(torch.cat([train.logits, augmented.logits]), cls, train.layers, train.num_layers, digests)
 

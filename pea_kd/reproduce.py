@@ -256,24 +256,23 @@ def _teacher_stage(cfg: ReproduceConfig, teacher_dir: Path, data_dir,
         students = [(m.loss, cfg.student_layers, m.variant) for m in cfg.selected()]
         cache = ensure_teacher_outputs(teacher_dir, cfg.task, ("train", "dev"), cfg.max_length, data_dir,
                                        device=cfg.device, layers=teacher_layers_needed(teacher_dir, students))
-        augmented_set(cfg, teacher_dir, data_dir)  # the DA rows' data, labelled by the teacher once for all of them
+        augmented_set(cfg, teacher_dir, data_dir, cache["layers"])  # the DA rows' data, labelled once for all
         return teacher, cache.get("seconds")  # the time computing it took, also when reused (None: not recorded)
     finally:
         torch.set_num_threads(before)
 
 
-def augmented_set(cfg: ReproduceConfig, teacher_dir: Path, data_dir) -> Optional[dict]:
-    """Build (or read back) the augmented training set and the teacher's outputs on it, when a DA row is selected;
-    what results.json records of it: the settings, its size and the seconds the teacher took to label it."""
+def augmented_set(cfg: ReproduceConfig, teacher_dir: Path, data_dir, layers=()) -> Optional[dict]:
+    """Build (or read back) the augmented training set and the teacher's outputs on it (the [CLS] `layers` the
+    teacher cache holds, so the students' joined rows find theirs), when a DA row is selected; what results.json
+    records of it: the settings, its size and the seconds the teacher took to label it."""
     if not any(m.augment for m in cfg.selected()):
         return None
     tokenizer = load_tokenizer(teacher_model_dir(teacher_dir))
     train = load_features(cfg.task, "train", tokenizer, cfg.max_length, data_dir)
     augmented = load_augmented(get_task(cfg.task).name, train, teacher_model_dir(teacher_dir), tokenizer.vocab,
                                cfg.augment_config())
-    students = [(m.loss, cfg.student_layers, m.variant) for m in cfg.selected()]
-    _, seconds = augmented_teacher_rows(teacher_dir, cfg.task, augmented, teacher_layers_needed(teacher_dir, students),
-                                        cfg.max_length, cfg.device)
+    _, seconds = augmented_teacher_rows(teacher_dir, cfg.task, augmented, layers, cfg.max_length, cfg.device)
     return {**dataclasses.asdict(cfg.augment_config()), "epochs": cfg.augment_epochs, "examples": len(augmented),
             "teacher_seconds": seconds}
 

@@ -161,3 +161,29 @@ def test_training_batches_carry_the_gold_mask_and_hidden_states_come_live_the_re
     assert set(inputs.identity()) >= {"teacher_targets", "teacher_live"}
     plain = StepInputs(train, build_loss("kd"), "kd", [], TeacherRows.from_tensors(torch.randn(8, 2)), None, cpu, 0)
     assert "has_gold" not in plain.load(np.array([0, 1])).teacher  # every example has its label: nothing changes
+
+
+@pytest.mark.usefixtures("single_thread")
+def test_the_teacher_labels_the_variants_once_keeping_every_layer_asked_for(tiny_env, tmp_path, monkeypatch):
+    from bert_mini import load_pretrained, load_tokenizer, save_pretrained
+    from pea_kd.feature_cache import load_features
+    from pea_kd.teacher_rows import TeacherRows
+
+    checkpoint, _ = tiny_env
+    tok = load_tokenizer(checkpoint)
+    teacher_dir = tmp_path / "teacher"
+    save_pretrained(load_pretrained(checkpoint, num_labels=2), teacher_dir / "final", tokenizer=tok)
+    train = load_features("mrpc", "train", tok, 32).head(6)
+    variants = Features(train.input_ids, train.token_type_ids, np.full(6, GOLD_MISSING))
+    calls = []
+    forward = augment.teacher_forward
+    monkeypatch.setattr(augment, "teacher_forward", lambda *a, **k: calls.append(k["layers"]) or forward(*a, **k))
+    first, _ = augment.augmented_teacher_rows(teacher_dir, "mrpc", variants, (1,), 32, "cpu")
+    rows, seconds = augment.augmented_teacher_rows(teacher_dir, "mrpc", variants, (2,), 32, "cpu")  # another layer
+    again, _ = augment.augmented_teacher_rows(teacher_dir, "mrpc", variants, (1, 2), 32, "cpu")  # both kept: read
+    assert calls == [[1], [1, 2]] and seconds > 0 and again.layers == rows.layers == (1, 2)
+    assert torch.equal(rows.logits, first.logits)  # the same teacher, the same float32 forward
+    train_rows = TeacherRows(torch.randn(6, 2), torch.randn(6, 1, 32), (2,), 2, {"logits": "a", "cls_hidden/2": "b"})
+    joined = augment.joined_rows(train_rows, again)  # the train rows' layer (2) taken from the variants' (1, 2)
+    assert joined.layers == (2,) and torch.equal(joined.cls_hidden[6:, 0], again.cls_hidden[:, 1])
+    assert torch.equal(joined.logits, torch.cat([train_rows.logits, again.logits]))

@@ -160,6 +160,7 @@ def test_reproduce_smoke_beyond_the_paper_adds_the_rows_and_labels_the_augmented
     augment = results["augment"]
     assert (augment["variants"], augment["epochs"], augment["examples"]) == (2, 1, 128)  # smoke: 2 variants of 64
     assert augment["teacher_seconds"] > 0 and len(list((root / "teacher").glob("teacher_outputs-augmented-*.pt"))) == 1
+    assert run.stderr.count("augment: teacher outputs on 128 augmented examples") == 1  # once, for every row
     runs = {r["method"]: r for r in results["runs"]}
     assert runs["KD + DA †"]["result"]["meta"]["train_examples"] == 64 * 3  # originals + 2 variants each
     assert runs["Pea-KD + DA + hidden †"]["loss"] == "kd+pkd+hidden"
