@@ -37,13 +37,13 @@ import torch
 from bert_mini import BertConfig, load_tokenizer, resolve_model_dir
 
 from . import __version__, distributed
+from .augment import AugmentConfig, augmented_teacher_rows, load_augmented
 from .defaults import default_lr
 from .distill import distill_student, teacher_layers_needed
 from .glue import PROJECT_ROOT, get_task, load_examples, split_path
 from .glue_download import ensure_task_data
-from .losses import LossConfig
-from .augment import AugmentConfig, augmented_teacher_rows, load_augmented
 from .feature_cache import load_features
+from .losses import LossConfig
 from .methods import ALL_METHODS, BEYOND_PAPER, METHODS, Method
 from .ptp_stage import ptp_encoder_dir, run_ptp
 from .report import majority_baseline, write_report
