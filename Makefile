@@ -23,6 +23,7 @@ BROWSER_OUT ?= runs/browser
 
 help:  ## list targets and their variables
 	@echo "make reproduce TASK=mrpc   run the paper's comparison for one GLUE task -> runs/<task>/results.md"
+	@echo "  BEYOND=1                 ... and the rows beyond the paper (augmented data, all-token hidden loss)"
 	@echo "    TEACHER=bert-base-uncased  teacher (and students' source) checkpoint (default minilm-l6)"
 	@echo "    SEEDS=0,1,2                student seeds (default 0,1,2)"
 	@echo "    EPOCHS=3                   student epochs (default 3; PTP 2; teacher 3 or the task's searched recipe)"
@@ -90,7 +91,7 @@ data: $(STAMP)
 reproduce: $(STAMP)
 	$(PY) -m pea_kd reproduce --task $(TASK) $(if $(TEACHER),--teacher $(TEACHER)) \
 		$(if $(SEEDS),--seeds $(SEEDS)) $(if $(EPOCHS),--student-epochs $(EPOCHS)) $(if $(JOBS),--jobs $(JOBS)) $(if $(AMP),--amp $(AMP)) \
-		$(if $(filter 1,$(SMOKE)),--smoke) $(if $(filter 1,$(ESTIMATE)),--estimate)
+		$(if $(filter 1,$(SMOKE)),--smoke) $(if $(filter 1,$(ESTIMATE)),--estimate) $(if $(filter 1,$(BEYOND)),--beyond-paper)
 
 clean-venv:
 	rm -rf $(VENV)

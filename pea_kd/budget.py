@@ -11,6 +11,9 @@ No implementation can run the stage's matrix products faster than R, and dropout
 optimiser come on top, so `bound` is a floor under the wall time. The batches are the trainer's own
 (`features.make_batches` with each stage's seed and epoch), so the count is exact for the model, not an average.
 
+    DA rows (--beyond-paper): the final stage trains on (1 + V) x the data (a replaced word keeps the lengths), the
+    teacher labels the V variants once (its own row), and "hidden" adds a live teacher forward per training batch.
+
     python -m pea_kd reproduce --task mrpc --estimate     (make reproduce TASK=mrpc ESTIMATE=1)
 prints the table below without training anything; where runs/<task>/results.json holds finished runs of the same
 setting, their measured seconds and the fraction of R they reached are shown next to the bound. A reproduction's own
@@ -32,7 +35,6 @@ from bert_mini import BertConfig, load_tokenizer, resolve_model_dir
 from .feature_cache import load_features
 from .features import make_batches, split_holdout
 from .glue import get_task
-from .methods import METHODS
 from .ptp import PTP_CLASSES
 from .ptp_stage import PTP_HOLDOUT
 from .sps import make_plan
@@ -159,18 +161,24 @@ def reproduce_budget(cfg) -> list[StageBudget]:
                                   layers, labels)),
             StageBudget("teacher cache", 1, layers, inference_flops(teacher_config, train, labels)
                         + inference_flops(teacher_config, dev, labels))]
-    for method in METHODS:
-        if method.slug not in cfg.methods:
-            continue
+    variants = np.repeat(train, cfg.augment_variants)  # variant v of example i has example i's length
+    if any(m.augment for m in cfg.selected()):
+        rows.append(StageBudget("teacher labels DA †", 1, layers, inference_flops(teacher_config, variants, labels)))
+    for method in cfg.selected():
         steps, seed_flops = len(make_plan(cfg.student_layers, method.variant)), {}
+        data = np.concatenate([train, variants]) if method.augment else train
+        epochs = cfg.augment_epochs if method.augment else cfg.student_epochs
         for seed in cfg.seeds:
             seed_flops[seed] = 0.0
             if method.ptp:  # PTP trains on train minus a held-out part and selects on that part
                 fit, held = split_holdout(len(train), PTP_HOLDOUT, seed)
                 seed_flops[seed] += run_flops(student_config, train[fit], train[held],
                                               config(cfg.ptp_epochs, cfg.lr, seed), steps, len(PTP_CLASSES))
-            seed_flops[seed] += run_flops(student_config, train, dev, config(cfg.student_epochs, cfg.lr, seed), steps,
-                                          labels)
+            seed_flops[seed] += run_flops(student_config, data, dev, config(epochs, cfg.lr, seed), steps, labels)
+            if "hidden" in method.loss:  # the live teacher's forward on every training batch, every token
+                batches = [b for e in range(epochs) for b in make_batches(data, cfg.batch_size, True, seed, e)]
+                seed_flops[seed] += sum(forward_flops(teacher_config, len(b), int(data[b].max()), layers, labels)
+                                        for b in batches)
         rows.append(StageBudget(method.name, len(cfg.seeds), steps, sum(seed_flops.values()), seed_flops=seed_flops))
     return rows
 
@@ -186,6 +194,9 @@ def attach_measurements(rows: list[StageBudget], results: dict, cfg, precision: 
     teacher = results["teacher"]
     rows[0].measured_seconds, rows[1].measured_seconds = teacher["seconds"], teacher["cache_seconds"]
     for row in rows[2:]:
+        if row.name == "teacher labels DA †":
+            row.measured_seconds = results.get("augment", {}).get("teacher_seconds")
+            continue
         mine = [r["seconds"] for r in results["runs"] if r["method"] == row.name and r["seed"] in cfg.seeds]
         row.measured_seconds = sum(mine) if len(mine) == row.runs else None
     return True

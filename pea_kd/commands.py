@@ -112,7 +112,7 @@ def _run_pea_kd(args, parser):
 # ---------------------------------------------------------------- reproduce
 
 def _configure_reproduce(p):
-    from .methods import METHODS
+    from .methods import ALL_METHODS, METHODS
     from .reproduce import ReproduceConfig
     d = ReproduceConfig.__dataclass_fields__
     p.add_argument("--task", required=True, help="GLUE task whose data is available (mrpc, rte, sst2, cola, stsb, ...)")
@@ -122,7 +122,7 @@ def _configure_reproduce(p):
     p.add_argument("--student-layers", type=int, default=3, help="student layers L (default 3)")
     p.add_argument("--seeds", type=_integers, default=(0, 1, 2), help="comma-separated seeds (default 0,1,2)")
     p.add_argument("--methods", default=",".join(m.slug for m in METHODS),
-                   help="comma-separated subset of " + ", ".join(m.slug for m in METHODS))
+                   help="comma-separated subset of " + ", ".join(m.slug for m in ALL_METHODS))
     p.add_argument("--teacher-epochs", type=int, default=None,
                    help="teacher epochs (default: the task's searched recipe, reproduce.TEACHER_RECIPES, else 3)")
     for stage in ("student", "ptp"):
@@ -140,6 +140,15 @@ def _configure_reproduce(p):
     p.add_argument("--eval-every", type=int, default=0, help="dev evaluation every N steps (default: each epoch)")
     p.add_argument("--jobs", type=int, default=1, help="students trained at a time, in worker processes with "
                                                          "threads/jobs torch threads each (default 1)")
+    p.add_argument("--beyond-paper", action="store_true",
+                   help="add the rows that are not the paper's: KD + DA, Pea-KD + DA, Pea-KD + DA + hidden (teacher-"
+                        "labelled word-replacement data; every token's hidden state)")
+    for name, help_text in (("variants", "V, augmented variants per training example"),
+                            ("rate", "r, probability of replacing a word"), ("neighbours", "K, candidates per word"),
+                            ("epochs", "epochs of the DA rows' final stage, on (1 + V) x the data")):
+        default = d[f"augment_{name}"].default
+        p.add_argument(f"--augment-{name}", type=type(default), default=default,
+                       help=f"{help_text} (default {default})")
     p.add_argument("--smoke", action="store_true", help="a few dozen examples, 1 epoch, 1 seed: checks every stage")
     p.add_argument("--estimate", action="store_true",
                    help="train nothing: print the compute budget (FLOPs per stage, the least time on this machine)")
@@ -161,7 +170,10 @@ def _run_reproduce(args, parser):
                           batch_size=args.batch_size,
                           max_length=args.max_length, alpha=args.alpha, temperature=args.temperature, beta=args.beta,
                           eval_every=args.eval_every, jobs=args.jobs, smoke=args.smoke, data_dir=args.data_dir,
-                          device=args.device, amp=args.amp, progress=False if args.no_progress else None, **extra)
+                          device=args.device, amp=args.amp, progress=False if args.no_progress else None,
+                          beyond_paper=args.beyond_paper, augment_variants=args.augment_variants,
+                          augment_rate=args.augment_rate, augment_neighbours=args.augment_neighbours,
+                          augment_epochs=args.augment_epochs, **extra)
     if args.estimate:
         from .budget import estimate
         glue_download.ensure_task_data(cfg.task, cfg.data_dir, progress=not args.no_progress)

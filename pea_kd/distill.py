@@ -16,6 +16,7 @@ from typing import Optional
 
 from bert_mini import BertConfig, load_pretrained, load_tokenizer
 
+from .augment import with_augmented
 from .feature_cache import load_features
 from .glue import get_task
 from .losses import LossConfig, build_loss, pkd_layer_map
@@ -27,7 +28,7 @@ from .runtime import set_seed
 from .trainer import TrainConfig, TrainResult, train
 
 log = logging.getLogger(__name__)
-TEACHER_FIELDS = ("teacher_logits", "teacher_cls_hidden", "teacher_attentions")
+TEACHER_FIELDS = ("teacher_logits", "teacher_cls_hidden", "teacher_attentions", "teacher_hidden_states")
 LAYER_FIELDS = frozenset({"student_hidden_states", "teacher_cls_hidden"})  # losses that match [CLS] states by layer
 
 
@@ -65,11 +66,12 @@ def distill_student(task, *, out_dir, teacher_dir=None, student_model: str = "mi
                     beta: float = 100.0, kl_reduction: str = "batchmean", loss_weights: Optional[dict] = None,
                     init_from=None, config: Optional[TrainConfig] = None, max_length: int = 128, data_dir=None,
                     max_train_examples: Optional[int] = None, teacher_checkpoint: str = "final",
-                    resume: bool = False, overwrite: bool = False) -> TrainResult:
+                    resume: bool = False, overwrite: bool = False, augment=None) -> TrainResult:
     """Train an L-layer `variant` student on `task` with `loss`, reading the teacher's cached outputs only.
 
     init_from: a PTP run's saved student (save_student dir) whose encoder replaces the pre-trained one (Pea-KD).
     max_train_examples keeps the first N training examples (and their teacher rows), for smoke runs.
+    augment: an augment.AugmentConfig: train on the originals and their teacher-labelled variants (beyond the paper).
     """
     spec = get_task(task)
     config = config or TrainConfig()
@@ -91,9 +93,14 @@ def distill_student(task, *, out_dir, teacher_dir=None, student_model: str = "mi
         # the first n examples were kept: teacher rows 0..n-1 stay aligned
         teacher = TeacherRows.from_cache(cache, "train").head(len(train_data))
         teacher_layers = cache["num_layers"]
-        if "teacher_attentions" in requires:  # the cache has no attention maps: this loss needs a live teacher
+        if augment is not None:  # originals, then their variants: the teacher's rows on them computed once
+            train_data, teacher = with_augmented(spec, teacher_dir, train_data, teacher, tokenizer, augment,
+                                                 max_length, config.device, teacher_checkpoint)
+        if requires & {"teacher_attentions", "teacher_hidden_states"}:  # not in the cache: a live teacher
             live_teacher = load_pretrained(teacher_model_dir(teacher_dir, teacher_checkpoint),
                                            num_labels=spec.num_labels)
+    elif augment is not None:
+        raise ValueError(f"augment: loss {loss!r} reads no teacher, which labels the augmented examples")
     set_seed(config.seed)  # the new task head's initial weights depend on the seed only
     student = build_student(student_model, num_layers, spec.num_labels, variant, encoder_from=init_from)
     layer_map = pkd_layer_map(teacher_layers, effective_layers(student)) if teacher_layers else []
@@ -103,7 +110,8 @@ def distill_student(task, *, out_dir, teacher_dir=None, student_model: str = "mi
             "effective_layers": effective_layers(student), "loss": loss, "alpha": alpha, "temperature": temperature,
             "beta": beta, "kl_reduction": kl_reduction, "layer_map": layer_map,
             "init_from": init_from and str(init_from),
-            "max_length": max_length, "train_examples": len(train_data), "dev_examples": len(dev_data)}
+            "max_length": max_length, "train_examples": len(train_data), "dev_examples": len(dev_data),
+            **({"augment": dataclasses.asdict(augment)} if augment is not None else {})}
 
     def save_fn(model, path):
         save_student(model, path, variant, tokenizer=tokenizer, label_names=spec.labels,

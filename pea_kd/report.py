@@ -138,6 +138,16 @@ def _majority_note(majority: Optional[dict]) -> list[str]:
             "with the same metrics: what a model that ignores its input gets."]
 
 
+def _beyond_note(augment: Optional[dict]) -> list[str]:
+    if not augment:
+        return []
+    return [f"- **†** not in the paper (ours): the final stage also trains on {augment['variants']} teacher-labelled "
+            f"variants of each training example (each whole word replaced with probability {augment['rate']} by one "
+            f"of its {augment['neighbours']} nearest words in the teacher's embedding table; no gold label on them), "
+            f"{_epochs(augment['epochs'])}; the teacher labelled the {augment['examples']:,} variants once"
+            f"{_seconds(augment['teacher_seconds'])}. **+ hidden**: every token's hidden state distilled too."]
+
+
 def _seconds(seconds) -> str:
     return " (time not recorded)" if seconds is None else f" in {seconds:.0f} s"
 
@@ -182,6 +192,7 @@ def format_markdown(results: dict) -> str:
         "during training (one per epoch unless --eval-every), selected and scored on the same dev set (how the "
         "authors report; optimistic).",
         *_majority_note(results.get("majority")),
+        *_beyond_note(results.get("augment")),
         "- **params**: parameters including the task head; SPS students have exactly the parameters of the "
         "original student and twice its effective layers.",
         "- **time / seed**: training + evaluation seconds of one seed, PTP stage included where used; the teacher's "

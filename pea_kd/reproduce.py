@@ -8,6 +8,8 @@
                 SPS + PKD  SPS student (2L effective layers), KD + PKD
                 PTP + PKD  PTP stage first (runs/<task>/ptp-original/seed<k>/), then PKD from its encoder
                 Pea-KD     PTP stage on the SPS student, then SPS + KD + PKD from its encoder
+              --beyond-paper adds three rows that are not the paper's (pea_kd.methods.BEYOND_PAPER, marked †): KD + DA,
+              Pea-KD + DA, Pea-KD + DA + hidden; the teacher labels the augmented set once, after its cache
     report    results.md, results.json, results.png (bar chart), curves.png (dev metric during training); next to
               the teacher, the majority class of train scored on dev (report.majority_baseline), and each seed's values
 
@@ -29,18 +31,22 @@ from typing import Optional
 
 import torch
 
+from bert_mini import load_tokenizer
+
 from . import __version__, distributed
+from .augment import AugmentConfig, augmented_teacher_rows, load_augmented
 from .defaults import default_lr
 from .distill import distill_student, teacher_layers_needed
+from .feature_cache import load_features
 from .glue import get_task, load_examples
 from .glue_files import PROJECT_ROOT
-from .methods import METHODS, Method
+from .methods import ALL_METHODS, METHODS, Method
 from .ptp_stage import ptp_encoder_dir, run_ptp
 from .report import majority_baseline, summarize, write_report
 from .reproduce_setup import smoke_data_dir  # noqa: F401  (notebooks 06-08 import it from here)
 from .reproduce_setup import applicable_methods, check_settings, prepare_data, stage_train_config
 from .reproduce_runs import StageRunner, run_record, stage_dirs, teacher_record
-from .teacher import ensure_teacher_outputs, finetune_teacher
+from .teacher import ensure_teacher_outputs, finetune_teacher, teacher_model_dir
 from .trainer import TrainResult
 
 log = logging.getLogger(__name__)
@@ -82,9 +88,14 @@ class ReproduceConfig:
     device: str = "auto"
     amp: str = "auto"  # runtime.resolve_amp: bf16 autocast where the device has native bf16, else fp32 (fp16 on CUDA)
     progress: Optional[bool] = None
+    beyond_paper: bool = False  # add the rows beyond the paper (methods.BEYOND_PAPER)
+    augment_variants: int = 8  # V, variants per training example (augment.AugmentConfig)
+    augment_rate: float = 0.4  # r, probability of replacing a word
+    augment_neighbours: int = 15  # K, candidates per word
+    augment_epochs: int = 1  # epochs of the final stage on originals + variants: (1 + V) x the data each
 
     def __post_init__(self):
-        self.methods = applicable_methods(self.methods, self.task)  # known ones; PTP on classification tasks only
+        self.methods = applicable_methods(self.methods, self.task, self.beyond_paper)  # PTP: classification only
         if not self.seeds or not self.methods:
             raise ValueError("reproduce needs at least one seed and one method")
         if self.lr is None:
@@ -96,8 +107,18 @@ class ReproduceConfig:
             self.teacher_epochs = recipe.get("epochs", 3)
         if self.smoke:  # every stage, tiny: a few dozen examples, one short epoch, one seed
             self.seeds = self.seeds[:1]
-            self.teacher_epochs = self.student_epochs = self.ptp_epochs = 1
+            self.teacher_epochs = self.student_epochs = self.ptp_epochs = self.augment_epochs = 1
+            self.augment_variants = min(self.augment_variants, 2)
         check_settings(self)  # every setting a stage would refuse, refused now (reproduce_setup)
+
+    def augment_config(self) -> AugmentConfig:
+        """The augmentation of the DA rows (one set for every seed and student)."""
+        return AugmentConfig(rate=self.augment_rate, variants=self.augment_variants,
+                             neighbours=self.augment_neighbours)
+
+    def selected(self) -> list[Method]:
+        """The methods of this reproduction, in table order."""
+        return [m for m in ALL_METHODS if m.slug in self.methods]
 
     @property
     def run_root(self) -> Path:
@@ -120,7 +141,7 @@ def run_all(cfg: ReproduceConfig) -> dict:
     spec = get_task(cfg.task)
     majority = majority_baseline(spec, [e.label for e in load_examples(spec, "train", data_dir)],
                                  [e.label for e in load_examples(spec, spec.dev_split, data_dir)])
-    units = [(seed, m) for seed in cfg.seeds for m in METHODS if m.slug in cfg.methods]  # seed-major table order
+    units = [(seed, m) for seed in cfg.seeds for m in cfg.selected()]  # seed-major table order
     order = {(seed, m.name): i for i, (seed, m) in enumerate(units)}
     stages = StageRunner(cfg, units, teacher_dir, data_dir)  # worker processes (--jobs), devices, the progress view
     cfg = stages.cfg
@@ -131,6 +152,7 @@ def run_all(cfg: ReproduceConfig) -> dict:
         results = {
             "task": spec.name, "config": dataclasses.asdict(cfg), "version": __version__,
             "teacher": teacher_record(teacher, cache_seconds), "majority": majority, "runs": runs,
+            **({"augment": augment} if augment else {}),
             "summary": summarize(runs, spec.metrics),
             "environment": stages.environment(teacher, runs),
             "complete": len(runs) == len(units),
@@ -143,6 +165,7 @@ def run_all(cfg: ReproduceConfig) -> dict:
 
     with stages:
         teacher, cache_seconds = stages.run_teacher(_teacher_stage, teacher_dir, data_dir)
+        augment = augmented_set(cfg, teacher_dir, data_dir)  # made by the teacher stage: read back, with its time
         for finished in stages.run_students(_student_stage, teacher_dir, data_dir):
             runs.extend(finished)
             results = report(teacher, cache_seconds)
@@ -166,12 +189,28 @@ def _teacher_stage(cfg: ReproduceConfig, teacher_dir: Path, data_dir,
                                    config=stage_train_config(cfg, cfg.teacher_epochs, cfg.teacher_lr, 0),
                                    data_dir=data_dir, resume=True)
         # one cache for every student: the union of their layer maps (every layer only if a loss may read any)
-        students = [(m.loss, cfg.student_layers, m.variant) for m in METHODS if m.slug in cfg.methods]
+        students = [(m.loss, cfg.student_layers, m.variant) for m in cfg.selected()]
         cache = ensure_teacher_outputs(teacher_dir, cfg.task, ("train", "dev"), cfg.max_length, data_dir,
                                        device=cfg.device, layers=teacher_layers_needed(teacher_dir, students))
+        augmented_set(cfg, teacher_dir, data_dir, cache["layers"])  # the DA rows' data, labelled once for all
         return teacher, cache.get("seconds")  # the time computing it took, also when reused (None: not recorded)
     finally:
         torch.set_num_threads(before)
+
+
+def augmented_set(cfg: ReproduceConfig, teacher_dir: Path, data_dir, layers=()) -> Optional[dict]:
+    """Build (or read back) the augmented training set and the teacher's outputs on it (the [CLS] `layers` the
+    teacher cache holds, so the students' joined rows find theirs), when a DA row is selected; what results.json
+    records of it: the settings, its size and the seconds the teacher took to label it."""
+    if not any(m.augment for m in cfg.selected()):
+        return None
+    tokenizer = load_tokenizer(teacher_model_dir(teacher_dir))
+    train = load_features(cfg.task, "train", tokenizer, cfg.max_length, data_dir)
+    augmented = load_augmented(get_task(cfg.task).name, train, teacher_model_dir(teacher_dir), tokenizer.vocab,
+                               cfg.augment_config())
+    _, seconds = augmented_teacher_rows(teacher_dir, cfg.task, augmented, layers, cfg.max_length, cfg.device)
+    return {**dataclasses.asdict(cfg.augment_config()), "epochs": cfg.augment_epochs, "examples": len(augmented),
+            "teacher_seconds": seconds}
 
 
 def _student_stage(cfg: ReproduceConfig, method: Method, seed: int, teacher_dir: Path, data_dir) -> dict:
@@ -197,5 +236,7 @@ def train_method(cfg: ReproduceConfig, method: Method, seed: int, teacher_dir: P
                              student_model=cfg.teacher, num_layers=cfg.student_layers, variant=method.variant,
                              loss=method.loss, alpha=cfg.alpha, temperature=cfg.temperature, beta=cfg.beta,
                              init_from=init_from, max_length=cfg.max_length, data_dir=data_dir,
-                             config=stage_train_config(cfg, cfg.student_epochs, cfg.lr, seed), resume=True)
+                             config=stage_train_config(cfg, cfg.augment_epochs if method.augment else cfg.student_epochs,
+                                                       cfg.lr, seed), resume=True,
+                             augment=cfg.augment_config() if method.augment else None)
     return result, ptp_result

@@ -15,23 +15,26 @@ from . import distributed
 from .glue import get_task, split_path
 from .glue_download import ensure_task_data
 from .losses import LossConfig
-from .methods import METHODS
+from .methods import ALL_METHODS, BEYOND_PAPER, METHODS
 from .runtime import resolve_device
 from .sps import make_plan
 from .storage import write_atomic
 from .trainer import TrainConfig
 
 
-def applicable_methods(methods: tuple, task) -> tuple:
-    """`methods` (slugs), refused when one is unknown or none is left; on a regression task the PTP methods are
-    dropped from the default (all methods) and refused when asked for: PTP's labels need a teacher that is right or
-    wrong."""
-    unknown = sorted(set(methods) - {m.slug for m in METHODS})
+def applicable_methods(methods: tuple, task, beyond_paper: bool = False) -> tuple:
+    """`methods` (slugs), refused when one is unknown or none is left; `beyond_paper` adds the rows beyond the paper
+    (methods.BEYOND_PAPER). On a regression task the PTP methods are dropped from the default (all methods) and
+    refused when asked for: PTP's labels need a teacher that is right or wrong."""
+    default = tuple(m.slug for m in (ALL_METHODS if beyond_paper else METHODS))
+    if beyond_paper:
+        methods = tuple(dict.fromkeys(tuple(methods) + tuple(m.slug for m in BEYOND_PAPER)))
+    unknown = sorted(set(methods) - {m.slug for m in ALL_METHODS})
     if unknown:
-        raise ValueError(f"unknown method(s) {unknown}; expected some of {[m.slug for m in METHODS]}")
-    ptp = [m.slug for m in METHODS if m.ptp and m.slug in methods]
+        raise ValueError(f"unknown method(s) {unknown}; expected some of {[m.slug for m in ALL_METHODS]}")
+    ptp = [m.slug for m in ALL_METHODS if m.ptp and m.slug in methods]
     if ptp and get_task(task).is_regression:
-        if methods != tuple(m.slug for m in METHODS):
+        if methods != default:
             raise ValueError(f"{', '.join(ptp)}: PTP is defined for classification tasks; "
                              f"{get_task(task).name} is a regression task")
         methods = tuple(m for m in methods if m not in ptp)  # the default: every method that applies
@@ -53,7 +56,10 @@ def check_settings(cfg) -> None:
     if not 1 <= cfg.student_layers <= teacher_layers:
         raise ValueError(f"--student-layers {cfg.student_layers}: the student takes the bottom layers of the "
                          f"{teacher_layers}-layer teacher {cfg.teacher}, so 1..{teacher_layers}")
-    for variant in {m.variant for m in METHODS if m.slug in cfg.methods}:
+    cfg.augment_config()  # AugmentConfig's checks
+    if cfg.augment_epochs < 1:
+        raise ValueError(f"--augment-epochs must be >= 1, got {cfg.augment_epochs}")
+    for variant in {m.variant for m in ALL_METHODS if m.slug in cfg.methods}:
         make_plan(cfg.student_layers, variant)
     if cfg.jobs > 1 and resolve_device(cfg.device).type == "mps":
         raise ValueError(f"--jobs {cfg.jobs} on mps: the worker processes would share the Mac's one GPU and its "

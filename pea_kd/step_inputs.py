@@ -4,7 +4,9 @@ A step of the training loop names a global batch of example indices. `StepInputs
 this process's share of them (pea_kd.distributed.share; all of them in a plain run), padded (features.collate),
 copied to the device (asynchronously on CUDA only, runtime.non_blocking), with the cached teacher outputs of those
 rows, z_t = teacher[batch.index] (pea_kd.teacher_rows): no teacher forward pass at all. A loss that needs what the
-cache does not hold (teacher attentions) gets a live teacher's forward instead (`teacher_targets`).
+cache does not hold (teacher attentions) gets a live teacher's forward instead (`teacher_targets`); one that reads every
+token's hidden states ("hidden") gets only those from the live teacher, the rest from the cache. Training data with
+examples that have no gold label (pea_kd.augment) gives the loss their mask, has_gold.
 
 Set-up checks, each refused in one line before any training: the cache holds the fields and teacher layers the loss
 reads, and has one row per training example. `identity` names the teacher part of a run (pea_kd.identity) by the
@@ -25,6 +27,14 @@ from .runtime import non_blocking
 from .teacher_rows import TeacherRows
 
 CACHED_FIELDS = (("teacher_logits", "logits"), ("teacher_cls_hidden", "cls_hidden"))  # LossInputs field, rows field
+LIVE_FIELDS = ("teacher_attentions", "teacher_hidden_states")  # never cached: a live teacher's forward
+GOLD_MISSING = -1  # the label of an example without a gold label (pea_kd.augment's variants); NaN for regression
+
+
+def gold_mask(labels) -> np.ndarray:
+    """(N,) bool: which examples have a gold label (not GOLD_MISSING, not NaN)."""
+    labels = np.asarray(labels)
+    return ~np.isnan(labels) if np.issubdtype(labels.dtype, np.floating) else labels != GOLD_MISSING
 
 
 @dataclass
@@ -33,6 +43,7 @@ class Batch:
 
     tensors: dict  # input_ids, token_type_ids, attention_mask (B, T); labels (B,); index (B,) example indices
     teacher: dict  # cached teacher rows as LossInputs fields: teacher_logits (B, C), teacher_cls_hidden (B, L_t+1, H_t)
+    #                (and has_gold (B,) when some training examples have no gold label)
     weight: float  # w_r = W n_r / N of this process's loss (pea_kd.distributed.share); 1 in a plain run
     examples: int  # N, the examples of the global batch
     tokens: int  # real (non-pad) tokens of this process's share
@@ -53,14 +64,18 @@ class StepInputs:
         self.train_data, self.device, self.pad_token_id = train_data, device, pad_token_id
         self.loss_fn, self.loss_name, self.layer_map = loss_fn, loss_name, layer_map
         self.requires = getattr(loss_fn, "requires", frozenset({"labels"}))
-        if "teacher_attentions" in self.requires and live_teacher is None:
-            raise ValueError(f"train: loss {loss_name!r} needs teacher attentions, which the teacher cache "
+        live = [f for f in LIVE_FIELDS if f in self.requires]
+        if live and live_teacher is None:
+            raise ValueError(f"train: loss {loss_name!r} needs {live[0]}, which the teacher cache "
                              "lacks; pass live_teacher=<teacher model>")
         self.live_teacher = live_teacher.to(device).eval() if live_teacher is not None else None
-        # {LossInputs field: rows field} of what the loss reads from the cache (none with a live teacher)
-        self.teacher_fields = {} if live_teacher is not None else {
+        # a live teacher gives an attention loss everything; a per-token hidden-state loss only those states
+        self.hidden_only = live == ["teacher_hidden_states"]
+        # {LossInputs field: rows field} of what the loss reads from the cache (none when a live teacher gives all)
+        self.teacher_fields = {} if live_teacher is not None and not self.hidden_only else {
             f: k for f, k in CACHED_FIELDS if f in self.requires}
         self.rows = self._checked_rows(teacher) if self.teacher_fields else None
+        self.has_gold = self._gold_mask(train_data.labels)
 
     def _checked_rows(self, teacher: Optional[TeacherRows]) -> TeacherRows:
         """The rows stay where the cache put them, in host memory (memory-mapped by load_teacher_outputs, so the
@@ -79,6 +94,12 @@ class StepInputs:
                              "); recompute it with those layers (ensure_teacher_outputs(..., layers=...))")
         return teacher
 
+    @staticmethod
+    def _gold_mask(labels) -> Optional[torch.Tensor]:
+        """(N,) bool, False for the examples with no gold label (augmented ones); None when every one has it."""
+        gold = gold_mask(labels) if labels is not None else None
+        return None if gold is None or gold.all() else torch.from_numpy(gold)
+
     def _reads_hidden(self) -> bool:
         return "cls_hidden" in self.teacher_fields.values()
 
@@ -91,12 +112,12 @@ class StepInputs:
     def identity(self) -> Optional[dict]:
         """The teacher part of the run identity, from the digests recorded with the rows (or the live teacher's
         weights); None without a teacher."""
-        if self.live_teacher is not None:
-            return {"teacher_targets": tensors_digest(self.live_teacher.state_dict())}
+        live = None if self.live_teacher is None else tensors_digest(self.live_teacher.state_dict())
         if self.rows is None:
-            return None
+            return None if live is None else {"teacher_targets": live}
         layers = self.teacher_layers(self.rows) if self._reads_hidden() else ()
-        return self.rows.identity(set(self.teacher_fields.values()), layers)
+        rows = self.rows.identity(set(self.teacher_fields.values()), layers)
+        return rows if live is None else {**rows, "teacher_live": live}
 
     def load(self, indices: np.ndarray) -> Batch:
         """The global batch `indices` as this process's share on the device, with its cached teacher rows."""
@@ -110,6 +131,8 @@ class StepInputs:
                                                                                             non_blocking=copy)
         if "teacher_cls_hidden" in self.teacher_fields:
             teacher["teacher_cls_hidden"] = self.rows.cls_rows(batch["index"], self.device)
+        if self.has_gold is not None:  # augmented data: the task loss skips the examples without a gold label
+            teacher["has_gold"] = self.has_gold.index_select(0, batch["index"]).to(self.device, non_blocking=copy)
         tensors = {k: v.to(self.device, non_blocking=copy) for k, v in batch.items()}
         return Batch(tensors, teacher, weight, examples, tokens)
 
@@ -117,7 +140,9 @@ class StepInputs:
         """z_t (and h_t, attentions) of `batch` as LossInputs fields: its cached rows, or the live teacher's forward."""
         if self.live_teacher is None:
             return batch.teacher
-        return run_live_teacher(self.live_teacher, batch.tensors, self.requires)
+        live = run_live_teacher(self.live_teacher, batch.tensors, self.requires)
+        return {**batch.teacher, **({"teacher_hidden_states": live["teacher_hidden_states"]} if self.hidden_only
+                                    else live)}
 
 
 @torch.no_grad()
@@ -126,6 +151,7 @@ def run_live_teacher(teacher, batch: dict, requires) -> dict:
     out = teacher(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"], output_hidden_states=True,
                   output_attentions="teacher_attentions" in requires)
     return {"teacher_logits": out.logits, "teacher_attentions": out.attentions,
+            "teacher_hidden_states": out.hidden_states,
             "teacher_cls_hidden": torch.stack([h[:, 0] for h in out.hidden_states], dim=1)}
 
 

@@ -415,3 +415,76 @@ def test_student_cls_only_follows_what_each_component_declares(scratch_registry)
     assert not build_loss("kd+attn_mse").student_cls_only
     with pytest.raises(ValueError, match="student_tokens must be 'all' or 'cls'"):
         register_loss("bad_tokens", requires=("student_hidden_states",), student_tokens="first")
+
+
+# ---------------------------------------------------------------- beyond the paper: no gold label, every token's state
+
+def test_examples_without_gold_label_get_no_ce_and_no_ce_gradient():
+    """On augmented rows (has_gold False) only the teacher is matched: CE = 1/B sum over gold rows (still / B), its
+    gradient on the other rows is exactly 0, and the KD term is that of every row."""
+    alpha, T, B = 0.7, 2.0, len(Z_S)
+    gold = torch.tensor([True, False, True, False])
+    y = [1, -1, 0, -1]  # augment.GOLD_MISSING on the rows without a label: never read
+    inputs = LossInputs(student_logits=torch.tensor(Z_S, requires_grad=True), labels=torch.tensor(y),
+                        teacher_logits=torch.tensor(Z_T), config=LossConfig(alpha=alpha, temperature=T), has_gold=gold)
+    out = build_loss("kd")(inputs)
+    ce_gold = sum(-math.log(np_softmax_row(list(Z_S[b]))[y[b]]) for b in (0, 2)) / B  # 1/B sum_{b: gold} l_b
+    assert out.parts["ce"] == pytest.approx((1 - alpha) * ce_gold, rel=1e-6)
+    assert out.parts["kd"] == pytest.approx(alpha * T ** 2 * np_kl_sum(Z_S, Z_T, T) / B, rel=1e-6)
+    ce_only = LossInputs(student_logits=torch.tensor(Z_S, requires_grad=True), labels=torch.tensor(y), has_gold=gold)
+    L.ce_loss(ce_only).total.backward()
+    grad = ce_only.student_logits.grad
+    assert grad[1].abs().sum() == 0 and grad[3].abs().sum() == 0 and grad[0].abs().sum() > 0
+    p = np_softmax_row(list(Z_S[0]))  # d/dz CE / B = (p - onehot(y)) / B on a gold row
+    assert grad[0].tolist() == pytest.approx([(p[c] - (c == 1)) / B for c in range(3)], rel=1e-9)
+    none = LossInputs(student_logits=torch.tensor(Z_S), labels=torch.tensor(y), has_gold=torch.zeros(B, dtype=bool))
+    assert L.ce_loss(none).total.item() == 0.0  # a batch of augmented rows only: no CE at all
+    all_gold = L.ce_loss(LossInputs(torch.tensor(Z_S), labels=torch.tensor(Y), has_gold=torch.ones(B, dtype=bool)))
+    assert all_gold.total.item() == pytest.approx(np_ce(Z_S, Y), rel=1e-12)  # every row gold: the plain CE
+    reg = LossInputs(torch.tensor([[1.0], [2.0], [0.0]]), labels=torch.tensor([0.5, float("nan"), 1.0]),
+                     config=LossConfig(is_regression=True), has_gold=torch.tensor([True, False, True]))
+    assert L.ce_loss(reg).total.item() == pytest.approx((0.25 + 1.0) / 3)  # NaN label never read
+
+
+def np_hidden(student, teacher, mask, pairs):
+    """1/(M N_tok H) sum over pairs, real tokens and dims of (h_s - h_t)^2, with explicit loops."""
+    total, tokens = 0.0, 0
+    for s, t in pairs:
+        for b in range(mask.shape[0]):
+            for n in range(mask.shape[1]):
+                if mask[b, n]:
+                    total += sum((float(x) - float(y)) ** 2 for x, y in zip(student[s][b, n], teacher[t][b, n]))
+                    tokens += 1
+    return total / (tokens * student[0].shape[-1])
+
+
+@pytest.mark.parametrize("student_layers, teacher_layers, pairs", [
+    (6, 6, [(1, 1), (2, 2), (3, 3), (4, 4), (5, 5), (6, 6)]), (3, 6, [(1, 2), (2, 4), (3, 6)]),
+    (4, 6, [(2, 3), (4, 6)])])
+def test_hidden_loss_matches_loops_over_real_tokens_and_its_layer_map(student_layers, teacher_layers, pairs):
+    g = torch.Generator().manual_seed(0)
+    B, n, H = 2, 5, 4
+    student = tuple(torch.randn(B, n, H, generator=g, dtype=torch.float64) for _ in range(student_layers + 1))
+    teacher = tuple(torch.randn(B, n, H, generator=g, dtype=torch.float64) for _ in range(teacher_layers + 1))
+    mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]])
+    assert L.hidden_layer_map(teacher_layers, student_layers) == pairs
+    out = build_loss("hidden")(LossInputs(torch.zeros(B, 2), student_hidden_states=student,
+                                          teacher_hidden_states=teacher, attention_mask=mask))
+    assert out.total.item() == pytest.approx(np_hidden(student, teacher, mask, pairs), rel=1e-12)
+    padded = tuple(h.clone() for h in student)
+    for h in padded:
+        h[1, 3:] = 1e3  # padding positions: any value, the same loss
+    again = build_loss("hidden")(LossInputs(torch.zeros(B, 2), student_hidden_states=padded,
+                                            teacher_hidden_states=teacher, attention_mask=mask))
+    assert again.total.item() == pytest.approx(out.total.item(), rel=1e-12)
+
+
+def test_hidden_loss_refuses_other_widths_and_a_cls_only_last_state():
+    states = (torch.zeros(1, 3, 4),) * 7
+    with pytest.raises(ValueError, match="student width 4 != teacher width 8"):
+        L.hidden_loss(LossInputs(torch.zeros(1, 2), student_hidden_states=states,
+                                 teacher_hidden_states=(torch.zeros(1, 3, 8),) * 7, attention_mask=torch.ones(1, 3)))
+    with pytest.raises(ValueError, match="its \\[CLS\\] row only"):
+        L.hidden_loss(LossInputs(torch.zeros(1, 2), student_hidden_states=states[:-1] + (torch.zeros(1, 1, 4),),
+                                 teacher_hidden_states=states, attention_mask=torch.ones(1, 3)))
+    assert not build_loss("kd+pkd+hidden").student_cls_only  # every token of the last layer is computed

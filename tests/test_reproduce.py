@@ -134,6 +134,47 @@ def test_regression_task_runs_every_method_but_ptp_and_refuses_ptp_when_asked():
     assert ReproduceConfig(task="mrpc", lr=5e-5).methods == tuple(m.slug for m in METHODS)
 
 
+def test_the_rows_beyond_the_paper_come_only_with_the_switch():
+    paper = tuple(m.slug for m in METHODS)
+    assert ReproduceConfig(task="mrpc").methods == paper  # the paper's comparison, as it is
+    beyond = ReproduceConfig(task="mrpc", beyond_paper=True)
+    assert beyond.methods == paper + ("kd-da", "pea-kd-da", "pea-kd-da-hidden")
+    assert [m.name for m in beyond.selected()][-3:] == ["KD + DA †", "Pea-KD + DA †", "Pea-KD + DA + hidden †"]
+    assert ReproduceConfig(task="stsb", lr=5e-5, beyond_paper=True).methods == ("ft", "kd", "pkd", "sps-pkd", "kd-da")
+    with pytest.raises(ValueError, match="--augment-epochs must be >= 1"):
+        ReproduceConfig(beyond_paper=True, augment_epochs=0)
+    with pytest.raises(ValueError, match="augment: need 0 < rate <= 1"):
+        ReproduceConfig(beyond_paper=True, augment_rate=0.0)
+
+
+@needs_glue
+def test_reproduce_smoke_beyond_the_paper_adds_the_rows_and_labels_the_augmented_set_once(tmp_path):
+    env = {**os.environ, "GLUE_DIR": str(GLUE), "PEA_KD_CACHE_DIR": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "pea_kd", "reproduce", "--task", "mrpc", "--smoke", "--out-root", str(tmp_path),
+           "--no-progress", "--methods", "kd", "--beyond-paper"]
+    run = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    root = tmp_path / "mrpc-smoke"
+    results = json.loads((root / "results.json").read_text())
+    names = ["KD", "KD + DA †", "Pea-KD + DA †", "Pea-KD + DA + hidden †"]
+    assert [r["method"] for r in results["summary"]] == names and results["complete"]
+    augment = results["augment"]
+    assert (augment["variants"], augment["epochs"], augment["examples"]) == (2, 1, 128)  # smoke: 2 variants of 64
+    assert augment["teacher_seconds"] > 0 and len(list((root / "teacher").glob("teacher_outputs-augmented-*.pt"))) == 1
+    assert run.stderr.count("augment: teacher outputs on 128 augmented examples") == 1  # once, for every row
+    runs = {r["method"]: r for r in results["runs"]}
+    assert runs["KD + DA †"]["result"]["meta"]["train_examples"] == 64 * 3  # originals + 2 variants each
+    assert runs["Pea-KD + DA + hidden †"]["loss"] == "kd+pkd+hidden"
+    parts = json.loads((root / "pea-kd-da-hidden" / "seed0" / "log.jsonl").read_text().splitlines()[-1])
+    assert {"kd", "ce", "pkd", "hidden"} <= set(parts["train_parts"])
+    assert "| KD + DA † | 1 | 17.4M | 3 |" in (root / "results.md").read_text()
+    assert "not in the paper (ours)" in (root / "results.md").read_text()
+    budget = subprocess.run(cmd + ["--estimate"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert budget.returncode == 0, budget.stderr[-3000:]
+    rows = {line.split("|")[1].strip(): line for line in budget.stdout.splitlines() if line.startswith("| ")}
+    assert {"teacher labels DA †", *names} <= set(rows)
+
+
 def test_teacher_recipe_comes_from_the_search_table_unless_overridden(monkeypatch):
     monkeypatch.setattr(reproduce, "TEACHER_RECIPES", {("minilm-l6", "RTE"): {"lr": 1e-4, "epochs": 10}})
     rte = ReproduceConfig(task="rte", lr=5e-5)

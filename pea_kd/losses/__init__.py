@@ -6,6 +6,7 @@ Built-in components (combine with '+', e.g. "kd+pkd", the Pea-KD final stage):
     "kd"   alpha T^2 KL(softmax(z_t/T) || softmax(z_s/T)) + (1-alpha) CE       standard.py
     "pkd"  beta MSE(normalize(h_s[CLS]), normalize(h_t[CLS])) over layer_map  standard.py
     "attn_mse", "pkd_uncertainty": worked examples of new losses              examples.py
+    "hidden"   MSE of every token's hidden state (beyond the paper)           hidden.py
 
 Adding a loss needs one new definition and no trainer edits:
 
@@ -45,10 +46,11 @@ from .registry import (
 from .standard import (ce_loss, cls_pairs, compute_dtype, kd_loss, kl_divergence, normalized_mse, pkd_layer_map,
                        pkd_loss, task_loss)
 from .examples import PKDUncertainty, attn_mse_loss  # registers the worked examples (import order = listing order)
+from .hidden import hidden_layer_map, hidden_loss
 
 __all__ = [
     "INPUT_FIELDS", "LossConfig", "LossEntry", "LossInputs", "LossModule", "LossResult", "available_losses",
     "build_loss", "get_loss", "parse_loss_spec", "register_loss", "ce_loss", "cls_pairs", "compute_dtype", "kd_loss",
     "kl_divergence", "normalized_mse", "pkd_layer_map", "pkd_loss", "task_loss", "PKDUncertainty",
-    "attn_mse_loss",
+    "attn_mse_loss", "hidden_layer_map", "hidden_loss",
 ]

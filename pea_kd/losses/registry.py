@@ -67,6 +67,8 @@ class LossInputs:
     config: LossConfig.   attention_mask: (B, n) 1 = real token, 0 = padding.
     teacher_attentions: tuple of (B, h_t, n, n), index i-1 = teacher layer i. Not in the teacher cache: needs a live
         teacher forward with output_attentions=True.
+    teacher_hidden_states: tuple of (B, n, H_t), every token, index 0 = embeddings (a live teacher forward, as above).
+    has_gold: (B,) bool, False for an example with no gold label (augmented data); None = every example has one.
     Teacher tensors are targets: the built-in losses detach them.
     """
 
@@ -79,6 +81,8 @@ class LossInputs:
     config: LossConfig = field(default_factory=LossConfig)
     attention_mask: Optional[Tensor] = None
     teacher_attentions: Optional[tuple] = None
+    teacher_hidden_states: Optional[tuple] = None
+    has_gold: Optional[Tensor] = None
 
 
 INPUT_FIELDS = tuple(f.name for f in dataclasses.fields(LossInputs))

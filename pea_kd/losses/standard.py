@@ -9,6 +9,7 @@ Spec "kd+pkd" is the authors' `--train_type pkd`; "kd" their KD baseline; "ce" f
 from __future__ import annotations
 
 from math import gcd
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -39,15 +40,21 @@ def _check_logits(inputs: LossInputs, loss: str) -> Tensor:
     return z_s
 
 
-def task_loss(z_s: Tensor, y: Tensor, is_regression: bool) -> Tensor:
+def task_loss(z_s: Tensor, y: Tensor, is_regression: bool, has_gold: Optional[Tensor] = None) -> Tensor:
     """The supervised loss on gold labels.
 
     classification: CE(z_s, y) = -1/B sum_b log softmax(z_s)[b, y_b]
     regression:     MSE(z_s, y) = 1/B sum_b (z_s[b, 0] - y_b)^2
+    has_gold (B,) bool (augmented data): the sum runs over gold examples g_b = 1 only, still divided by B, so an
+    original example weighs what it weighs without augmentation:  1/B sum_b g_b l_b  (0 for a batch without gold).
     """
     if y.shape != z_s.shape[:1]:
         raise ValueError(f"labels must be (B,) = {tuple(z_s.shape[:1])}, got shape {tuple(y.shape)}")
     z_s = z_s.to(compute_dtype(z_s))
+    if has_gold is not None:
+        keep = has_gold.to(torch.bool)
+        gold = task_loss(z_s[keep], y[keep], is_regression) if bool(keep.any()) else z_s.sum() * 0.0
+        return gold * keep.sum() / len(y)  # 1/B sum_{b: g_b} l_b
     if is_regression:
         return F.mse_loss(z_s[:, 0], y.to(z_s.dtype))  # 1/B sum_b (z_s[b] - y_b)^2
     if y.dtype.is_floating_point:
@@ -76,7 +83,7 @@ def ce_loss(inputs: LossInputs) -> LossResult:
     Parts: {"ce": L_ce}.
     """
     z_s = _check_logits(inputs, "ce")
-    loss = task_loss(z_s, require(inputs, "labels", "ce"), inputs.config.is_regression)
+    loss = task_loss(z_s, require(inputs, "labels", "ce"), inputs.config.is_regression, inputs.has_gold)
     return LossResult(loss, {"ce": loss.detach()})
 
 
@@ -103,7 +110,8 @@ def kd_loss(inputs: LossInputs) -> LossResult:
         kl = kl_divergence(z_s.to(dtype), z_t.to(dtype), cfg.temperature, cfg.kl_reduction)
         soft = cfg.alpha * cfg.temperature ** 2 * kl  # alpha * T^2 * KL(p_t || p_s)
     if cfg.alpha < 1.0:
-        hard = (1.0 - cfg.alpha) * task_loss(z_s, require(inputs, "labels", "kd"), cfg.is_regression)  # (1-alpha) CE
+        hard = (1.0 - cfg.alpha) * task_loss(z_s, require(inputs, "labels", "kd"), cfg.is_regression,
+                                             inputs.has_gold)  # (1-alpha) CE, on gold examples only
     else:
         hard = torch.zeros((), dtype=soft.dtype, device=soft.device)
     return LossResult(soft + hard, {"kd": soft.detach(), "ce": hard.detach()})
