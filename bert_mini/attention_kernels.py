@@ -6,8 +6,8 @@ the only way to get the probabilities P back (output_attentions). PyTorch's fuse
 it the work where it is faster, in one line. The rules, by (device type, dtype of Q):
 
 * SDPA's fused kernel in fp32 and on CUDA, and in CPU bf16 inference (no dropout): there its flash kernel reads
-  Q, K, V in their head-split layout and never writes the (B, A, T, T) scores, and was measured 1.5x faster than the
-  explicit path on a CPU with AMX (docs/performance.md, "Mixed precision (bf16)").
+  Q, K, V in their head-split layout and never writes the (B, A, T, T) scores: measured faster than the explicit
+  path on a CPU with AMX (docs/performance.md, "Mixed precision (bf16)").
 * The explicit path in CPU training (attention dropout on): SDPA's CPU kernel has no dropout, so SDPA falls back to
   its own unfused matmul-softmax-matmul there and draws the mask with bernoulli_; the explicit path is that same
   computation with bert_mini.dropout's cheaper masks.
