@@ -6,7 +6,8 @@
 Builds the student as `distill` does (minilm-l6's bottom L layers, the variant's SPS plan), reads real training
 batches of the task (GLUE_DIR or data/glue), runs `--warmup` untimed Trainer steps, then profiles `--steps` more
 (the trainer's own `Trainer.step`: forward, loss, backward, clipping, AdamW). Every operator's *self* CPU time is
-put in one group (GROUPS, first match wins) and printed as a share of the total, next to the wall time per step.
+put in one group (GROUPS, first match wins) and printed as a share of the total, next to the wall time per step,
+and the absolute self CPU time per step outside the matrix products ("non-matmul ms/step") and inside them.
 
 The shares are what to optimise first: a step that is mostly matrix products runs near the machine's matmul rate;
 everything else (dropout masks, zero-fills, GELU, copies, the optimiser) is overhead on top. The profiler times
