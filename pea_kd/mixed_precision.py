@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from typing import Optional
+from typing import Iterator, Optional
 
 import torch
 
@@ -65,16 +65,15 @@ class MixedPrecision:
             self.scaler.load_state_dict(state)
 
 
-def inference_autocast(device: torch.device, amp_dtype: Optional[torch.dtype]) -> contextlib.ExitStack:
+@contextlib.contextmanager
+def inference_autocast(device: torch.device, amp_dtype: Optional[torch.dtype]) -> Iterator[None]:
     """no_grad + one autocast context to `amp_dtype` (None = fp32) for a whole evaluation loop.
 
     Not inference_mode: torch's autocast does not cache its weight casts there, nor across contexts, so a loop that
     enters autocast per batch under inference_mode casts every weight at every call (for an SPS student twice per
     batch). With the cache, the casts are done once per pass; the logits are the same bit for bit."""
-    stack = contextlib.ExitStack()
-    stack.enter_context(torch.no_grad())
-    stack.enter_context(torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None))
-    return stack
+    with torch.no_grad(), torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+        yield
 
 
 def fp32_loss_inputs(inputs: LossInputs) -> LossInputs:
