@@ -5,21 +5,26 @@ the only way to get the probabilities P back (output_attentions). PyTorch's fuse
 `F.scaled_dot_product_attention` ("sdpa") computes the same equation with less memory traffic, and modeling.py hands
 it the work where it is faster, in one line. The rules, by (device type, dtype of Q):
 
-* SDPA's fused kernel in fp32 and on CUDA.
-* The explicit path under CPU bf16 autocast: it was measured faster there on a CPU with native bf16
-  (docs/performance.md, "Mixed precision (bf16)").
+* SDPA's fused kernel in fp32 and on CUDA, and in CPU bf16 inference (no dropout): there its flash kernel reads
+  Q, K, V in their head-split layout and never writes the (B, A, T, T) scores: measured faster than the explicit
+  path on a CPU with AMX (docs/performance.md, "Mixed precision (bf16)").
 * The explicit path in CPU training (attention dropout on): SDPA's CPU kernel has no dropout, so SDPA falls back to
   its own unfused matmul-softmax-matmul there and draws the mask with bernoulli_; the explicit path is that same
   computation with bert_mini.dropout's cheaper masks.
+* The explicit path for CPU bf16 where torch's bf16 flash kernel cannot run: torch 2.13 refuses it for 64 or more
+  tokens when its CPU kernels are limited below AVX-512 on a CPU with AMX (ATEN_CPU_CAPABILITY=default: "pack_vnni2
+  is only supported when avx512 is supported"). `cpu_bf16_sdpa_runs` tries it once per process.
 
 `python -m pea_kd_bench.throughput` (make bench) measures the model's speed on your machine; ATTENTION_KERNEL =
 "sdpa" or "explicit" forces one kernel everywhere (the tests compare both).
 """
 from __future__ import annotations
 
-import torch
+import functools
 
-EXPLICIT_ATTENTION = {("cpu", torch.bfloat16)}
+import torch
+import torch.nn.functional as F
+
 ATTENTION_KERNEL = "auto"  # "auto" (the rules above), "sdpa" or "explicit"
 
 
@@ -29,7 +34,20 @@ def attention_kernel(q: torch.Tensor, dropout_p: float = 0.0) -> str:
         return ATTENTION_KERNEL
     if dropout_p > 0 and q.device.type == "cpu":
         return "explicit"
-    return "explicit" if (q.device.type, q.dtype) in EXPLICIT_ATTENTION else "sdpa"
+    if q.device.type == "cpu" and q.dtype == torch.bfloat16 and not cpu_bf16_sdpa_runs():
+        return "explicit"
+    return "sdpa"
+
+
+@functools.cache
+def cpu_bf16_sdpa_runs() -> bool:
+    """Whether torch's CPU bf16 SDPA kernel runs on 64 tokens with this process's CPU kernels (tried once)."""
+    q = torch.zeros(1, 1, 64, 32, dtype=torch.bfloat16)
+    try:
+        F.scaled_dot_product_attention(q, q, q)
+    except RuntimeError:  # "pack_vnni2 is only supported when avx512 is supported" (ATEN_CPU_CAPABILITY=default)
+        return False
+    return True
 
 
 def use_fused_kernel(q: torch.Tensor, dropout_p: float, output_attentions: bool) -> bool:

@@ -8,12 +8,16 @@ the backward pass, divides the gradients by S before they are clipped, and skips
     g = (1/S) d(S L)/dθ,    θ <- AdamW(θ, g) unless g is inf/NaN (then S <- S/2)
 
 bf16 has fp32's exponent range and needs no scaler; in fp32 (amp_dtype None) every method here is the plain call.
+
+Inference (`inference_autocast`) runs a whole pass over a dataset in one autocast context under `no_grad`: autocast
+keeps the 16-bit copy W16 = bf16(W) of each fp32 weight for the lifetime of its context, so each weight is cast once
+per pass instead of once per use in every batch (the same W16, so the same logits bit for bit).
 """
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-from typing import Optional
+from typing import Iterator, Optional
 
 import torch
 
@@ -59,6 +63,17 @@ class MixedPrecision:
         """Restore what state_dict() returned (nothing to do without a scaler or a stored state)."""
         if self.scaler is not None and state:
             self.scaler.load_state_dict(state)
+
+
+@contextlib.contextmanager
+def inference_autocast(device: torch.device, amp_dtype: Optional[torch.dtype]) -> Iterator[None]:
+    """no_grad + one autocast context to `amp_dtype` (None = fp32) for a whole evaluation loop.
+
+    Not inference_mode: torch's autocast does not cache its weight casts there, nor across contexts, so a loop that
+    enters autocast per batch under inference_mode casts every weight at every call (for an SPS student twice per
+    batch). With the cache, the casts are done once per pass; the logits are the same bit for bit."""
+    with torch.no_grad(), torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+        yield
 
 
 def fp32_loss_inputs(inputs: LossInputs) -> LossInputs:

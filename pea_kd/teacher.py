@@ -33,6 +33,7 @@ from .feature_cache import load_features
 from .features import Features, collate, make_batches, split_holdout
 from .glue import get_task
 from .identity import features_digest, file_digest
+from .mixed_precision import inference_autocast
 from .runtime import precision_name, resolve_amp, resolve_device, set_seed
 from .teacher_cache import CACHE_FILE, CLS_DTYPES, write_teacher_cache
 from .teacher_cache_reuse import check_cls_dtype, check_teacher_head, checked_layers, reuse_or_recompute
@@ -88,7 +89,6 @@ def teacher_model_dir(teacher_dir, which: str = "final") -> Path:
                             "train one with `python -m pea_kd finetune-teacher`")
 
 
-@torch.inference_mode()
 def teacher_forward(model, data: Features, device, batch_size: int = 64, amp_dtype=None,
                     layers: Optional[Sequence[int]] = None, cls_dtype: torch.dtype = torch.float32) -> dict:
     """Eval-mode pass over `data` in sorted-by-length batches: logits (N, C) float32 and cls_hidden (N, K, H), column
@@ -98,15 +98,15 @@ def teacher_forward(model, data: Features, device, batch_size: int = 64, amp_dty
     layers = list(range(len(model.bert.encoder.plan) + 1) if layers is None else layers)
     logits = torch.empty(len(data), model.num_labels)
     cls_hidden = torch.empty(len(data), len(layers), model.config.hidden_size, dtype=cls_dtype) if layers else None
-    for idx in make_batches(data, batch_size, shuffle=False):
-        b = collate(data, idx, pad_token_id=model.config.pad_token_id)
-        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+    with inference_autocast(device, amp_dtype):  # no_grad + autocast; fast path: each weight cast once per pass
+        for idx in make_batches(data, batch_size, shuffle=False):
+            b = collate(data, idx, pad_token_id=model.config.pad_token_id)
             out = model(b["input_ids"].to(device), b["attention_mask"].to(device), b["token_type_ids"].to(device),
                         output_hidden_states=bool(layers), cls_only=True)  # only [CLS] rows are kept
-        logits[b["index"]] = out.logits.float().cpu()
-        if layers:
-            cls_hidden[b["index"]] = torch.stack([out.hidden_states[i][:, 0] for i in layers], dim=1).float().cpu().to(
-                cls_dtype)
+            logits[b["index"]] = out.logits.float().cpu()
+            if layers:
+                cls_hidden[b["index"]] = torch.stack([out.hidden_states[i][:, 0] for i in layers],
+                                                     dim=1).float().cpu().to(cls_dtype)
     return {"logits": logits, "cls_hidden": cls_hidden}
 
 

@@ -35,7 +35,7 @@ from . import distributed
 from .features import Features, collate, count_batches, make_batches
 from .identity import run_identity
 from .losses import LossConfig, LossInputs, build_loss, task_loss
-from .mixed_precision import MixedPrecision, fp32_loss_inputs
+from .mixed_precision import MixedPrecision, fp32_loss_inputs, inference_autocast
 from .run_files import LoopState, RunFiles, TrainResult, locked, run_result
 from .runtime import keep_freed_memory, resolve_amp, resolve_device
 from .step_inputs import StepInputs, as_teacher_rows
@@ -98,18 +98,17 @@ def linear_schedule(total_steps: int, warmup_steps: int) -> Callable[[int], floa
     return f
 
 
-@torch.inference_mode()
 def predict(model, data: Features, device, batch_size: int = 64, amp_dtype=None) -> torch.Tensor:
     """Logits (N, C) float32 in example order; sorted-by-length batches, eval mode (restores the previous mode)."""
     was_training = model.training
     model.eval()
     out = torch.empty(len(data), model.num_labels, dtype=torch.float32)
-    for idx in make_batches(data, batch_size, shuffle=False):
-        b = collate(data, idx, pad_token_id=model.config.pad_token_id)
-        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            logits = model(b["input_ids"].to(device), b["attention_mask"].to(device), b["token_type_ids"].to(device),
-                           cls_only=True).logits  # the logits read the last layer's [CLS] row only
-        out[b["index"]] = logits.float().cpu()
+    with inference_autocast(device, amp_dtype):  # no_grad + autocast; fast path: each weight cast once per pass
+        for idx in make_batches(data, batch_size, shuffle=False):
+            b = collate(data, idx, pad_token_id=model.config.pad_token_id)
+            logits = model(b["input_ids"].to(device), b["attention_mask"].to(device),
+                           b["token_type_ids"].to(device), cls_only=True).logits  # reads the last layer's [CLS] row
+            out[b["index"]] = logits.float().cpu()
     model.train(was_training)
     return out
 

@@ -6,7 +6,8 @@
 Builds the student as `distill` does (minilm-l6's bottom L layers, the variant's SPS plan), reads real training
 batches of the task (GLUE_DIR or data/glue), runs `--warmup` untimed Trainer steps, then profiles `--steps` more
 (the trainer's own `Trainer.step`: forward, loss, backward, clipping, AdamW). Every operator's *self* CPU time is
-put in one group (GROUPS, first match wins) and printed as a share of the total, next to the wall time per step.
+put in one group (GROUPS, first match wins) and printed as a share of the total, next to the wall time per step,
+and the absolute self CPU time per step outside the matrix products ("non-matmul ms/step") and inside them.
 
 The shares are what to optimise first: a step that is mostly matrix products runs near the machine's matmul rate;
 everything else (dropout masks, zero-fills, GELU, copies, the optimiser) is overhead on top. The profiler times
@@ -49,6 +50,7 @@ GROUPS = [
     ("LayerNorm", ("layer_norm",)),
     ("softmax", ("softmax",)),
 ]
+MATMUL = GROUPS[0][0]
 OTHER = "the rest (elementwise, reductions, indexing, autograd bookkeeping)"
 
 
@@ -92,12 +94,16 @@ def profile_trainer(task: str = "mrpc", variant: str = "sps", num_layers: int = 
         shares[group_of(event.key)] = shares.get(group_of(event.key), 0.0) + event.self_cpu_time_total
         operators[event.key] = event.self_cpu_time_total
     total = sum(shares.values())
+    steps_done = len(batches) - warmup
     top = sorted(operators.items(), key=lambda kv: -kv[1])[:15]
     return {"task": spec.name, "variant": variant, "num_layers": num_layers, "loss": loss, "amp": amp,
-            "batch_size": batch_size, "steps": len(batches) - warmup, "threads": torch.get_num_threads(),
+            "batch_size": batch_size, "steps": steps_done, "threads": torch.get_num_threads(),
             "tokens": int(sum(train_data.lengths[b].sum() for b in batches[warmup:])),
-            "wall_s_per_step": wall / (len(batches) - warmup), "cpu_s_per_step": cpu / (len(batches) - warmup),
+            "wall_s_per_step": wall / steps_done, "cpu_s_per_step": cpu / steps_done,
             "self_cpu_s": total / 1e6,
+            # the operators' self time per step, outside and inside the matrix products (MATMUL = GROUPS[0])
+            "non_matmul_ms_per_step": (total - shares.get(MATMUL, 0.0)) / 1e3 / steps_done,
+            "matmul_ms_per_step": shares.get(MATMUL, 0.0) / 1e3 / steps_done,
             "shares": {g: shares.get(g, 0.0) / total for g, _ in GROUPS + [(OTHER, ())]},
             "top_operators": {k: v / total for k, v in top}}
 
@@ -109,6 +115,8 @@ def format_profile(report: dict) -> str:
              f"profiled steps, {report['wall_s_per_step'] * 1e3:.0f} ms/step wall, {report['cpu_s_per_step'] * 1e3:.0f} "
              f"ms/step process CPU (under the profiler), "
              f"{report['tokens'] / report['steps'] / report['wall_s_per_step']:.0f} real tokens/s", "",
+             f"operators' self CPU time per step: {report['non_matmul_ms_per_step']:.1f} ms non-matmul ms/step, "
+             f"{report['matmul_ms_per_step']:.1f} ms in the matrix products", "",
              f"{'share of self CPU time':55} {'share':>6}"]
     lines += [f"{group:55} {share:6.1%}" for group, share in report["shares"].items()]
     lines += ["", "top operators (self CPU time):"]

@@ -147,6 +147,9 @@ def test_step_profile_groups_a_trainer_steps_operators(tiny_env, tmp_path, singl
                                 "--batch-size", "8", "--threads", "1", "--json", str(out)])
     assert report["steps"] == 2 and report["tokens"] > 0 and report["cpu_s_per_step"] > 0
     assert sum(report["shares"].values()) == pytest.approx(1.0)
+    matmul = report["shares"]["matrix products (mm, addmm, bmm, linear)"]  # the ms/step lines split the same total
+    assert report["matmul_ms_per_step"] == pytest.approx(matmul * report["self_cpu_s"] * 1e3 / report["steps"])
+    assert report["non_matmul_ms_per_step"] == pytest.approx((1 - matmul) * report["self_cpu_s"] * 1e3 / 2)
     assert report["shares"]["matrix products (mm, addmm, bmm, linear)"] > 0
     assert report["shares"]["dropout masks (bernoulli, random words, their compare)"] > 0
     assert "aten::bernoulli_" not in report["top_operators"]  # bert_mini draws its masks with random_

@@ -11,12 +11,14 @@ import pytest
 import torch
 
 import bert_mini.attention_kernels as kernels
-from bert_mini import load_pretrained
+from bert_mini import load_pretrained, load_tokenizer
+from pea_kd.feature_cache import load_features
+from pea_kd.features import collate, make_batches
 from pea_kd.runtime import native_bf16
 from pea_kd import runtime
 from pea_kd.identity import RunMismatch
 from pea_kd.runtime import precision_name, resolve_amp
-from pea_kd.trainer import Trainer, TrainResult
+from pea_kd.trainer import Trainer, TrainResult, predict
 from test_trainer import assert_same_weights, tiny_run, weights
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -87,7 +89,7 @@ def golden():
 def cpu_bf16_sdpa_refusal() -> str | None:
     """torch's own error where its CPU bf16 SDPA kernel cannot run here, else None. torch 2.13 refuses it for 64 or
     more tokens on a CPU with AMX run with ATEN_CPU_CAPABILITY=default ("pack_vnni2 is only supported when avx512 is
-    supported"); auto never picks SDPA for CPU bf16 (bert_mini.attention_kernels), so only a forced kernel meets it."""
+    supported"); auto picks SDPA for CPU bf16 only where it runs (bert_mini.attention_kernels.cpu_bf16_sdpa_runs)."""
     q = torch.zeros(1, 1, 64, 32, dtype=torch.bfloat16)
     try:
         torch.nn.functional.scaled_dot_product_attention(q, q, q)
@@ -117,10 +119,19 @@ def test_bf16_forward_of_the_golden_batch_stays_close_to_fp32(golden, kernel, mo
     assert pooled > 1e-4  # bf16 really ran: an fp32 forward matches the reference to 1e-5
 
 
-def test_explicit_attention_is_chosen_for_cpu_bf16_only():
+def test_cpu_bf16_inference_takes_sdpa_where_its_kernel_runs():
+    """Without dropout CPU bf16 goes to SDPA's flash kernel, unless torch refuses it with these CPU kernels (then the
+    explicit path); with dropout (training) always the explicit path; fp32 inference always SDPA."""
     q32 = torch.zeros(1, 1, 2, 2)
     assert kernels.attention_kernel(q32) == "sdpa"
-    assert kernels.attention_kernel(q32.bfloat16()) == "explicit"
+    runs = cpu_bf16_sdpa_refusal() is None
+    assert kernels.cpu_bf16_sdpa_runs() is runs
+    assert kernels.attention_kernel(q32.bfloat16()) == ("sdpa" if runs else "explicit")
+    assert kernels.attention_kernel(q32.bfloat16(), dropout_p=0.1) == "explicit"
+    model = load_pretrained("minilm-l6").eval()  # auto's bf16 forward of 64+ tokens runs wherever the suite runs
+    ids = torch.randint(1000, 2000, (2, 70), generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.isfinite(model(ids).last_hidden_state.float()).all()
 
 
 def test_a_tiny_bf16_run_learns_and_records_its_precision(tiny_env, tmp_path):
@@ -162,3 +173,40 @@ def test_bf16_same_seed_twice_and_resume_are_bit_identical(tiny_env, tmp_path, m
     assert numbers(resumed) == numbers(full)
     assert_same_weights(weights(tmp_path / "full" / "final"), weights(tmp_path / "cut" / "final"))
     assert TrainResult.load(tmp_path / "cut" / "result.json").meta["precision"] == "bf16"
+
+
+def casts_of_shapes(run, shapes) -> int:
+    """How many dtype casts (aten::_to_copy) of a tensor with one of `shapes` `run()` makes."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], record_shapes=True) as prof:
+        run()
+    return sum(e.count for e in prof.key_averages(group_by_input_shape=True)
+               if e.key == "aten::_to_copy" and e.input_shapes and e.input_shapes[0] in shapes)
+
+
+@pytest.mark.parametrize("amp_dtype", [torch.bfloat16, None])
+def test_predict_casts_each_weight_once_per_pass_and_gives_the_per_batch_logits(tiny_env, amp_dtype):
+    """pea_kd.mixed_precision.inference_autocast: one autocast context around predict's batches (no_grad, not
+    inference_mode, where autocast caches nothing) casts each weight matrix once per pass, and the logits equal, bit
+    for bit, those of an autocast entered per batch under inference_mode (what predict did before)."""
+    checkpoint, _ = tiny_env
+    data = load_features("mrpc", "dev", load_tokenizer(checkpoint), 32)
+    torch.manual_seed(0)
+    model = load_pretrained(checkpoint, num_labels=2)
+    model.bert.encoder.plan = [(0, False), (1, False), (0, True), (1, True)]  # SPS: each layer used twice a batch
+    device = torch.device("cpu")
+    batch_size = 8
+    per_batch = torch.empty(len(data), 2)
+    with torch.inference_mode():
+        model.eval()
+        for idx in make_batches(data, batch_size, shuffle=False):
+            b = collate(data, idx, pad_token_id=model.config.pad_token_id)
+            with torch.autocast("cpu", dtype=amp_dtype, enabled=amp_dtype is not None):
+                per_batch[b["index"]] = model(b["input_ids"], b["attention_mask"], b["token_type_ids"],
+                                              cls_only=True).logits.float()
+    logits = predict(model, data, device, batch_size, amp_dtype)
+    assert torch.equal(logits, per_batch)
+    assert len(make_batches(data, batch_size, shuffle=False)) >= 3
+    matrices = [p for n, p in model.named_parameters() if p.dim() == 2 and "embeddings" not in n]  # linear weights
+    shapes = [list(p.shape) for p in matrices]
+    casts = casts_of_shapes(lambda: predict(model, data, device, batch_size, amp_dtype), shapes)
+    assert casts == (len(matrices) if amp_dtype is not None else 0)
