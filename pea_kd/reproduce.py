@@ -45,7 +45,7 @@ from .ptp_stage import ptp_encoder_dir, run_ptp
 from .report import majority_baseline, summarize, write_report
 from .reproduce_setup import smoke_data_dir  # noqa: F401  (notebooks 06-08 import it from here)
 from .reproduce_setup import applicable_methods, check_settings, prepare_data, stage_train_config
-from .reproduce_runs import StageRunner, run_record, stage_dirs, teacher_record
+from .reproduce_runs import StageRunner, run_record, run_shared, stage_dirs, teacher_record
 from .teacher import ensure_teacher_outputs, finetune_teacher, teacher_model_dir
 from .trainer import TrainResult
 
@@ -226,17 +226,17 @@ def train_method(cfg: ReproduceConfig, method: Method, seed: int, teacher_dir: P
     if method.ptp:
         ptp_dir = ptp_dirs[0]
         log.info("%s seed %d: PTP stage -> %s", method.name, seed, ptp_dir)
-        ptp_result = run_ptp(cfg.task, out_dir=ptp_dir, teacher_dir=teacher_dir, student_model=cfg.teacher,
-                             num_layers=cfg.student_layers, variant=method.variant,
-                             config=stage_train_config(cfg, cfg.ptp_epochs, cfg.lr, seed),
-                             max_length=cfg.max_length, data_dir=data_dir, resume=True)
+        ptp_result = run_shared(ptp_dir, run_ptp, cfg.task, out_dir=ptp_dir, teacher_dir=teacher_dir,  # once per seed
+                                student_model=cfg.teacher, num_layers=cfg.student_layers, variant=method.variant,
+                                config=stage_train_config(cfg, cfg.ptp_epochs, cfg.lr, seed),
+                                max_length=cfg.max_length, data_dir=data_dir, resume=True)
         init_from = ptp_encoder_dir(ptp_dir)
     log.info("%s seed %d: distillation -> %s", method.name, seed, run_dir)
+    epochs = cfg.augment_epochs if method.augment else cfg.student_epochs  # DA rows: --augment-epochs on originals + variants
     result = distill_student(cfg.task, out_dir=run_dir, teacher_dir=teacher_dir if method.loss != "ce" else None,
                              student_model=cfg.teacher, num_layers=cfg.student_layers, variant=method.variant,
                              loss=method.loss, alpha=cfg.alpha, temperature=cfg.temperature, beta=cfg.beta,
                              init_from=init_from, max_length=cfg.max_length, data_dir=data_dir,
-                             config=stage_train_config(cfg, cfg.augment_epochs if method.augment else cfg.student_epochs,
-                                                       cfg.lr, seed), resume=True,
+                             config=stage_train_config(cfg, epochs, cfg.lr, seed), resume=True,
                              augment=cfg.augment_config() if method.augment else None)
     return result, ptp_result

@@ -7,6 +7,7 @@
         environment(...)           code commit, versions, machine, jobs, devices, precision, peak memory
     plan_progress                  the overall progress view and ETA (pea_kd.progress, FLOPs from pea_kd.budget)
     stage_dirs                     runs/<task>/<method>/seed<k>/ (and ptp-<variant>/seed<k>/ before it)
+    run_shared                     a stage two rows share (their PTP stage), run once: a second worker waits for it
     run_record, teacher_record     one row of results.json: metrics, parameters, depth, time
 
 Every stage resumes (pea_kd.identity): a finished one returns its stored result, an interrupted one continues from its
@@ -24,7 +25,7 @@ import platform
 import subprocess
 from concurrent.futures import FIRST_COMPLETED, wait
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 from safetensors import safe_open
@@ -36,6 +37,7 @@ from .methods import Method
 from .parallel import executor, is_sps, next_unit, peak_rss_mb, resolve_jobs, start_order, worker_devices
 from .progress import ASSUMED_FRACTION, Eta, ReproduceProgress, Stage, stage_status
 from .runtime import precision_name, resolve_amp, resolve_device
+from .storage import DirectoryInUse, directory_lock
 from .teacher import CACHE_FILE
 from .trainer import TrainResult
 
@@ -232,3 +234,15 @@ def teacher_record(teacher: TrainResult, cache_seconds: Optional[float]) -> dict
             "best_dev_step": teacher.best_dev_step, "layers": teacher.meta["num_layers"],
             "parameters": _checkpoint_parameters(Path(teacher.out_dir) / "final"), "seconds": teacher.seconds,
             "cache_seconds": cache_seconds, "result": teacher.to_dict()}
+
+
+def run_shared(directory: Path, stage: Callable, *args, **kwargs):
+    """`stage(*args, **kwargs)`, a resumable stage that trains in `directory` and that several rows share (Pea-KD and
+    the rows beyond the paper built on it share one PTP stage per seed). When another worker holds the directory,
+    wait until it has finished, then call `stage` again: it returns the finished result instead of training twice."""
+    while True:
+        try:
+            return stage(*args, **kwargs)
+        except DirectoryInUse:
+            with directory_lock(directory, wait=True, what="PTP directory"):  # logs who holds it, then blocks
+                pass

@@ -325,3 +325,29 @@ def test_jobs_on_a_cuda_machine_get_one_gpu_each_round_robin(monkeypatch, tmp_pa
     assert all(len(set(running)) == len(running) for running in started)  # never two stages on one GPU
     assert any(len(running) == 2 for running in started)  # and both GPUs in use at once
     assert "slot 0 -> cuda:0, slot 1 -> cuda:1" in caplog.text and "worker slot 1 on cuda:1" in caplog.text
+
+
+def test_a_shared_stage_held_by_another_worker_is_waited_for_then_reused(tmp_path):
+    """Pea-KD and Pea-KD + DA share a PTP directory: the second worker waits for the first instead of failing."""
+    from pea_kd.storage import DirectoryInUse, directory_lock
+    shared = tmp_path / "ptp-sps" / "seed0"
+    shared.mkdir(parents=True)
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; from pea_kd.storage import directory_lock\n"
+        f"with directory_lock({str(shared)!r}):\n"
+        f"    open({str(shared / 'result.json')!r}, 'w').write('done'); print('held', flush=True); time.sleep(2)\n")],
+        stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+
+    calls = []
+
+    def stage(directory):  # a resumable stage: trains under the directory's lock, or returns the finished result
+        calls.append(1)
+        with directory_lock(directory):
+            return (directory / "result.json").read_text()
+
+    with pytest.raises(DirectoryInUse):  # what a plain call does while the other worker trains
+        stage(shared)
+    assert reproduce_runs.run_shared(shared, stage, shared) == "done"
+    assert holder.wait(timeout=30) == 0
+    assert len(calls) == 3  # the refused call above, the refused first try, the call after the wait
