@@ -19,6 +19,8 @@ from typing import Optional
 
 import torch
 
+from . import distributed
+
 
 def resolve_jobs(jobs: int) -> tuple[int, int]:
     """(training processes, torch threads each): the torch threads of this process shared among `jobs` workers.
@@ -84,16 +86,16 @@ class _InProcess:
         return future
 
 
-def executor(jobs: int, threads: int, log_level: Optional[int] = None, in_process: bool = False):
+def executor(jobs: int, threads: int, log_level: Optional[int] = None):
     """The stage runner of reproduce.run_all: a pool of `jobs` spawned workers with `threads` torch threads each that
-    log at `log_level` (default: this process's level), a fresh process per stage, also for jobs=1; in this process
-    when `in_process` (jobs=1 under torchrun, whose process group lives here).
+    log at `log_level` (default: this process's level), a fresh process per stage, also for jobs=1; under torchrun
+    (whose process group lives here, and which refuses jobs > 1) this process.
 
     A fresh process per stage starts every stage on an empty heap. In one process that ran all 19 stages of an MRPC
     reproduction, each stage inherited the holes earlier stages left in glibc's heap and the bf16 kernels oneDNN
     compiled for them, and the same stage ran slower the later it came (FT: 70, 90 and 119 s for seeds 0, 1, 2). The
-    price is a Python and torch start per stage (about 2 s)."""
-    if in_process:
+    price is a Python and torch start per stage (about 2 s of CPU)."""
+    if distributed.is_distributed():
         return _InProcess()
     return ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker,
                                initargs=(threads, log_level or logging.getLogger().getEffectiveLevel()),

@@ -61,8 +61,7 @@ class StageRunner:
         # the overall view (pea_kd.progress): rank 0 alone under torchrun
         self.progress = plan_progress(cfg, self.queue, self.jobs, teacher_dir, data_dir) \
             if distributed.is_main() else None
-        # every stage in a fresh worker process (pea_kd.parallel.executor), but under torchrun, whose processes
-        # already share each stage, in this one
+        # every stage in a fresh worker process (pea_kd.parallel.executor), but under torchrun in this one
         self.in_workers = not distributed.is_distributed()
         self.quiet_workers = False
         if self.in_workers:  # one bar per process would be unreadable: the workers train without bars, and under the
@@ -79,8 +78,7 @@ class StageRunner:
 
     def __enter__(self) -> "StageRunner":
         self.pool = self._stack.enter_context(executor(self.jobs, self.threads,
-                                                       logging.WARNING if self.quiet_workers else None,
-                                                       in_process=not self.in_workers))
+                                                       logging.WARNING if self.quiet_workers else None))
         self._stack.enter_context(fresh_start_hint(self.cfg.run_root))
         self._stack.enter_context(self.progress or contextlib.nullcontext())
         return self
