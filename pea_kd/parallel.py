@@ -94,8 +94,8 @@ def executor(jobs: int, threads: int, log_level: Optional[int] = None):
     A fresh process per stage starts every stage on an empty heap: in one process that runs all the stages of a
     reproduction, each stage inherits the holes earlier stages left in glibc's heap and the bf16 kernels oneDNN
     compiled for them (a bf16 MRPC run: 3.6 GB after the teacher stage, 4.2 GB during the next; in a process of its
-    own, with oneDNN's cache capped, the teacher stage: 2.3 GB), and a stage's time could depend on what ran before it. The price is a Python and torch start per
-    stage (about 2 s of CPU)."""
+    own, with oneDNN's cache capped, the teacher stage: 2.3 GB), and a stage's time could depend on what ran before
+    it. The price is a Python and torch start per stage (about 2 s of CPU)."""
     if distributed.is_distributed():
         return _InProcess()
     return ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker,
