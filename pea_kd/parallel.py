@@ -4,7 +4,8 @@
     start_order(units)         seed-major, the costlier students of a seed first
     next_unit(queue, ...)      the next (seed, method) that may start: at most N // 2 SPS students at a time
     worker_devices(N, device)  on a CUDA machine, one GPU per worker slot, round-robin over the visible GPUs
-    executor(N, threads)       in-process for N = 1; else N spawned workers, a fresh process per stage
+    executor(N, threads)       N spawned workers, a fresh process per stage (N = 1 too); in this process under
+                               torchrun, whose process group lives here
 
 A unit is a (seed, reproduce.Method) pair; students only read the teacher's cache, so units are independent.
 """
@@ -17,6 +18,8 @@ from concurrent.futures import Future, ProcessPoolExecutor
 from typing import Optional
 
 import torch
+
+from . import distributed
 
 
 def resolve_jobs(jobs: int) -> tuple[int, int]:
@@ -69,7 +72,7 @@ def peak_rss_mb() -> float:
 
 
 class _InProcess:
-    """Executor stand-in for jobs=1: each call runs in this process when it is submitted."""
+    """Executor stand-in for torchrun: each call runs in this process when it is submitted."""
 
     def __enter__(self):
         return self
@@ -84,12 +87,17 @@ class _InProcess:
 
 
 def executor(jobs: int, threads: int, log_level: Optional[int] = None):
-    """The stage runner of reproduce.run_all: in this process for jobs=1, else a pool of spawned workers that log at
-    `log_level` (default: this process's level)."""
-    if jobs == 1:
+    """The stage runner of reproduce.run_all: a pool of `jobs` spawned workers with `threads` torch threads each that
+    log at `log_level` (default: this process's level), a fresh process per stage, also for jobs=1; under torchrun
+    (whose process group lives here, and which refuses jobs > 1) this process.
+
+    A fresh process per stage starts every stage on an empty heap: in one process that runs all the stages of a
+    reproduction, each stage inherits the holes earlier stages left in glibc's heap and the bf16 kernels oneDNN
+    compiled for them (a bf16 MRPC run: 3.6 GB after the teacher stage, 4.2 GB during the next; in a process of its
+    own, with oneDNN's cache capped, the teacher stage: 2.3 GB), and a stage's time could depend on what ran before
+    it. The price is a Python and torch start per stage (about 2 s of CPU)."""
+    if distributed.is_distributed():
         return _InProcess()
-    # max_tasks_per_child=1: every stage gets a fresh process, so the memory one stage leaves fragmented in the
-    # allocator (the teacher's peak: ~2.5 GB on MRPC) is returned before the next one starts
     return ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker,
                                initargs=(threads, log_level or logging.getLogger().getEffectiveLevel()),
                                max_tasks_per_child=1)

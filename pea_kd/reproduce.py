@@ -129,8 +129,8 @@ class ReproduceConfig:
 def run_all(cfg: ReproduceConfig) -> dict:
     """Run (or resume) every stage and return the results dict written to results.json.
 
-    The teacher first, then the (method, seed) students, seed-major; with cfg.jobs > 1 at most that many at a time in
-    worker processes (reproduce_runs.StageRunner). Students only read the teacher's cache, so they are independent of
+    The teacher first, then the (method, seed) students, seed-major, each in a fresh worker process, at most cfg.jobs
+    at a time (reproduce_runs.StageRunner). Students only read the teacher's cache, so they are independent of
     one another. results.json lists runs in table order whatever the order they finished in.
     """
     started = time.perf_counter()
@@ -169,7 +169,7 @@ def run_all(cfg: ReproduceConfig) -> dict:
         for finished in stages.run_students(_student_stage, teacher_dir, data_dir):
             runs.extend(finished)
             results = report(teacher, cache_seconds)
-    if stages.jobs > 1:  # the workers have exited: their peak memory is known now
+    if stages.in_workers:  # the workers have exited: their peak memory is known now
         results = report(teacher, cache_seconds)
     stages.finish(results["progress"])
     return results

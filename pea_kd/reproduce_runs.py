@@ -45,8 +45,9 @@ log = logging.getLogger(__name__)
 
 
 class StageRunner:
-    """Runs the stages of one reproduction (a `reproduce.ReproduceConfig` `cfg`) in this process or, with
-    cfg.jobs > 1, in that many worker processes, each with torch threads / jobs threads; shows the overall progress.
+    """Runs the stages of one reproduction (a `reproduce.ReproduceConfig` `cfg`) in worker processes, a fresh one per
+    stage, cfg.jobs at a time, each with torch threads / jobs threads (under torchrun: in this process); shows the
+    overall progress.
 
     `units` are the (seed, Method) students in table order; they start seed-major, the costlier first, at most
     `jobs` at a time and at most jobs // 2 SPS students at once. Use it as a context manager around the stages.
@@ -62,10 +63,13 @@ class StageRunner:
         # the overall view (pea_kd.progress): rank 0 alone under torchrun
         self.progress = plan_progress(cfg, self.queue, self.jobs, teacher_dir, data_dir) \
             if distributed.is_main() else None
+        # every stage in a fresh worker process (pea_kd.parallel.executor), but under torchrun in this one
+        self.in_workers = not distributed.is_distributed()
         self.quiet_workers = False
-        if self.jobs > 1:  # one bar per process would be unreadable: the workers train without bars, and under the
+        if self.in_workers:  # one bar per process would be unreadable: the workers train without bars, and under the
             cfg = dataclasses.replace(cfg, progress=False)  # overall bar they log warnings only (its line says each)
             self.quiet_workers = self.progress is not None and self.progress.show_bar
+        if self.jobs > 1:
             log.info("running %d training processes at a time, %d torch thread(s) each", self.jobs, self.threads)
         self.cfg = cfg  # the settings the stages run with (and results.json records)
         self.devices = worker_devices(self.jobs, cfg.device) if self.jobs > 1 else [cfg.device]  # CUDA: a GPU a slot
