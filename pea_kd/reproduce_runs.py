@@ -247,6 +247,8 @@ def run_shared(directory: Path, stage: Callable, *args, **kwargs):
     while True:
         try:
             return stage(*args, **kwargs)
-        except DirectoryInUse:
+        except DirectoryInUse as err:
+            if Path(err.directory) != Path(directory):  # another lock than the shared stage's: not ours to wait for
+                raise
             with directory_lock(directory, wait=True, what="PTP directory"):  # logs who holds it, then blocks
                 pass

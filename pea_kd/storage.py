@@ -34,7 +34,11 @@ class StorageError(RuntimeError):
 
 
 class DirectoryInUse(RuntimeError):
-    """Another process holds the lock of a run directory."""
+    """Another process holds the lock of a run directory (`.directory`)."""
+
+    def __init__(self, message: str, directory: Path):
+        super().__init__(message)
+        self.directory = directory
 
 
 def storage_error(path, err: OSError) -> Exception:
@@ -91,7 +95,7 @@ def directory_lock(directory, wait: bool = False, what: str = "--out-dir"):
     except filelock.Timeout:
         if not wait:
             raise DirectoryInUse(f"{directory} is in use by {_owner(directory)}; wait for it to finish or use "
-                                 f"another {what}") from None
+                                 f"another {what}", directory) from None
         log.info("%s is in use by %s; waiting for it", directory, _owner(directory))
         lock.acquire()
     try:

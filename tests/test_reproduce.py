@@ -351,3 +351,9 @@ def test_a_shared_stage_held_by_another_worker_is_waited_for_then_reused(tmp_pat
     assert reproduce_runs.run_shared(shared, stage, shared) == "done"
     assert holder.wait(timeout=30) == 0
     assert len(calls) == 3  # the refused call above, the refused first try, the call after the wait
+
+    def other_stage(directory):  # held elsewhere: run_shared must not wait on `shared` for a lock it does not hold
+        raise DirectoryInUse(f"{directory} is in use", directory)
+
+    with pytest.raises(DirectoryInUse):
+        reproduce_runs.run_shared(shared, other_stage, tmp_path / "teacher")
