@@ -6,16 +6,19 @@
     worker_devices(N, device)  on a CUDA machine, one GPU per worker slot, round-robin over the visible GPUs
     executor(N, threads)       N spawned workers, a fresh process per stage (N = 1 too); in this process under
                                torchrun, whose process group lives here
+    in_fresh_process(fn, ...)  fn(...) in a process of its own (here under torchrun): a PTP stage inside the worker
+                               of the distillation that follows it
 
 A unit is a (seed, reproduce.Method) pair; students only read the teacher's cache, so units are independent.
 """
 from __future__ import annotations
 
+import functools
 import logging
 import multiprocessing
 import resource
 from concurrent.futures import Future, ProcessPoolExecutor
-from typing import Optional
+from typing import Any, Callable, Optional
 
 import torch
 
@@ -103,10 +106,22 @@ def executor(jobs: int, threads: int, log_level: Optional[int] = None):
                                max_tasks_per_child=1)
 
 
+def in_fresh_process(fn: Callable, *args, **kwargs) -> Any:
+    """fn(*args, **kwargs) in a fresh spawned process with this process's torch threads and log level; its result
+    is returned here and its exception raised here. Under torchrun: in this process (executor's rule).
+
+    reproduce runs a PTP stage this way from the worker of the distillation that starts from its encoder, so that
+    the distillation does not inherit the heap the PTP stage left (the holes of executor's docstring): each gets a
+    heap of its own, like every other stage. The waiting worker holds only its imports meanwhile."""
+    with executor(1, torch.get_num_threads()) as pool:
+        return pool.submit(functools.partial(fn, *args, **kwargs)).result()
+
+
 def _init_worker(threads: int, level: int) -> None:
     from .defaults import configure_logging
     torch.set_num_threads(threads)
     configure_logging(level)
 
 
-__all__ = ["resolve_jobs", "is_sps", "start_order", "next_unit", "worker_devices", "peak_rss_mb", "executor"]
+__all__ = ["resolve_jobs", "is_sps", "start_order", "next_unit", "worker_devices", "peak_rss_mb", "executor",
+           "in_fresh_process"]

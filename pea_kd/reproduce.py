@@ -41,6 +41,7 @@ from .feature_cache import load_features
 from .glue import get_task, load_examples
 from .glue_files import PROJECT_ROOT
 from .methods import ALL_METHODS, METHODS, Method
+from .parallel import in_fresh_process
 from .ptp_stage import ptp_encoder_dir, run_ptp
 from .report import majority_baseline, summarize, write_report
 from .reproduce_setup import smoke_data_dir  # noqa: F401  (notebooks 06-08 import it from here)
@@ -226,7 +227,8 @@ def train_method(cfg: ReproduceConfig, method: Method, seed: int, teacher_dir: P
     if method.ptp:
         ptp_dir = ptp_dirs[0]
         log.info("%s seed %d: PTP stage -> %s", method.name, seed, ptp_dir)
-        ptp_result = run_shared(ptp_dir, run_ptp, cfg.task, out_dir=ptp_dir, teacher_dir=teacher_dir,  # once per seed
+        ptp_result = run_shared(ptp_dir, in_fresh_process, run_ptp, cfg.task, out_dir=ptp_dir,  # once per seed,
+                                teacher_dir=teacher_dir,  # in a process of its own (parallel.in_fresh_process)
                                 student_model=cfg.teacher, num_layers=cfg.student_layers, variant=method.variant,
                                 config=stage_train_config(cfg, cfg.ptp_epochs, cfg.lr, seed),
                                 max_length=cfg.max_length, data_dir=data_dir, resume=True)

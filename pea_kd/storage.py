@@ -40,6 +40,9 @@ class DirectoryInUse(RuntimeError):
         super().__init__(message)
         self.directory = directory
 
+    def __reduce__(self):  # raised in a worker process, re-raised in its parent: both arguments cross the pipe
+        return type(self), (str(self), self.directory)
+
 
 def storage_error(path, err: OSError) -> Exception:
     """The one-line StorageError for an OSError of STORAGE_ERRNOS; any other error unchanged."""

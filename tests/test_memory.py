@@ -124,3 +124,27 @@ def test_onednn_keeps_64_kernels_not_one_for_every_padded_length():
     check = subprocess.run([sys.executable, "-c", "import os, pea_kd.runtime; print(os.environ['" + ONEDNN_CACHE_ENV
                             + "'])"], env={**env, ONEDNN_CACHE_ENV: "7"}, capture_output=True, text=True, timeout=120)
     assert check.stdout.split() == ["7"]
+
+
+def _raise_directory_in_use(directory):
+    from pea_kd.storage import DirectoryInUse
+    raise DirectoryInUse(f"{directory} is in use by another process", directory)
+
+
+def test_in_fresh_process_returns_the_result_and_raises_the_error_of_another_process(tmp_path):
+    """reproduce's PTP stage runs through in_fresh_process: its result and its exception (DirectoryInUse with the
+    directory that run_shared waits for) come back from the spawned process intact."""
+    from pea_kd.parallel import in_fresh_process
+    from pea_kd.storage import DirectoryInUse
+    assert in_fresh_process(os.getpid) != os.getpid()
+    assert in_fresh_process(divmod, 7, 2) == (3, 1)
+    with pytest.raises(DirectoryInUse, match="in use by another process") as err:
+        in_fresh_process(_raise_directory_in_use, tmp_path / "ptp-sps" / "seed0")
+    assert err.value.directory == tmp_path / "ptp-sps" / "seed0"
+
+
+def test_under_torchrun_in_fresh_process_runs_here(monkeypatch):
+    from pea_kd import distributed
+    from pea_kd.parallel import in_fresh_process
+    monkeypatch.setattr(distributed, "is_distributed", lambda: True)
+    assert in_fresh_process(os.getpid) == os.getpid()
