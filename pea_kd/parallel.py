@@ -69,6 +69,14 @@ def worker_devices(jobs: int, device: str = "auto") -> list[str]:
     return [f"cuda:{slot % count}" for slot in range(jobs)]
 
 
+def process_usage() -> dict:
+    """CPU seconds (user + system) and peak resident memory (MB) of this process and its finished children so far:
+    in a stage's worker, what that stage cost, its imports and any PTP child included. CPU seconds, unlike wall
+    seconds, do not grow when other programs share the cores, so stages of one run compare through them."""
+    usages = [resource.getrusage(who) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]
+    return {"cpu_seconds": sum(u.ru_utime + u.ru_stime for u in usages), "peak_rss_mb": peak_rss_mb()}
+
+
 def peak_rss_mb() -> float:
     """Largest resident set of this process and of its finished worker processes (not their sum), in MB."""
     return max(resource.getrusage(who).ru_maxrss for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)) / 1024
@@ -123,5 +131,6 @@ def _init_worker(threads: int, level: int) -> None:
     configure_logging(level)
 
 
-__all__ = ["resolve_jobs", "is_sps", "start_order", "next_unit", "worker_devices", "peak_rss_mb", "executor",
+__all__ = ["resolve_jobs", "is_sps", "start_order", "next_unit", "worker_devices", "process_usage", "peak_rss_mb",
+           "executor",
            "in_fresh_process"]

@@ -34,7 +34,8 @@ from . import __version__, distributed
 from .budget import device_words, matmul_rates, reproduce_budget
 from .identity import RunMismatch
 from .methods import Method
-from .parallel import executor, is_sps, next_unit, peak_rss_mb, resolve_jobs, start_order, worker_devices
+from .parallel import (executor, is_sps, next_unit, peak_rss_mb, process_usage, resolve_jobs, start_order,
+                       worker_devices)
 from .progress import ASSUMED_FRACTION, Eta, ReproduceProgress, Stage, stage_status
 from .runtime import precision_name, resolve_amp, resolve_device
 from .storage import DirectoryInUse, directory_lock
@@ -216,14 +217,16 @@ def _count_parameters(final_dir: Path) -> int:
 
 
 def run_record(method: Method, seed: int, result: TrainResult, ptp: Optional[TrainResult]) -> dict:
-    """One student's entry of results.json: its final and best dev metrics, size, depth and time (PTP included)."""
+    """One student's entry of results.json: its final and best dev metrics, size, depth and time (PTP included);
+    made in the stage's worker, so `process` is that stage's CPU seconds and peak memory (parallel.process_usage)."""
     final_dir = Path(result.out_dir) / "final"
     seconds = result.seconds + (ptp.seconds if ptp is not None else 0.0)
     return {"method": method.name, "slug": method.slug, "seed": seed, "variant": method.variant, "loss": method.loss,
             "ptp": method.ptp, "final": result.final_metrics, "best_dev": result.best_dev_metrics,
             "best_dev_step": result.best_dev_step, "final_step": result.final_step,
             "parameters": _count_parameters(final_dir), "effective_layers": result.meta["effective_layers"],
-            "seconds": seconds, "ptp_result": ptp.to_dict() if ptp else None, "result": result.to_dict()}
+            "seconds": seconds, "process": process_usage(), "ptp_result": ptp.to_dict() if ptp else None,
+            "result": result.to_dict()}
 
 
 def _checkpoint_parameters(model_dir: Path) -> int:

@@ -213,6 +213,9 @@ def test_reproduce_smoke_writes_every_artefact_and_resumes(tmp_path):
     by_name = {r["method"]: r for r in results["summary"]}
     assert by_name["Pea-KD"]["parameters"] == by_name["PKD"]["parameters"]  # SPS adds no parameters
     assert (by_name["Pea-KD"]["effective_layers"], by_name["PKD"]["effective_layers"]) == (6, 3)
+    for run in results["runs"]:  # each stage's own worker: its CPU seconds and peak memory, within the run's largest
+        assert run["process"]["cpu_seconds"] > 1 and 100 < run["process"]["peak_rss_mb"]
+        assert run["process"]["peak_rss_mb"] <= results["environment"]["peak_rss_mb"]
     for stage in ["teacher", "ptp-original/seed0", "ptp-sps/seed0"] + [f"{m.slug}/seed0" for m in METHODS]:
         assert json.loads((root / stage / "result.json").read_text())["final_metrics"], stage
     assert (root / "teacher" / "teacher_outputs.pt").is_file()
