@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from bert_mini import BertConfig
 from pea_kd.assignments.exercises import candidate_digests, digest, format_float, function_values
 from pea_kd.losses import LossResult
+from pea_kd.losses.hidden import hidden_layer_map
 from pea_kd.metrics import compute_metrics
 from pea_kd.ptp import PTP_CLASSES, build_ptp_labels
 
@@ -128,6 +129,17 @@ def soft_to_hard_gradient(temperature: float, factor: float, alpha: float = 0.7)
     return (soft.norm() / hard.norm()).item()
 
 
+def replacement_counts(words: int = 10, rate: float = 0.4, variants: int = 8) -> dict:
+    """09.2: each of `words` whole words replaced with probability `rate` on its own (pea_kd.augment)."""
+    unchanged = (1 - rate) ** words
+    return {"mean_replaced": words * rate, "p_unchanged": unchanged, "identical_of_8": variants * unchanged}
+
+
+def hidden_cache_gb(examples: int = 67_349, tokens: int = 64, layers: int = 6, width: int = 384) -> float:
+    """09.3: examples x tokens x layers x H x 2 bytes (float16), in 10^9 bytes."""
+    return examples * tokens * layers * width * 2 / 1e9
+
+
 # ---------------------------------------------------------------- the exercises
 
 def _f(help_text, answer, decimals, **extra):
@@ -141,6 +153,7 @@ def _field(kind, help_text, answer, **extra):
 def exercises() -> dict:
     """{key: {"title", "notebook", "fields": {name: spec with "answer" (and "hints": {wrong value: hint})}}}."""
     mrpc, nine, none_wrong = constant_paraphrase_metrics(), ptp_nine_correct(), ptp_no_mistakes()
+    counts = replacement_counts()
     balance = {"start": soft_to_hard_gradient(10.0, 100.0), "end": soft_to_hard_gradient(1.0, 1.0),
                "end_with_t0_squared": soft_to_hard_gradient(1.0, 100.0)}
     return {
@@ -189,6 +202,23 @@ def exercises() -> dict:
         "07.6": {"title": "Another task", "notebook": "07_putting_it_together.ipynb", "fields": {
             "primary_metric": _field("name", "the key compute_metrics returns for it (as in the results table)",
                                      "acc", hints={"accuracy": "use the metric's key, as compute_metrics names it"})}},
+        "09.1": {"title": "Another layer map", "notebook": "09_beyond_the_paper.ipynb", "fields": {
+            "pairs": _field("int_list", "the pairs as one flat list [s1, t1, s2, t2, ...], in order of s",
+                            [v for pair in hidden_layer_map(6, 8) for v in pair],
+                            hints={(3, 2, 6, 4, 9, 6): "that is the map of 9 effective layers; the student has 8",
+                                   (8, 6): "another s also sits at a whole teacher layer: try every s from 1 to 8",
+                                   (1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6): "that is the map of 6 effective layers; "
+                                                                        "the student has 8"})}},
+        "09.2": {"title": "How many words change", "notebook": "09_beyond_the_paper.ipynb", "fields": {
+            "mean_replaced": _f("the mean number of replaced words, 1 decimal", counts["mean_replaced"], 1),
+            "p_unchanged": _f("P(no word replaced), 4 decimals", counts["p_unchanged"], 4,
+                              hints={0.4 ** 10: "that is P(every word replaced); no word replaced is (1 - r)^10"}),
+            "identical_of_8": _f("the expected number of the 8 variants identical to the original, 2 decimals",
+                                 counts["identical_of_8"], 2)}},
+        "09.3": {"title": "The cost of a cache, for SST-2", "notebook": "09_beyond_the_paper.ipynb", "fields": {
+            "gb": _f("GB (10^9 bytes), 1 decimal", hidden_cache_gb(), 1,
+                     hints={hidden_cache_gb() * 2: "float16 is 2 bytes a number, not 4",
+                            hidden_cache_gb() * 1e9 / 2 ** 30: "GB here is 10^9 bytes, not 2^30"})}},
         "a1.1": {"title": "Different head counts", "notebook": "assignments/a1_attention_kd.ipynb", "fields": {
             "averaged_kl": _field("name", "'at most', 'at least' or 'either' (relative to the average of the "
                                   "per-head KLs)", "at most")}},

@@ -70,8 +70,15 @@ class AugmentConfig:
     seed: int = 0
 
     def __post_init__(self):
-        if not 0.0 < self.rate <= 1.0 or self.variants < 1 or self.neighbours < 1 or self.seed < 0:
-            raise ValueError(f"augment: need 0 < rate <= 1, variants >= 1, neighbours >= 1, seed >= 0; got {self}")
+        if not 0.0 < self.rate <= 1.0:  # the first setting that is out of range, named as it is typed
+            raise ValueError(f"--augment-rate (r, the probability of replacing a word) must be in (0, 1], "
+                             f"got {self.rate}")
+        for flag, value, what in (("--augment-variants", self.variants, "V, variants per training example"),
+                                  ("--augment-neighbours", self.neighbours, "K, candidates per word")):
+            if value < 1:
+                raise ValueError(f"{flag} ({what}) must be >= 1, got {value}")
+        if self.seed < 0:
+            raise ValueError(f"augment: the seed of the draws must be >= 0, got {self.seed}")
 
 
 def replaceable(vocab: dict) -> np.ndarray:

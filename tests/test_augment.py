@@ -100,8 +100,12 @@ def test_every_setting_and_input_is_part_of_the_key():
     with pytest.raises(ValueError, match="augment: 15 neighbours asked, but the vocabulary has 12 candidate words"):
         augment_features(train, e, VOCAB, AugmentConfig())
     assert all(key != base for key in changed) and len({str(sorted(k.items())) for k in changed}) == len(changed)
-    for bad in ({"rate": 0.0}, {"rate": 1.5}, {"variants": 0}, {"neighbours": 0}):
-        with pytest.raises(ValueError, match="augment: need 0 < rate <= 1"):
+    for bad, message in (({"rate": 0.0}, r"--augment-rate \(r, .*\) must be in \(0, 1\], got 0\.0$"),
+                         ({"rate": 1.5}, r"--augment-rate \(r, .*\) must be in \(0, 1\], got 1\.5$"),
+                         ({"variants": 0}, r"--augment-variants \(V, .*\) must be >= 1, got 0$"),
+                         ({"neighbours": 0}, r"--augment-neighbours \(K, .*\) must be >= 1, got 0$"),
+                         ({"seed": -1}, r"augment: the seed of the draws must be >= 0, got -1$")):
+        with pytest.raises(ValueError, match=message):
             AugmentConfig(**bad)
 
 

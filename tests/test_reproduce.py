@@ -143,8 +143,10 @@ def test_the_rows_beyond_the_paper_come_only_with_the_switch():
     assert ReproduceConfig(task="stsb", lr=5e-5, beyond_paper=True).methods == ("ft", "kd", "pkd", "sps-pkd", "kd-da")
     with pytest.raises(ValueError, match="--augment-epochs must be >= 1"):
         ReproduceConfig(beyond_paper=True, augment_epochs=0)
-    with pytest.raises(ValueError, match="augment: need 0 < rate <= 1"):
+    with pytest.raises(ValueError, match=r"^--augment-rate \(r, .*\) must be in \(0, 1\], got 0\.0$"):
         ReproduceConfig(beyond_paper=True, augment_rate=0.0)
+    with pytest.raises(ValueError, match=r"^--augment-neighbours \(K, .*\) must be >= 1, got 0$"):
+        ReproduceConfig(beyond_paper=True, augment_neighbours=0)
 
 
 @needs_glue

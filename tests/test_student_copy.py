@@ -83,7 +83,7 @@ def test_student_copy_has_no_answers_and_its_checkers_grade_the_references(tmp_p
     assert out.stdout.count("passed:") == 5
     assert "rejected: [InfoNCE] your loss is 2x too large on every case" in out.stdout
     assert "starter: not implemented" in out.stdout
-    assert out.stdout.count("exercise correct:") == 15
+    assert out.stdout.count("exercise correct:") == 18
 
 
 def test_instructor_blocks_are_stripped_and_bad_markers_are_errors(tmp_path):

@@ -25,7 +25,7 @@ def statuses(key, answer):
 
 def test_every_model_answer_passes():
     answers = E.answers()
-    assert len(answers) == 15
+    assert len(answers) == 18
     for key, answer in answers.items():
         assert set(statuses(key, answer).values()) == {"correct"}, (key, grade_exercise(key, answer))
 
@@ -99,7 +99,10 @@ def test_known_slips_get_their_hint():
              ("a3.3", "steps_per_epoch", 114, "last, smaller batch"),
              ("05.5", "unrolled_layers", {1}, "used twice"),
              ("01.4", "differing_terms", ("token_type",), "positions"), ("07.6", "primary_metric", "accuracy", "key"),
-             ("a3.5", "end", 100 * E.soft_to_hard_gradient(1.0, 1.0), "T_k^2 = 1")]
+             ("a3.5", "end", 100 * E.soft_to_hard_gradient(1.0, 1.0), "T_k^2 = 1"),
+             ("09.1", "pairs", [8, 6], "another s"), ("09.1", "pairs", [3, 2, 6, 4, 9, 6], "9 effective layers"),
+             ("09.2", "p_unchanged", 0.4 ** 10, "every word replaced"), ("09.3", "gb", 39.72, "2 bytes"),
+             ("09.3", "gb", 18.5, "10^9 bytes")]
     for key, field, value, phrase in cases:
         status, detail = grade_exercise(key, {field: value})[field]
         assert status == "wrong" and phrase in detail, (key, field, detail)
@@ -125,6 +128,11 @@ def test_computed_answers_agree_with_independent_formulas():
         soft = 0.7 * factor * ((z_s / T).softmax(-1) - (z_t / T).softmax(-1)) / (T * 4)
         assert math.isclose(E.soft_to_hard_gradient(T, factor), (soft.norm() / hard.norm()).item(), rel_tol=1e-9)
     assert E.last_map(12, 3) == [(1, 10), (2, 11)] and E.last_map(6, 3) == [(1, 4), (2, 5)]
+    assert E.exercises()["09.1"]["fields"]["pairs"]["answer"] == [4, 3, 8, 6]  # 6 s / 8 whole for s = 4, 8 only
+    counts = E.replacement_counts()  # 10 independent draws with p = 0.4: binomial mean 4, P(0) = 0.6^10
+    assert counts["mean_replaced"] == 4.0 and math.isclose(counts["p_unchanged"], math.comb(10, 0) * 0.6 ** 10)
+    assert math.isclose(counts["identical_of_8"], 8 * 0.6 ** 10)
+    assert math.isclose(E.hidden_cache_gb(), 19.862028288)  # 67,349 x 64 x 4,608 bytes (6 x 384 x 2), by hand
     result = E.cos_cls(cos_cls_inputs(1))
     assert isinstance(result, LossResult) and 0 <= float(result.total) <= 2
 
@@ -149,5 +157,5 @@ def test_exercises_file_is_up_to_date_and_holds_no_plain_answer():
     assert text == make_fixtures.render_exercises(E.build()), \
         "exercises.json is out of date: run python -m instructor.make_fixtures"
     text = re.sub(r"[0-9a-f]{64}", "<digest>", text)
-    for plain in ("45691392", "68.4", "81.2", "0.4375", "464", "690", "345"):
+    for plain in ("45691392", "68.4", "81.2", "0.4375", "464", "690", "345", "19.9", "0.0060", "4, 3, 8, 6"):
         assert plain not in text, plain
