@@ -6,7 +6,9 @@ import torch.nn.functional as F
 
 import bert_mini.attention_kernels as kernels
 import bert_mini.autocast_paths as paths
+import bert_mini.dropout as dropout_module
 from bert_mini import load_pretrained
+from test_trainer import assert_same_weights, tiny_run, weights
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 SPS_PLAN = [(0, False), (1, False), (2, False), (0, True), (1, True), (2, True)]
@@ -97,3 +99,25 @@ def test_the_fast_paths_cast_x_once_per_attention_and_keep_the_probabilities_in_
     steps = len(SPS_PLAN)
     assert plain["inputs"] - fast["inputs"] == 4 * steps  # per step 3 -> 1 casts forward, 3 -> 1 gradients back
     assert plain["probabilities"] >= steps and fast["probabilities"] == 0
+
+
+def former_dropout(x, p, training=True):
+    """bert_mini.dropout.dropout as it was before its noise was written in x's dtype: the bool mask times the scale."""
+    if not training or p == 0.0 or x.numel() == 0:
+        return x
+    scale = torch.ones((), dtype=x.dtype).div_(1.0 - p)
+    return x * (dropout_module.keep_mask(x.shape, p) * scale)
+
+
+def test_fp32_training_is_bit_identical_to_the_plain_paths(tiny_env, tmp_path, monkeypatch):
+    """A few fp32 Trainer steps (two epochs of the tiny task, with a dev evaluation each) with today's fast paths give
+    the losses and weights of the plain paths bit for bit: the former dropout noise, BF16_PATHS = "plain"."""
+    fast, model = tiny_run(tiny_env, tmp_path / "fast", amp="off")
+    assert model.config.hidden_dropout_prob > 0 and model.config.attention_probs_dropout_prob > 0  # masks drawn
+    monkeypatch.setattr(dropout_module, "dropout", former_dropout)
+    monkeypatch.setattr(paths, "BF16_PATHS", "plain")
+    plain, _ = tiny_run(tiny_env, tmp_path / "plain", amp="off")
+    assert [(h["train_loss"], h["dev_loss"]) for h in fast.history] == \
+        [(h["train_loss"], h["dev_loss"]) for h in plain.history]
+    assert_same_weights(weights(tmp_path / "fast" / "final"), weights(tmp_path / "plain" / "final"))
+    assert fast.history[-1]["train_loss"] != fast.history[0]["train_loss"]  # it trained
