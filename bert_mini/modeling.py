@@ -9,10 +9,12 @@ One departure from the textbook picture, on purpose: the encoder runs an explici
 layer more than once and may run it with its Query and Key projections exchanged; that is how Pea-KD's Shuffled
 Parameter Sharing (SPS) is expressed without new modules or parameters (see `pea_kd.sps`).
 
-Three fast paths, each one commented line that says which plain equation it replaces (skip them on a first reading):
+Four fast paths, each one commented line that says which plain equation it replaces (skip them on a first reading):
 * `Dropout` (bert_mini.dropout): nn.Dropout's y = x * m / (1 - p), with masks drawn more cheaply on the CPU.
 * the attention kernel: where bert_mini.attention_kernels says so, softmax(Q K^T / sqrt(d_k) + M) V goes to
   PyTorch's fused kernel, the same equation without the explicit matrices below.
+* CPU bf16 autocast (bert_mini.autocast_paths): x cast to bf16 once for Q, K and V, and the mask M in bf16, so
+  that the attention's softmax and dropout run on the bf16 scores instead of fp32 copies of them.
 * `cls_only=True`: the *last* step computes its [CLS] row only, all a classifier reads (the pooler takes x_L[:, 0]);
   keys and values still come from every token. The same equation on fewer rows (tests/test_bert_mini.py).
 
@@ -30,6 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .attention_kernels import use_fused_kernel
+from .autocast_paths import mask_dtype, projection_input
 from .checks import check_input_ids, checked_plan
 from .config import BertConfig
 from .dropout import Dropout  # fast path: nn.Dropout's y = x * m / (1 - p), with cheaper CPU masks (bert_mini.dropout)
@@ -90,10 +93,11 @@ class BertSelfAttention(nn.Module):
     def forward(self, x: torch.Tensor, additive_mask: Optional[torch.Tensor], swap_qk: bool = False,
                 output_attentions: bool = False, cls_only: bool = False) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
         query_proj, key_proj = (self.key, self.query) if swap_qk else (self.query, self.key)
-        queries = x[:, :1] if cls_only else x  # fast path cls_only: only the [CLS] row asks (instead of all T rows)
+        x16 = projection_input(x)  # fast path: under CPU bf16 autocast x is cast once for Q, K, V (autocast_paths)
+        queries = x[:, :1] if cls_only else x16  # fast path cls_only: only the [CLS] row asks (instead of all T rows)
         q = self._split_heads(query_proj(queries))  # Q = x W_q + b_q   (B, A, T, d_k); T = 1 when cls_only
-        k = self._split_heads(key_proj(x))  # K = x W_k + b_k   every token answers
-        v = self._split_heads(self.value(x))  # V = x W_v + b_v
+        k = self._split_heads(key_proj(x16))  # K = x W_k + b_k   every token answers
+        v = self._split_heads(self.value(x16))  # V = x W_v + b_v
         dropout_p = self.dropout_prob if self.training else 0.0
         if use_fused_kernel(q, dropout_p, output_attentions):  # fast path: the equation below in PyTorch's fused kernel
             context, probs = F.scaled_dot_product_attention(q, k, v, attn_mask=additive_mask, dropout_p=dropout_p), None
@@ -266,7 +270,8 @@ class BertModel(BertPreTrainedModel):
         if token_type_ids is None:
             token_type_ids = torch.zeros_like(input_ids)
         x = self.embeddings(input_ids, token_type_ids)  # (B, T, H)
-        mask = extended_attention_mask(attention_mask, x.dtype)  # (B, 1, 1, T), or None without padding
+        # (B, 1, 1, T), or None without padding; fast path: bf16 under CPU bf16 autocast, as the scores (autocast_paths)
+        mask = extended_attention_mask(attention_mask, mask_dtype(x))
         x, hidden_states, attentions = self.encoder(x, mask, output_hidden_states, output_attentions, cls_only)
         return BertOutput(last_hidden_state=x, pooler_output=self.pooler(x),
                           hidden_states=tuple(hidden_states) if hidden_states is not None else None,

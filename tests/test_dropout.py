@@ -28,9 +28,9 @@ def within_binomial(count: int, n: int, q: float, sigmas: float = 6.0) -> bool:
     return abs(count - n * q) <= sigmas * math.sqrt(n * q * (1 - q))
 
 
-def bernoulli_masks(shape, p, device="cpu", generator=None):
+def bernoulli_masks(shape, p, device="cpu", generator=None, dtype=torch.bool):
     """The mask torch's CPU F.dropout draws from the same generator state: bernoulli_(1 - p) of a float tensor."""
-    return torch.empty(shape).bernoulli_(1 - p, generator=generator).bool()
+    return torch.empty(shape).bernoulli_(1 - p, generator=generator).bool().to(dtype)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -41,7 +41,7 @@ def test_same_mask_gives_torch_dropouts_output_and_gradient_bit_for_bit(monkeypa
     reference = F.dropout(x, p, training=True)
     (reference_grad,) = torch.autograd.grad(reference, x, upstream)
     mask = reference.detach() != 0
-    monkeypatch.setattr(dropout_module, "keep_mask", lambda shape, p_, *a, **k: mask)
+    monkeypatch.setattr(dropout_module, "keep_mask", lambda shape, p_, *a, dtype=torch.bool, **k: mask.to(dtype))
     ours = dropout(x, p)
     (ours_grad,) = torch.autograd.grad(ours, x, upstream)
     assert torch.equal(ours, reference) and torch.equal(ours_grad, reference_grad)
@@ -83,6 +83,25 @@ def test_masks_follow_torch_seed_and_rng_state_and_not_the_thread_count():
     torch.manual_seed(3)
     assert torch.equal(keep_mask((1000,), 0.1, generator=g), first)  # an explicit generator is used as given
     assert torch.equal(keep_mask((1000,), 0.1), first)  # ... and the global one is left alone
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_mask_written_in_xs_dtype_gives_the_bool_masks_dropout_bit_for_bit(dtype):
+    """keep_mask(dtype=x.dtype) is the bool mask as 1.0 / 0.0 from the same draws, and dropout built on it gives
+    x * (m * (1 - p)^-1) with the bool mask m (the two-step noise it replaced) in value and gradient, bit for bit."""
+    x = torch.randn(5, 6, 7).to(dtype).requires_grad_()
+    upstream = torch.randn(5, 6, 7).to(dtype)
+    for p in (0.1, 0.5, 2.0**-40):
+        torch.manual_seed(11)
+        mask = keep_mask(x.shape, p)
+        torch.manual_seed(11)
+        assert torch.equal(keep_mask(x.shape, p, dtype=dtype), mask.to(dtype))
+        torch.manual_seed(11)
+        reference = x * (mask * torch.ones((), dtype=dtype).div_(1 - p))
+        torch.manual_seed(11)
+        ours = dropout(x, p)
+        assert ours.dtype == dtype and torch.equal(ours, reference)
+        assert torch.equal(torch.autograd.grad(ours, x, upstream)[0], torch.autograd.grad(reference, x, upstream)[0])
 
 
 def test_edge_probabilities_and_modes():
