@@ -142,8 +142,11 @@ def main(argv=None) -> dict:
     args = parser.parse_args(argv)
     if args.steps < 1 or args.warmup < 0:
         parser.error(f"need --steps >= 1 and --warmup >= 0, got {args.steps} and {args.warmup}")
-    report = profile_trainer(args.task, args.variant, args.layers, args.loss, args.steps, args.warmup, args.amp,
-                             args.batch_size, args.seed, args.threads, args.data_dir, args.model)
+    try:
+        report = profile_trainer(args.task, args.variant, args.layers, args.loss, args.steps, args.warmup, args.amp,
+                                 args.batch_size, args.seed, args.threads, args.data_dir, args.model)
+    except (ValueError, FileNotFoundError) as err:  # no GLUE data, unknown task/variant/loss: one line, exit 2
+        parser.error(str(err))
     print(format_profile(report))
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:

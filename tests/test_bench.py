@@ -154,3 +154,14 @@ def test_step_profile_groups_a_trainer_steps_operators(tiny_env, tmp_path, singl
     assert report["shares"]["dropout masks (bernoulli, random words, their compare)"] > 0
     assert "aten::bernoulli_" not in report["top_operators"]  # bert_mini draws its masks with random_
     assert json.loads(out.read_text())["shares"] == report["shares"]
+
+
+def test_step_profile_without_glue_data_is_one_line_error(tmp_path, capsys):
+    """No GLUE files where --data-dir points: argparse's one-line error naming the missing file, exit status 2."""
+    from pea_kd_bench import step_profile
+    with pytest.raises(SystemExit) as err:
+        step_profile.main(["--data-dir", str(tmp_path), "--steps", "1", "--warmup", "0"])
+    assert err.value.code == 2
+    message = capsys.readouterr().err.strip().splitlines()[-1]
+    assert message.startswith("python -m pea_kd_bench.step_profile: error: GLUE MRPC split 'train' not found")
+    assert str(tmp_path / "MRPC" / "train.tsv") in message
