@@ -71,8 +71,9 @@ def worker_devices(jobs: int, device: str = "auto") -> list[str]:
 
 def process_usage() -> dict:
     """CPU seconds (user + system) and peak resident memory (MB) of this process and its finished children so far:
-    in a stage's worker, what that stage cost, its imports and any PTP child included. CPU seconds, unlike wall
-    seconds, do not grow when other programs share the cores, so stages of one run compare through them."""
+    in a stage's worker, what that stage cost, its imports and any PTP child included. With one torch thread the
+    CPU seconds hardly grow when other programs share the cores (wall seconds do); with more, waiting threads spin
+    and they grow too."""
     usages = [resource.getrusage(who) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]
     return {"cpu_seconds": sum(u.ru_utime + u.ru_stime for u in usages), "peak_rss_mb": peak_rss_mb()}
 
