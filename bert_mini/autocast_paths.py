@@ -14,7 +14,7 @@ passes over the data that change nothing a bf16 product would see:
   rounded to bf16 before the dropout instead of after it, and the dropout scale is 1 / (1 - p) rounded to bf16, as
   torch's own dropout rounds it for a bf16 tensor.
 
-Both change the numbers at bf16's rounding level only (tests/test_precision.py compares the two paths); fp32 and
+Both change the numbers at bf16's rounding level only (tests/test_autocast_paths.py compares the two paths); fp32 and
 every other device take the plain path, unchanged. BF16_PATHS = "plain" turns the fast paths off (the tests compare
 both); the measured gain is in docs/performance.md ("Where a training step's time goes").
 """
