@@ -128,14 +128,15 @@ class StageRunner:
             yield finished
 
     def environment(self, teacher: TrainResult, runs: list[dict]) -> dict:
-        """Where and how the results were made: code, versions, machine, processes, devices, precision, peak memory
-        (of the workers too once they have exited)."""
+        """Where and how the results were made: code, versions, machine, processes, devices, precision, and the peak
+        memory of the largest process: this one, its reaped workers, and each student stage's own record (a worker
+        that has just exited may not be reaped yet: its stage still counts)."""
         return {"code_commit": self.commit, "torch": torch.__version__, "python": platform.python_version(),
                 "machine": platform.machine(), "cpu_count": os.cpu_count(), "jobs": self.jobs,
                 "torch_threads": self.threads, "device": teacher.meta.get("device"), "worker_devices": self.devices,
                 "data_parallel_processes": distributed.world_size(),
                 "precision": _precision([teacher.meta] + [r["result"]["meta"] for r in runs]),
-                "peak_rss_mb": peak_rss_mb()}
+                "peak_rss_mb": max([peak_rss_mb()] + [r["process"]["peak_rss_mb"] for r in runs if "process" in r])}
 
     def progress_summary(self) -> Optional[dict]:
         """The plan's and the ETA's errors, when complete (None without a progress view)."""

@@ -362,3 +362,18 @@ def test_a_shared_stage_held_by_another_worker_is_waited_for_then_reused(tmp_pat
 
     with pytest.raises(DirectoryInUse):
         reproduce_runs.run_shared(shared, other_stage, tmp_path / "teacher")
+
+
+def test_the_largest_process_counts_a_stage_whose_worker_is_not_reaped_yet():
+    """results.json's peak memory is the largest of this process, its reaped workers and every student stage's own
+    record: a worker that has just exited and is not reaped yet still counts (its stage measured itself)."""
+    from types import SimpleNamespace
+    from pea_kd.parallel import peak_rss_mb
+    from pea_kd.reproduce_runs import StageRunner
+    runner = SimpleNamespace(commit=None, jobs=1, threads=1, devices=["cpu"])
+    teacher = SimpleNamespace(meta={"device": "cpu", "precision": "fp32"})
+    here = peak_rss_mb()
+    runs = [{"result": {"meta": {"precision": "fp32"}}, "process": {"cpu_seconds": 1.0, "peak_rss_mb": here + 500}},
+            {"result": {"meta": {"precision": "fp32"}}}]  # a run recorded before stages measured themselves
+    assert StageRunner.environment(runner, teacher, runs)["peak_rss_mb"] == here + 500
+    assert StageRunner.environment(runner, teacher, runs[1:])["peak_rss_mb"] >= here
