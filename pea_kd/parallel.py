@@ -133,5 +133,4 @@ def _init_worker(threads: int, level: int) -> None:
 
 
 __all__ = ["resolve_jobs", "is_sps", "start_order", "next_unit", "worker_devices", "process_usage", "peak_rss_mb",
-           "executor",
-           "in_fresh_process"]
+           "executor", "in_fresh_process"]

@@ -219,7 +219,8 @@ def _count_parameters(final_dir: Path) -> int:
 
 def run_record(method: Method, seed: int, result: TrainResult, ptp: Optional[TrainResult]) -> dict:
     """One student's entry of results.json: its final and best dev metrics, size, depth and time (PTP included);
-    made in the stage's worker, so `process` is that stage's CPU seconds and peak memory (parallel.process_usage)."""
+    made in the stage's worker, so `process` is that stage's CPU seconds and peak memory (parallel.process_usage):
+    of reading the result back when the stage had already finished, and of the whole process under torchrun."""
     final_dir = Path(result.out_dir) / "final"
     seconds = result.seconds + (ptp.seconds if ptp is not None else 0.0)
     return {"method": method.name, "slug": method.slug, "seed": seed, "variant": method.variant, "loss": method.loss,
