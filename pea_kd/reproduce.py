@@ -46,7 +46,7 @@ from .ptp_stage import ptp_encoder_dir, run_ptp
 from .report import majority_baseline, summarize, write_report
 from .reproduce_setup import smoke_data_dir  # noqa: F401  (notebooks 06-08 import it from here)
 from .reproduce_setup import applicable_methods, check_settings, prepare_data, stage_train_config
-from .reproduce_runs import StageRunner, run_record, run_shared, stage_dirs, teacher_record
+from .reproduce_runs import StageRunner, run_record, run_shared, stage_dirs, stage_finished, teacher_record
 from .teacher import ensure_teacher_outputs, finetune_teacher, teacher_model_dir
 from .trainer import TrainResult
 
@@ -215,8 +215,9 @@ def augmented_set(cfg: ReproduceConfig, teacher_dir: Path, data_dir, layers=()) 
 
 
 def _student_stage(cfg: ReproduceConfig, method: Method, seed: int, teacher_dir: Path, data_dir) -> dict:
+    reused = stage_finished(cfg.run_root, method, seed)  # before this worker: its cost is read back, not measured
     result, ptp_result = train_method(cfg, method, seed, teacher_dir, data_dir)
-    return run_record(method, seed, result, ptp_result)
+    return run_record(method, seed, result, ptp_result, reused)
 
 
 def train_method(cfg: ReproduceConfig, method: Method, seed: int, teacher_dir: Path, data_dir,

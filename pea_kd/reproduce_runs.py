@@ -9,6 +9,7 @@
     stage_dirs                     runs/<task>/<method>/seed<k>/ (and ptp-<variant>/seed<k>/ before it)
     run_shared                     a stage two rows share (their PTP stage), run once: a second worker waits for it
     run_record, teacher_record     one row of results.json: metrics, parameters, depth, time
+    stage_process                  a stage's CPU seconds and peak memory, stored with it (process.json) for reuse
 
 Every stage resumes (pea_kd.identity): a finished one returns its stored result, an interrupted one continues from its
 checkpoint, and one made with other settings stops the reproduction with a one-line error saying how to start fresh.
@@ -38,7 +39,7 @@ from .parallel import (executor, is_sps, next_unit, peak_rss_mb, process_usage, 
                        worker_devices)
 from .progress import ASSUMED_FRACTION, Eta, ReproduceProgress, Stage, stage_status
 from .runtime import precision_name, resolve_amp, resolve_device
-from .storage import DirectoryInUse, directory_lock
+from .storage import DirectoryInUse, directory_lock, write_atomic
 from .teacher import CACHE_FILE
 from .trainer import TrainResult
 
@@ -130,7 +131,7 @@ class StageRunner:
     def environment(self, teacher: TrainResult, runs: list[dict]) -> dict:
         """Where and how the results were made: code, versions, machine, processes, devices, precision, and the peak
         memory of the largest process: this one, its reaped workers, and each student stage's own record (a worker
-        that has just exited may not be reaped yet: its stage still counts)."""
+        that has just exited may not be reaped yet: its stage still counts; a reused stage counts by its stored one)."""
         return {"code_commit": self.commit, "torch": torch.__version__, "python": platform.python_version(),
                 "machine": platform.machine(), "cpu_count": os.cpu_count(), "jobs": self.jobs,
                 "torch_threads": self.threads, "device": teacher.meta.get("device"), "worker_devices": self.devices,
@@ -217,18 +218,44 @@ def _count_parameters(final_dir: Path) -> int:
     return int(meta["num_parameters"])
 
 
-def run_record(method: Method, seed: int, result: TrainResult, ptp: Optional[TrainResult]) -> dict:
+def run_record(method: Method, seed: int, result: TrainResult, ptp: Optional[TrainResult], reused: bool) -> dict:
     """One student's entry of results.json: its final and best dev metrics, size, depth and time (PTP included);
-    made in the stage's worker, so `process` is that stage's CPU seconds and peak memory (parallel.process_usage):
-    of reading the result back when the stage had already finished, and of the whole process under torchrun."""
+    made in the stage's worker, so `process` is that stage's CPU seconds and peak memory (stage_process; under
+    torchrun, of the whole process). `reused`: the stage had finished before this worker started."""
     final_dir = Path(result.out_dir) / "final"
     seconds = result.seconds + (ptp.seconds if ptp is not None else 0.0)
+    process = stage_process(Path(result.out_dir), result, reused)
     return {"method": method.name, "slug": method.slug, "seed": seed, "variant": method.variant, "loss": method.loss,
             "ptp": method.ptp, "final": result.final_metrics, "best_dev": result.best_dev_metrics,
             "best_dev_step": result.best_dev_step, "final_step": result.final_step,
             "parameters": _count_parameters(final_dir), "effective_layers": result.meta["effective_layers"],
-            "seconds": seconds, "process": process_usage(), "ptp_result": ptp.to_dict() if ptp else None,
+            "seconds": seconds, **({"process": process} if process else {}), "ptp_result": ptp.to_dict() if ptp else None,
             "result": result.to_dict()}
+
+
+def stage_finished(run_root: Path, method: Method, seed: int) -> bool:
+    """Whether the distillation of (method, seed) under run_root holds a finished run (progress.stage_status)."""
+    return stage_status(stage_dirs(run_root, method, seed)[-1:]) == "reused"
+
+
+PROCESS_RECORD = "process.json"  # next to a stage's result.json: what its worker cost when it trained
+
+
+def stage_process(run_dir: Path, result: TrainResult, reused: bool) -> Optional[dict]:
+    """The CPU seconds and peak memory of the worker that trained the stage in run_dir (parallel.process_usage).
+
+    A worker that trained it (or finished it after a resume) measures itself and stores the record in process.json
+    with the run's timing as its fingerprint; a later table that reuses the stage reads that record back, marked
+    "reused", instead of the cost of reading a result. A reused stage without a matching record (made by an older
+    version, or retrained since) has none: None, never a figure that is not the stage's.
+    """
+    path = run_dir / PROCESS_RECORD
+    if reused:
+        stored = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+        return {**stored["process"], "reused": True} if stored.get("timing") == result.timing else None
+    usage = process_usage()
+    write_atomic(path, json.dumps({"process": usage, "timing": result.timing}, indent=1) + "\n")
+    return usage
 
 
 def _checkpoint_parameters(model_dir: Path) -> int:

@@ -248,6 +248,9 @@ def test_reproduce_smoke_writes_every_artefact_and_resumes(tmp_path):
     resumed = json.loads((root / "results.json").read_text())
     assert resumed["summary"] == results["summary"] and resumed["majority"] == results["majority"]
     assert len(resumed["progress"]["reused"]) == 7 and resumed["progress"]["real_seconds"] is None  # nothing ran
+    for trained, reused in zip(results["runs"], resumed["runs"]):  # what each stage cost when it trained, not reading
+        assert reused["process"] == {**trained["process"], "reused": True}
+    assert resumed["environment"]["peak_rss_mb"] >= max(r["process"]["peak_rss_mb"] for r in results["runs"])
     assert "reproduce: all 7 stages were reused from an earlier run" in again.stderr
 
     # publish-results copies it with its provenance; a smoke run only when asked, and never half-written
@@ -377,3 +380,20 @@ def test_the_largest_process_counts_a_stage_whose_worker_is_not_reaped_yet():
             {"result": {"meta": {"precision": "fp32"}}}]  # a run recorded before stages measured themselves
     assert StageRunner.environment(runner, teacher, runs)["peak_rss_mb"] == here + 500
     assert StageRunner.environment(runner, teacher, runs[1:])["peak_rss_mb"] >= here
+
+
+def test_a_stage_stores_what_its_worker_cost_and_a_reuse_reads_it_back(tmp_path):
+    """The worker that trains a stage stores its usage next to the result (fingerprinted by the run's timing); a
+    table that reuses the stage reports that record, marked reused; a record of another run of the directory, or
+    none at all, gives no figure rather than the cost of reading."""
+    from types import SimpleNamespace
+    from pea_kd.reproduce_runs import PROCESS_RECORD, stage_process
+    result = SimpleNamespace(timing={"train_seconds": 12.5, "eval_seconds": 0.5})
+    assert stage_process(tmp_path, result, reused=True) is None  # finished by an older version: no record
+    trained = stage_process(tmp_path, result, reused=False)
+    assert trained["cpu_seconds"] > 0 and trained["peak_rss_mb"] > 100
+    assert json.loads((tmp_path / PROCESS_RECORD).read_text())["process"] == trained
+    assert stage_process(tmp_path, result, reused=True) == {**trained, "reused": True}
+    retrained = SimpleNamespace(timing={"train_seconds": 12.6, "eval_seconds": 0.5})
+    assert stage_process(tmp_path, retrained, reused=True) is None  # the record belongs to another run
+    assert not list(tmp_path.glob("*.tmp"))
