@@ -164,6 +164,13 @@ def _precision(env: dict) -> str:
     return f"{precision} autocast (fp32 weights, optimiser and loss; teacher targets cached in fp32)"
 
 
+def _unrecorded(runs: list) -> str:
+    """The stages the peak memory cannot count: reused ones whose worker stored no record (an older version)."""
+    missing = sum("process" not in r for r in runs)
+    return f" (not counting {missing} reused stage(s) that recorded no memory: made by an older version)" \
+        if missing else ""
+
+
 def format_markdown(results: dict) -> str:
     """results.md: the setting in words, the table, and how to read it."""
     cfg, env = results["config"], results["environment"]
@@ -197,8 +204,9 @@ def format_markdown(results: dict) -> str:
         "original student and twice its effective layers.",
         "- **time / seed**: training + evaluation seconds of one seed, PTP stage included where used; the teacher's "
         f"outputs were cached once{_seconds(results['teacher']['cache_seconds'])}.",
-        f"- Peak resident memory of the largest process: {env['peak_rss_mb']:.0f} MB. Wall time of this invocation "
-        f"(stages already finished are reused): {results['wall_seconds_this_invocation']:.0f} s.",
+        f"- Peak resident memory of the largest process: {env['peak_rss_mb']:.0f} MB{_unrecorded(results['runs'])}. "
+        f"Wall time of this invocation (stages already finished are reused): "
+        f"{results['wall_seconds_this_invocation']:.0f} s.",
         "",
     ])
 

@@ -397,3 +397,12 @@ def test_a_stage_stores_what_its_worker_cost_and_a_reuse_reads_it_back(tmp_path)
     retrained = SimpleNamespace(timing={"train_seconds": 12.6, "eval_seconds": 0.5})
     assert stage_process(tmp_path, retrained, reused=True) is None  # the record belongs to another run
     assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_results_md_says_which_reused_stages_its_peak_memory_cannot_count():
+    """A stage reused without a stored record has no memory figure: results.md's peak says it leaves it out."""
+    from pea_kd.report import _unrecorded
+    recorded = {"process": {"cpu_seconds": 90.0, "peak_rss_mb": 1500.0}}
+    assert _unrecorded([recorded, recorded]) == ""
+    assert _unrecorded([recorded, {}, {}]) == \
+        " (not counting 2 reused stage(s) that recorded no memory: made by an older version)"
