@@ -229,8 +229,8 @@ def run_record(method: Method, seed: int, result: TrainResult, ptp: Optional[Tra
             "ptp": method.ptp, "final": result.final_metrics, "best_dev": result.best_dev_metrics,
             "best_dev_step": result.best_dev_step, "final_step": result.final_step,
             "parameters": _count_parameters(final_dir), "effective_layers": result.meta["effective_layers"],
-            "seconds": seconds, **({"process": process} if process else {}), "ptp_result": ptp.to_dict() if ptp else None,
-            "result": result.to_dict()}
+            "seconds": seconds, **({"process": process} if process else {}),
+            "ptp_result": ptp.to_dict() if ptp else None, "result": result.to_dict()}
 
 
 def stage_finished(run_root: Path, method: Method, seed: int) -> bool:
@@ -247,14 +247,16 @@ def stage_process(run_dir: Path, result: TrainResult, reused: bool) -> Optional[
     A worker that trained it (or finished it after a resume) measures itself and stores the record in process.json
     with the run's timing as its fingerprint; a later table that reuses the stage reads that record back, marked
     "reused", instead of the cost of reading a result. A reused stage without a matching record (made by an older
-    version, or retrained since) has none: None, never a figure that is not the stage's.
+    version, or retrained since) has none: None, never a figure that is not the stage's. Under torchrun the usage is
+    the whole process's, every stage so far: reported for this table, not stored as the stage's.
     """
     path = run_dir / PROCESS_RECORD
     if reused:
         stored = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
         return {**stored["process"], "reused": True} if stored.get("timing") == result.timing else None
     usage = process_usage()
-    write_atomic(path, json.dumps({"process": usage, "timing": result.timing}, indent=1) + "\n")
+    if not distributed.is_distributed():
+        write_atomic(path, json.dumps({"process": usage, "timing": result.timing}, indent=1) + "\n")
     return usage
 
 

@@ -399,6 +399,18 @@ def test_a_stage_stores_what_its_worker_cost_and_a_reuse_reads_it_back(tmp_path)
     assert not list(tmp_path.glob("*.tmp"))
 
 
+def test_under_torchrun_a_stage_stores_no_record(tmp_path, monkeypatch):
+    """Under torchrun every stage runs in one process: its usage covers all stages so far, so it is reported for the
+    table but never stored as one stage's cost."""
+    from types import SimpleNamespace
+    from pea_kd.reproduce_runs import PROCESS_RECORD, stage_process
+    monkeypatch.setattr(reproduce_runs.distributed, "is_distributed", lambda: True)
+    result = SimpleNamespace(timing={"train_seconds": 12.5, "eval_seconds": 0.5})
+    assert stage_process(tmp_path, result, reused=False)["cpu_seconds"] > 0
+    assert not (tmp_path / PROCESS_RECORD).exists()
+    assert stage_process(tmp_path, result, reused=True) is None
+
+
 def test_results_md_says_which_reused_stages_its_peak_memory_cannot_count():
     """A stage reused without a stored record has no memory figure: results.md's peak says it leaves it out."""
     from pea_kd.report import _unrecorded
