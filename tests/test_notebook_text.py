@@ -47,8 +47,8 @@ CONSTANTS = {
     "03_finetuning_the_teacher.ipynb": {"64": "a setting exercise 2 asks for", "12": "BERT-base's layers",
                                         "53": "MRPC train's mean tokens per pair with MiniLM's tokenizer (53.2)"},
     "06_ptp.ipynb": {"367": "a tenth of MRPC's 3,668 training pairs",
-                     "50": "exercise 5's time: MRPC's teacher and 3 seeds of SPS + PKD and of Pea-KD at the stage "
-                           "times of notebooks/results/mrpc_results.json (466 + 3 x (326 + 534) s; notebook 07)"},
+                     "26": "exercise 5's time: MRPC's teacher and 3 seeds of SPS + PKD and of Pea-KD at the stage "
+                           "times of notebooks/results/mrpc_results.json (185 + 3 x (179 + 284) s; notebook 07)"},
     "07_putting_it_together.ipynb": {"2.5": "5 PKD pairs against 2 (pkd_layer_map(6, 6) and (6, 3), notebook 04)",
                                      "0.25": "one of MRPC's 408 dev examples, in points of accuracy",
                                      "2.5%": "the band of section 3's cells (their pea_kd.rtol metadata, 0.025)"},
