@@ -85,6 +85,19 @@ def test_a_report_without_majority_or_per_seed_values_still_renders():
     assert format_seed_table(old) == ""
 
 
+def test_the_readme_shows_the_committed_mrpc_table():
+    """The README's headline table is the published results file, row for row (republishing must update both)."""
+    committed = json.loads((ROOT / "notebooks" / "results" / "mrpc_results.json").read_text())
+    readme = (ROOT / "README.md").read_text(encoding="utf-8").splitlines()
+    table = format_table(committed).splitlines()
+    start = readme.index(table[0], readme.index("### MRPC (measured on this project's 2-core CPU, default settings: "
+                                                "`make reproduce TASK=mrpc`)"))
+    assert readme[start:start + len(table)] == table
+    precision = committed["environment"]["precision"]
+    intro = " ".join(readme[start - 5:start])  # the paragraph above the table names the precision
+    assert f"; {precision} (" in intro or f"; {precision}." in intro, (precision, intro)
+
+
 def test_publish_refuses_smoke_incomplete_and_old_reports():
     base = {"task": "MRPC", "complete": True, "config": {"smoke": False, "seeds": [0]}, "environment": {},
             "majority": {}, "summary": [{"method": "FT", "per_seed": {}}]}
