@@ -90,11 +90,11 @@ def test_the_readme_shows_the_committed_mrpc_table():
     committed = json.loads((ROOT / "notebooks" / "results" / "mrpc_results.json").read_text())
     readme = (ROOT / "README.md").read_text(encoding="utf-8").splitlines()
     table = format_table(committed).splitlines()
-    start = readme.index(table[0], readme.index("### MRPC (measured on this project's 2-core CPU, default settings: "
-                                                "`make reproduce TASK=mrpc`)"))
+    heading = next(i for i, line in enumerate(readme) if line.startswith("### MRPC (measured on"))
+    start = readme.index(table[0], heading)
     assert readme[start:start + len(table)] == table
     precision = committed["environment"]["precision"]
-    intro = " ".join(readme[start - 5:start])  # the paragraph above the table names the precision
+    intro = " ".join(readme[heading + 1:start])  # between the heading and the table: the settings, precision included
     assert f"; {precision} (" in intro or f"; {precision}." in intro, (precision, intro)
 
 
